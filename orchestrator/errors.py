@@ -1,0 +1,122 @@
+"""One exception hierarchy for the orchestrator, and the one table that maps it to the wire.
+
+Every error a caller can act on derives from :class:`OrchestratorError`. The gRPC servicer and the
+HTTP worker API both translate through :data:`ERROR_KINDS`, so a kind of failure has the same
+meaning on both doors. Messages are written for a person and never carry a secret.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WireCodes:
+    """How one kind of error appears on each door."""
+
+    grpc_status: str  # a grpc.StatusCode member name; grpc is not imported here on purpose
+    http_status: int
+    http_code: str  # the "error" field of the JSON error body
+
+
+class ErrorKind(enum.Enum):
+    """The kinds of failure, each with its gRPC status and HTTP code."""
+
+    INVALID_ARGUMENT = WireCodes("INVALID_ARGUMENT", 400, "invalid_request")
+    SCHEMA_VIOLATION = WireCodes("INVALID_ARGUMENT", 422, "invalid_body")
+    NOT_FOUND = WireCodes("NOT_FOUND", 404, "not_found")
+    ALREADY_EXISTS = WireCodes("ALREADY_EXISTS", 409, "already_exists")
+    FAILED_PRECONDITION = WireCodes("FAILED_PRECONDITION", 409, "failed_precondition")
+    UNAUTHENTICATED = WireCodes("UNAUTHENTICATED", 401, "invalid_token")
+    RESOURCE_EXHAUSTED = WireCodes("RESOURCE_EXHAUSTED", 429, "budget_exceeded")
+    PAYLOAD_TOO_LARGE = WireCodes("INVALID_ARGUMENT", 413, "body_too_large")
+    PROVIDER_FAILED = WireCodes("UNAVAILABLE", 502, "provider_failed")
+    PROVIDER_NOT_CONFIGURED = WireCodes("FAILED_PRECONDITION", 503, "no_provider")
+    UNAVAILABLE = WireCodes("UNAVAILABLE", 503, "unavailable")
+    INTERNAL = WireCodes("INTERNAL", 500, "internal")
+
+
+class OrchestratorError(Exception):
+    """Base of every error the orchestrator reports to a caller."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(OrchestratorError):
+    """The request is malformed or names something that is not allowed."""
+
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class SchemaViolation(OrchestratorError):
+    """A request body is well-formed JSON but does not match its schema."""
+
+    kind = ErrorKind.SCHEMA_VIOLATION
+
+
+class JobNotFound(OrchestratorError):
+    """No job with that id is known to this orchestrator."""
+
+    kind = ErrorKind.NOT_FOUND
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class FailedPrecondition(OrchestratorError):
+    """The request is valid but the system is not in a state that allows it."""
+
+    kind = ErrorKind.FAILED_PRECONDITION
+
+
+class IllegalTransition(FailedPrecondition):
+    """A job state change that the state machine does not allow."""
+
+
+class Unauthenticated(OrchestratorError):
+    """A missing, unknown, revoked or foreign bearer token."""
+
+    kind = ErrorKind.UNAUTHENTICATED
+
+    def __init__(self, message: str = "Invalid bearer token") -> None:
+        super().__init__(message)
+
+
+class BudgetExceeded(OrchestratorError):
+    """A job's LLM budget (tokens, calls, per-call cap) or the model allowlist refused a call."""
+
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class PayloadTooLarge(OrchestratorError):
+    """A request body exceeds the configured limit."""
+
+    kind = ErrorKind.PAYLOAD_TOO_LARGE
+
+
+class ProviderError(OrchestratorError):
+    """The upstream LLM provider failed; the message names its reason, never a key."""
+
+    kind = ErrorKind.PROVIDER_FAILED
+
+
+class ProviderNotConfigured(OrchestratorError):
+    """No LLM provider is configured for this orchestrator."""
+
+    kind = ErrorKind.PROVIDER_NOT_CONFIGURED
+
+
+class EngineUnavailable(OrchestratorError):
+    """The container engine cannot be reached."""
+
+    kind = ErrorKind.UNAVAILABLE
+
+
+class ConfigError(Exception):
+    """A bad configuration value, raised at startup; the message names the variable."""

@@ -1,0 +1,202 @@
+"""Domain types of a job. Protobuf stops at the gRPC servicer; HTTP models stop at the worker API."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator.secrets import Secret
+
+
+class JobState(enum.Enum):
+    """Where a job is in its life: Creating → Running → Stopped | Failed."""
+
+    CREATING = "Creating"
+    RUNNING = "Running"
+    STOPPED = "Stopped"
+    FAILED = "Failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobState.STOPPED, JobState.FAILED)
+
+
+class JobMode(enum.Enum):
+    """Which agent runs in the job's container."""
+
+    WORKER = "worker"
+    CLAUDE_CODE = "claude-code"
+
+    @property
+    def container_prefix(self) -> str:
+        return "worker" if self is JobMode.WORKER else "claude"
+
+
+class TerminalReason(enum.Enum):
+    """Why a job ended; every terminal job carries exactly one."""
+
+    COMPLETED = "COMPLETED"
+    STOPPED_BY_OPERATOR = "STOPPED_BY_OPERATOR"
+    FAILED = "FAILED"
+    EXITED = "EXITED"
+    OOM_KILLED = "OOM_KILLED"
+    TIMED_OUT = "TIMED_OUT"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    START_FAILED = "START_FAILED"
+    CONTAINER_LOST = "CONTAINER_LOST"
+    CREDENTIALS_LOST = "CREDENTIALS_LOST"
+
+    @property
+    def terminal_state(self) -> JobState:
+        """The state a job with this reason ends in."""
+        if self in (TerminalReason.COMPLETED, TerminalReason.STOPPED_BY_OPERATOR):
+            return JobState.STOPPED
+        return JobState.FAILED
+
+
+@dataclass(frozen=True)
+class CredentialGrant:
+    """A secret handed to one job, exposed to its tools as ``env_name``."""
+
+    name: str
+    credential_type: str
+    value: Secret
+    env_name: str
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Effective limits of a job (defaults from settings, overridden per job)."""
+
+    max_iterations: int
+    timeout_seconds: int
+    memory_mb: int
+    llm_token_budget: int  # 0 = unlimited
+    llm_call_budget: int  # 0 = unlimited
+    llm_max_tokens_per_call: int
+    claude_max_turns: int
+    claude_model: str
+
+
+@dataclass(frozen=True)
+class JobLimitOverrides:
+    """What a caller asked to override; ``None`` keeps the default."""
+
+    max_iterations: int | None = None
+    timeout_seconds: int | None = None
+    memory_mb: int | None = None
+    llm_token_budget: int | None = None
+    llm_call_budget: int | None = None
+    llm_max_tokens_per_call: int | None = None
+    claude_max_turns: int | None = None
+    claude_model: str | None = None
+
+
+@dataclass(frozen=True)
+class CreateJobRequest:
+    """A validated-shape request to create a job (values are checked by the manager)."""
+
+    task: str
+    mode: JobMode = JobMode.WORKER
+    project_dir: str | None = None
+    credentials: tuple[CredentialGrant, ...] = ()
+    limits: JobLimitOverrides = field(default_factory=JobLimitOverrides)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    job_id: str | None = None
+    wait_for_prompts: bool = False
+
+
+@dataclass(frozen=True)
+class LlmUsage:
+    """LLM usage accumulated by one job."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def plus(self, input_tokens: int, output_tokens: int, calls: int = 1) -> LlmUsage:
+        return LlmUsage(
+            calls=self.calls + calls,
+            input_tokens=self.input_tokens + input_tokens,
+            output_tokens=self.output_tokens + output_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """The one terminal result of a job."""
+
+    success: bool
+    reason: TerminalReason
+    message: str
+    finished_at: datetime
+    iterations: int = 0
+    exit_code: int | None = None
+    details: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A consistent, immutable view of a job at one moment."""
+
+    job_id: str
+    task: str
+    mode: JobMode
+    state: JobState
+    project_dir: str
+    container_name: str
+    created_at: datetime
+    limits: JobLimits
+    deadline: datetime
+    labels: Mapping[str, str]
+    credential_names: tuple[str, ...]
+    llm_provider: str
+    wait_for_prompts: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: JobResult | None = None
+    status_message: str = ""
+    iteration: int = 0
+    usage: LlmUsage = field(default_factory=LlmUsage)
+    log_tail: str = ""
+    last_sequence: int = 0
+
+
+class UpdateKind(enum.Enum):
+    """What one item of a job's update stream carries."""
+
+    STATE = "state"
+    STATUS = "status"
+    EVENT = "event"
+    RESULT = "result"
+    USAGE = "usage"
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """One item of a job's ordered history (what ``WatchJob`` streams after the snapshot).
+
+    ``payload`` by kind: STATE ``{"state": JobState, "reason": str}``; STATUS ``{"message",
+    "iteration"}``; EVENT ``{"event_type", "data"}``; RESULT ``{"result": JobResult}``;
+    USAGE ``{"usage": LlmUsage}``.
+    """
+
+    sequence: int
+    time: datetime
+    kind: UpdateKind
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FollowUpPrompt:
+    """A follow-up for the job's agent; ``done`` means no more will come."""
+
+    content: str
+    done: bool = False
