@@ -116,9 +116,7 @@ class Settings:
         tls_cert = r.get("ORCHESTRATOR_TLS_CERT", _existing_file, None)
         tls_key = r.get("ORCHESTRATOR_TLS_KEY", _existing_file, None)
         if (tls_cert is None) != (tls_key is None):
-            raise ConfigError(
-                "ORCHESTRATOR_TLS_CERT and ORCHESTRATOR_TLS_KEY must be set together"
-            )
+            raise ConfigError("ORCHESTRATOR_TLS_CERT and ORCHESTRATOR_TLS_KEY must be set together")
         if not _is_loopback(grpc_bind):
             if admin_token is None:
                 raise ConfigError(
@@ -156,7 +154,8 @@ class Settings:
             "openai": "gpt-4o-mini",
             "scripted": "scripted",
         }.get(llm_provider, "")
-        tools = r.get("CLAUDE_CODE_ALLOWED_TOOLS", _claude_tools, ("Bash", "Read", "Write"))
+        default_tools: tuple[str, ...] = ("Bash", "Read", "Write")
+        tools = r.get("CLAUDE_CODE_ALLOWED_TOOLS", _claude_tools, default_tools)
         instance = r.get("ORCHESTRATOR_INSTANCE", _label_value, None) or _derive_instance(base_dir)
         return cls(
             grpc_port=r.get("ORCHESTRATOR_PORT", _port, 50051),
@@ -201,9 +200,7 @@ class Settings:
             job_llm_token_budget=r.get("JOB_LLM_TOKEN_BUDGET", _int_range(0, 1 << 40), 2_000_000),
             job_llm_call_budget=r.get("JOB_LLM_CALL_BUDGET", _int_range(0, 1 << 30), 500),
             llm_model_allowlist=r.get("LLM_MODEL_ALLOWLIST", _csv, ()),
-            http_max_body_bytes=r.get(
-                "ORCHESTRATOR_HTTP_MAX_BODY_MB", _int_range(16, 1024), 32
-            )
+            http_max_body_bytes=r.get("ORCHESTRATOR_HTTP_MAX_BODY_MB", _int_range(16, 1024), 32)
             * 1024
             * 1024,
             log_tail_lines=r.get("JOB_LOG_TAIL_LINES", _int_range(0, 100_000), 200),

@@ -1,0 +1,123 @@
+"""The small contract between the job manager and a container engine.
+
+Docker is the first implementation; nothing here names Docker types, so a Kubernetes backend can
+sit behind the same interface (as in jupyterhub's spawner family).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class BindMount:
+    host_path: str
+    container_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one job container; built by a pure function, easy to test."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    labels: Mapping[str, str]
+    user: str
+    working_dir: str
+    mounts: tuple[BindMount, ...]
+    memory_bytes: int
+    memory_swap_bytes: int
+    cpu_shares: int
+    pids_limit: int
+    tmpfs: Mapping[str, str]
+    cap_drop: tuple[str, ...]
+    cap_add: tuple[str, ...]
+    security_opt: tuple[str, ...]
+    network: str
+    extra_hosts: Mapping[str, str] = field(default_factory=dict)
+    runtime: str | None = None
+    # Keys of ``env`` whose values are secrets (e.g. the job token): never logged.
+    secret_env_keys: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k in self.secret_env_keys else v) for k, v in self.env.items()}
+        return f"ContainerSpec(name={self.name!r}, image={self.image!r}, env={shown!r})"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """A managed container as the engine reports it."""
+
+    container_id: str
+    name: str
+    labels: Mapping[str, str]
+    running: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ContainerExit:
+    """A managed container stopped running (exited, killed or OOM-killed)."""
+
+    container_id: str
+    job_id: str
+    exit_code: int | None
+    oom_killed: bool
+
+
+class ContainerBackend(abc.ABC):
+    """A container engine seen by the job manager. Async; blocking I/O stays off the loop."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raises EngineUnavailable when the engine cannot be reached."""
+
+    @abc.abstractmethod
+    async def image_exists(self, image: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def create_and_start(self, spec: ContainerSpec) -> str:
+        """Creates and starts the container; returns its id. Leaves nothing behind on failure."""
+
+    @abc.abstractmethod
+    async def stop(self, container_id: str, grace_seconds: int) -> None:
+        """SIGTERM, then SIGKILL after the grace period. A missing container is not an error."""
+
+    @abc.abstractmethod
+    async def remove(self, container_id: str) -> None:
+        """Force-removes the container. A missing container is not an error."""
+
+    @abc.abstractmethod
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        """The container's state, or None if it is gone."""
+
+    @abc.abstractmethod
+    async def list_managed(self, instance: str) -> list[ContainerInfo]:
+        """Every container labelled with this orchestrator instance, running or not."""
+
+    @abc.abstractmethod
+    async def logs_tail(self, container_id: str, lines: int) -> str:
+        """The last ``lines`` lines of the container's output ("" if it is gone)."""
+
+    @abc.abstractmethod
+    def stream_logs(self, container_id: str, follow: bool, tail_lines: int) -> AsyncIterator[bytes]:
+        """The container's output as it comes; ends when the container ends (with follow)."""
+
+    @abc.abstractmethod
+    def exits(self, instance: str) -> AsyncIterator[ContainerExit]:
+        """Exit notifications for this instance's containers, for as long as it is iterated."""
+
+    @abc.abstractmethod
+    async def default_gateway(self) -> str | None:
+        """The address of the engine's default bridge gateway on the host, if it has one."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

@@ -1,0 +1,388 @@
+"""The Docker implementation of :class:`ContainerBackend` (docker SDK, off the event loop).
+
+docker-py is blocking, so every call runs on one dedicated thread pool, as dockerspawner does.
+404 means "gone" and is not an error for stop/remove; the events stream is re-subscribed after
+any break, from the time of the last event seen, since docker-py does not reconnect it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from orchestrator.containers.backend import (
+    ContainerBackend,
+    ContainerExit,
+    ContainerInfo,
+    ContainerSpec,
+)
+from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID
+from orchestrator.errors import EngineUnavailable, FailedPrecondition, OrchestratorError
+from orchestrator.logging import get_logger
+
+T = TypeVar("T")
+log = get_logger(__name__)
+
+_CONNECTION_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    ConnectionError,
+    FileNotFoundError,
+)
+
+
+class ImageMissing(FailedPrecondition):
+    """The job's image is not present on the engine (no registry can be assumed)."""
+
+    def __init__(self, image: str) -> None:
+        super().__init__(f"image {image} not found: build it with `make images`")
+        self.image = image
+
+
+class ContainerStartFailed(OrchestratorError):
+    """The engine refused to create or start the container."""
+
+
+class DockerBackend(ContainerBackend):
+    """Runs job containers on a Docker engine reached through ``DOCKER_HOST`` or the socket."""
+
+    def __init__(self, base_url: str | None = None, max_workers: int = 32) -> None:
+        self._base_url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
+        self._client: docker.DockerClient | None = None
+        self._client_lock = threading.Lock()
+        self._max_pool = max_workers
+
+    @property
+    def engine_address(self) -> str:
+        return self._base_url
+
+    def _api(self) -> docker.APIClient:
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    self._client = docker.DockerClient(
+                        base_url=self._base_url,
+                        timeout=60,
+                        max_pool_size=self._max_pool,
+                    )
+                except docker.errors.DockerException as exc:
+                    raise self._unavailable(exc) from exc
+            return self._client.api
+
+    def _unavailable(self, exc: BaseException) -> EngineUnavailable:
+        return EngineUnavailable(
+            f"Docker engine unreachable at {self._base_url}: {type(exc).__name__}. "
+            "Is the daemon running and is the socket readable (DOCKER_HOST)?"
+        )
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except _CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc) from exc
+        except docker.errors.DockerException as exc:
+            if isinstance(exc, docker.errors.APIError):
+                raise
+            raise self._unavailable(exc) from exc
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._api().ping())
+
+    async def engine_version(self) -> str:
+        info = await self._run(lambda: self._api().version())
+        return str(info.get("Version", "unknown"))
+
+    async def image_exists(self, image: str) -> bool:
+        def check() -> bool:
+            try:
+                self._api().inspect_image(image)  # type: ignore[no-untyped-call]
+            except docker.errors.ImageNotFound:
+                return False
+            return True
+
+        return await self._run(check)
+
+    async def create_and_start(self, spec: ContainerSpec) -> str:
+        return await self._run(functools.partial(self._create_and_start, spec))
+
+    def _create_and_start(self, spec: ContainerSpec) -> str:
+        api = self._api()
+        host_config = api.create_host_config(
+            binds={
+                m.host_path: {"bind": m.container_path, "mode": "ro" if m.read_only else "rw"}
+                for m in spec.mounts
+            },
+            mem_limit=spec.memory_bytes,
+            memswap_limit=spec.memory_swap_bytes,
+            cpu_shares=spec.cpu_shares,
+            pids_limit=spec.pids_limit,
+            tmpfs=dict(spec.tmpfs),
+            cap_drop=list(spec.cap_drop),
+            cap_add=list(spec.cap_add),
+            security_opt=list(spec.security_opt),
+            network_mode=spec.network,
+            extra_hosts=dict(spec.extra_hosts) or None,
+            runtime=spec.runtime,
+            init=True,
+        )
+        try:
+            created = api.create_container(
+                image=spec.image,
+                command=list(spec.command),
+                name=spec.name,
+                environment=dict(spec.env),
+                labels=dict(spec.labels),
+                user=spec.user,
+                working_dir=spec.working_dir,
+                host_config=host_config,
+                detach=True,
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise ImageMissing(spec.image) from exc
+        except docker.errors.APIError as exc:
+            raise ContainerStartFailed(_api_error_text("create", exc)) from exc
+        container_id = str(created["Id"])
+        try:
+            api.start(container_id)
+        except BaseException as exc:
+            # Never leave a created-but-not-started container behind.
+            with contextlib.suppress(Exception):
+                api.remove_container(container_id, force=True)
+            if isinstance(exc, docker.errors.APIError):
+                raise ContainerStartFailed(_api_error_text("start", exc)) from exc
+            raise
+        return container_id
+
+    async def stop(self, container_id: str, grace_seconds: int) -> None:
+        def stop() -> None:
+            try:
+                self._api().stop(container_id, timeout=grace_seconds)
+            except docker.errors.NotFound:
+                pass
+
+        await self._run(stop)
+
+    async def remove(self, container_id: str) -> None:
+        def remove() -> None:
+            try:
+                self._api().remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                # 409: removal already in progress; it will be gone shortly.
+                if exc.status_code != 409:
+                    raise
+
+        await self._run(remove)
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        def inspect() -> ContainerInfo | None:
+            try:
+                data = self._api().inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+            return _info_from_inspect(data)
+
+        return await self._run(inspect)
+
+    async def list_managed(self, instance: str) -> list[ContainerInfo]:
+        def list_all() -> list[ContainerInfo]:
+            rows = self._api().containers(
+                all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}
+            )
+            return [
+                ContainerInfo(
+                    container_id=row["Id"],
+                    name=(row.get("Names") or ["?"])[0].lstrip("/"),
+                    labels=row.get("Labels") or {},
+                    running=row.get("State") == "running",
+                )
+                for row in rows
+            ]
+
+        return await self._run(list_all)
+
+    async def logs_tail(self, container_id: str, lines: int) -> str:
+        def tail() -> str:
+            try:
+                raw = self._api().logs(container_id, stdout=True, stderr=True, tail=lines)
+            except docker.errors.NotFound:
+                return ""
+            return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+        if lines <= 0:
+            return ""
+        return await self._run(tail)
+
+    async def stream_logs(
+        self, container_id: str, follow: bool, tail_lines: int
+    ) -> AsyncIterator[bytes]:
+        def open_stream() -> Iterator[bytes]:
+            return iter(
+                self._api().logs(
+                    container_id,
+                    stdout=True,
+                    stderr=True,
+                    stream=True,
+                    follow=follow,
+                    tail=tail_lines if tail_lines > 0 else "all",
+                )
+            )
+
+        try:
+            stream = await self._run(open_stream)
+        except docker.errors.NotFound:
+            return
+        async for chunk in _iterate_in_thread(stream, self._executor):
+            yield chunk
+
+    async def exits(self, instance: str) -> AsyncIterator[ContainerExit]:
+        queue: asyncio.Queue[ContainerExit] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        holder: dict[str, Any] = {}
+
+        def pump() -> None:
+            since: int | None = None
+            while not stop.is_set():
+                try:
+                    stream = self._api().events(
+                        decode=True,
+                        since=since,
+                        filters={
+                            "type": "container",
+                            "event": ["die"],
+                            "label": [f"{LABEL_INSTANCE}={instance}"],
+                        },
+                    )
+                    holder["stream"] = stream
+                    for event in stream:
+                        if stop.is_set():
+                            break
+                        since = int(event.get("time", time.time()))
+                        exit_event = self._exit_from_event(event)
+                        if exit_event is not None:
+                            loop.call_soon_threadsafe(queue.put_nowait, exit_event)
+                except Exception as exc:  # the stream broke: re-subscribe after a pause
+                    if stop.is_set():
+                        break
+                    log.warning("docker events stream broke; re-subscribing", error=str(exc))
+                    stop.wait(1.0)
+
+        thread = threading.Thread(target=pump, name="docker-events", daemon=True)
+        thread.start()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            stop.set()
+            stream = holder.get("stream")
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    stream.close()
+
+    def _exit_from_event(self, event: dict[str, Any]) -> ContainerExit | None:
+        actor = event.get("Actor") or {}
+        attrs = actor.get("Attributes") or {}
+        job_id = attrs.get(LABEL_JOB_ID)
+        container_id = actor.get("ID") or event.get("id")
+        if not job_id or not container_id:
+            return None
+        raw_code = attrs.get("exitCode")
+        exit_code = int(raw_code) if raw_code is not None and str(raw_code).isdigit() else None
+        oom = False
+        try:
+            state = self._api().inspect_container(container_id).get("State") or {}
+            oom = bool(state.get("OOMKilled"))
+        except Exception:  # gone already: the exit code is all we know
+            log.debug("container gone before inspect", container_id=container_id)
+        return ContainerExit(
+            container_id=container_id, job_id=job_id, exit_code=exit_code, oom_killed=oom
+        )
+
+    async def default_gateway(self) -> str | None:
+        def gateway() -> str | None:
+            network = self._api().inspect_network("bridge")
+            for config in (network.get("IPAM") or {}).get("Config") or []:
+                if config.get("Gateway"):
+                    return str(config["Gateway"])
+                subnet = config.get("Subnet")
+                if subnet and ":" not in subnet:
+                    # Engines that do not report the gateway use the subnet's first address.
+                    return str(next(ipaddress.ip_network(subnet, strict=False).hosts()))
+            return None
+
+        return await self._run(gateway)
+
+    async def close(self) -> None:
+        client = self._client
+        self._client = None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _iterate_in_thread(
+    source: Iterator[bytes], executor: ThreadPoolExecutor
+) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    sentinel = object()
+
+    def step() -> Any:
+        try:
+            return next(source)
+        except StopIteration:
+            return sentinel
+
+    try:
+        while True:
+            item = await loop.run_in_executor(executor, step)
+            if item is sentinel:
+                return
+            yield item
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+
+def _info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
+    state = data.get("State") or {}
+    started = state.get("StartedAt")
+    started_at = None
+    if started and not started.startswith("0001"):
+        with contextlib.suppress(ValueError):
+            started_at = datetime.fromisoformat(started[:26].rstrip("Z") + "+00:00")
+    return ContainerInfo(
+        container_id=data["Id"],
+        name=str(data.get("Name", "")).lstrip("/"),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        running=bool(state.get("Running")),
+        exit_code=state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=started_at,
+    )
+
+
+def _api_error_text(action: str, exc: docker.errors.APIError) -> str:
+    explanation = exc.explanation or str(exc)
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", "replace")
+    return f"docker {action} failed ({exc.status_code}): {explanation}"

@@ -1,0 +1,124 @@
+"""The gRPC JobService: a thin door that converts protobuf ⇄ domain and maps errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from orchestrator.api.v1 import jobs_pb2 as pb
+from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from orchestrator.errors import OrchestratorError
+from orchestrator.grpc_api import convert
+from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.logging import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+Context = aio.ServicerContext[Any, Any]
+
+
+async def abort_for(context: Context, exc: OrchestratorError) -> None:
+    """Ends the RPC with the status of the error's kind and its human message."""
+    await context.abort(grpc.StatusCode[exc.kind.value.grpc_status], exc.message)
+
+
+class JobServicer(pb_grpc.JobServiceServicer):
+    """Implements ironclaw.orchestrator.v1.JobService on top of the job manager."""
+
+    def __init__(self, manager: ContainerJobManager) -> None:
+        self._manager = manager
+
+    async def _call(self, context: Context, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except OrchestratorError as exc:
+            await abort_for(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def CreateJob(
+        self, request: pb.CreateJobRequest, context: Context
+    ) -> pb.CreateJobResponse:
+        async def run() -> pb.CreateJobResponse:
+            created = await self._manager.create_job(convert.create_request_from_pb(request))
+            # The token never leaves through the control plane.
+            return pb.CreateJobResponse(
+                job=convert.job_to_pb(created.job), already_existed=created.already_existed
+            )
+
+        return await self._call(context, run)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
+        async def run() -> pb.GetJobResponse:
+            return pb.GetJobResponse(job=convert.job_to_pb(self._manager.get_job(request.job_id)))
+
+        return await self._call(context, run)
+
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: Context
+    ) -> pb.ListJobsResponse:
+        async def run() -> pb.ListJobsResponse:
+            page = self._manager.list_jobs(
+                convert.states_from_pb(request.states), request.page_size, request.page_token
+            )
+            return pb.ListJobsResponse(
+                jobs=[convert.job_to_pb(job) for job in page.jobs],
+                next_page_token=page.next_page_token,
+            )
+
+        return await self._call(context, run)
+
+    async def StopJob(self, request: pb.StopJobRequest, context: Context) -> pb.StopJobResponse:
+        async def run() -> pb.StopJobResponse:
+            return pb.StopJobResponse(
+                job=convert.job_to_pb(await self._manager.stop_job(request.job_id))
+            )
+
+        return await self._call(context, run)
+
+    async def CleanupJob(
+        self, request: pb.CleanupJobRequest, context: Context
+    ) -> pb.CleanupJobResponse:
+        async def run() -> pb.CleanupJobResponse:
+            await self._manager.cleanup_job(request.job_id)
+            return pb.CleanupJobResponse()
+
+        return await self._call(context, run)
+
+    async def SendPrompt(
+        self, request: pb.SendPromptRequest, context: Context
+    ) -> pb.SendPromptResponse:
+        async def run() -> pb.SendPromptResponse:
+            self._manager.send_prompt(request.job_id, request.content, request.done)
+            return pb.SendPromptResponse()
+
+        return await self._call(context, run)
+
+    async def WatchJob(
+        self, request: pb.WatchJobRequest, context: Context
+    ) -> AsyncIterator[pb.JobUpdate]:
+        try:
+            async for item in self._manager.watch(request.job_id, request.after_sequence):
+                yield convert.update_to_pb(item)
+        except OrchestratorError as exc:
+            await abort_for(context, exc)
+
+    async def StreamLogs(
+        self, request: pb.StreamLogsRequest, context: Context
+    ) -> AsyncIterator[pb.LogChunk]:
+        try:
+            job = self._manager.get_job(request.job_id)
+            container_id = self._manager.container_id(job.job_id)
+            if container_id is None:
+                if job.log_tail:
+                    yield pb.LogChunk(data=job.log_tail.encode())
+                return
+            async for chunk in self._manager.backend.stream_logs(
+                container_id, request.follow, request.tail_lines
+            ):
+                yield pb.LogChunk(data=chunk)
+        except OrchestratorError as exc:
+            await abort_for(context, exc)

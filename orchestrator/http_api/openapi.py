@@ -1,0 +1,137 @@
+"""The OpenAPI 3 document of the worker API, generated from the models that validate it."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from orchestrator.http_api import schemas
+
+_REF = "#/components/schemas/{model}"
+_ERRORS = {
+    "400": "Malformed path or body (e.g. a job id that is not a UUID, invalid JSON)",
+    "401": "Invalid bearer token (missing, unknown, revoked, or another job's)",
+    "413": "Request body too large",
+    "422": "The body does not match the schema",
+}
+_LLM_ERRORS = {
+    "429": "Budget exhausted or model not allowed (the message says which, with the numbers)",
+    "502": "The provider failed (its reason, no secrets)",
+    "503": "No provider configured",
+}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _operation(
+    summary: str,
+    response: type[BaseModel] | dict[str, Any] | None,
+    body: type[BaseModel] | None = None,
+    extra: dict[str, str] | None = None,
+    ok_status: str = "200",
+    authenticated: bool = True,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if response is not None:
+        schema = _ref(response) if isinstance(response, type) else response
+        responses[ok_status] = {"description": "OK", **_json(schema)}
+    errors = dict(_ERRORS if authenticated else {})
+    if body is None:
+        errors.pop("413", None)
+        errors.pop("422", None)
+    errors.update(extra or {})
+    for code, text in errors.items():
+        responses[code] = {"description": text, **_json(_ref(schemas.ErrorBody))}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if authenticated:
+        op["security"] = [{"bearer": []}]
+        op["parameters"] = [
+            {
+                "name": "job_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "format": "uuid"},
+            }
+        ]
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(_ref(body))}
+    return op
+
+
+@functools.cache
+def build_openapi() -> dict[str, Any]:
+    """The document served at ``GET /openapi.json`` (built once)."""
+    models: list[type[BaseModel]] = [
+        schemas.ErrorBody,
+        schemas.OkBody,
+        schemas.JobInfo,
+        schemas.CompleteRequest,
+        schemas.CompleteWithToolsRequest,
+        schemas.CompletionBody,
+        schemas.ToolCompletionBody,
+        schemas.StatusRequest,
+        schemas.EventRequest,
+        schemas.PromptBody,
+        schemas.JobCompleteRequest,
+        schemas.HealthBody,
+    ]
+    _, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
+    prompt_ok = _operation("Next follow-up prompt", schemas.PromptBody)
+    prompt_ok["responses"]["204"] = {"description": "No follow-up is queued"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ironclaw worker API",
+            "version": "1",
+            "description": "The only door out of a job container. Every /worker/{job_id} route "
+            "needs that job's bearer token.",
+        },
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/health": {"get": _operation("Liveness", schemas.HealthBody, authenticated=False)},
+            "/worker/{job_id}/job": {"get": _operation("The job's metadata", schemas.JobInfo)},
+            "/worker/{job_id}/credentials": {
+                "get": _operation(
+                    "Granted credentials (name → value)",
+                    {"type": "object", "additionalProperties": {"type": "string"}},
+                )
+            },
+            "/worker/{job_id}/status": {
+                "post": _operation("Report status", schemas.OkBody, schemas.StatusRequest)
+            },
+            "/worker/{job_id}/event": {
+                "post": _operation("Record an event", schemas.OkBody, schemas.EventRequest)
+            },
+            "/worker/{job_id}/prompt": {"get": prompt_ok},
+            "/worker/{job_id}/complete": {
+                "post": _operation(
+                    "Report the job's one result", schemas.OkBody, schemas.JobCompleteRequest
+                )
+            },
+            "/worker/{job_id}/llm/complete": {
+                "post": _operation(
+                    "LLM completion", schemas.CompletionBody, schemas.CompleteRequest, _LLM_ERRORS
+                )
+            },
+            "/worker/{job_id}/llm/complete_with_tools": {
+                "post": _operation(
+                    "LLM completion with tools",
+                    schemas.ToolCompletionBody,
+                    schemas.CompleteWithToolsRequest,
+                    _LLM_ERRORS,
+                )
+            },
+        },
+    }

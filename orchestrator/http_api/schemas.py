@@ -1,0 +1,114 @@
+"""Request and response models of the worker HTTP API. The same models validate requests and
+produce the OpenAPI document, so the document says what the server really accepts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TEXT = 1_000_000
+MAX_EVENT_TEXT = 16_000
+EventType = Literal["message", "tool_use", "tool_result", "reasoning", "status"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(_Strict):
+    error: str
+    message: str
+
+
+class OkBody(_Strict):
+    status: Literal["ok"] = "ok"
+
+
+class JobInfo(_Strict):
+    job_id: str
+    task_description: str
+    project_dir: str
+    mode: Literal["worker", "claude-code"]
+    max_iterations: int
+    deadline: str | None
+    wait_for_prompts: bool = False
+    credential_env: dict[str, str] = Field(
+        default_factory=dict, description="grant name → env var name the tools should see"
+    )
+    claude_max_turns: int | None = None
+    claude_model: str | None = None
+    claude_allowed_tools: list[str] | None = None
+
+
+class ToolCallModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1, max_length=256)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class LlmMessage(BaseModel):
+    # Provider-specific extras (e.g. "reasoning") are allowed and passed through untouched.
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = Field(default=None, max_length=MAX_TEXT)
+    tool_calls: list[ToolCallModel] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=256)
+
+
+class ToolModel(_Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_\-]+$")
+    description: str = Field(default="", max_length=10_000)
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class CompleteRequest(_Strict):
+    messages: list[LlmMessage] = Field(min_length=1, max_length=10_000)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    model: str | None = Field(default=None, min_length=1, max_length=128)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    stop_sequences: list[str] | None = Field(default=None, max_length=16)
+
+
+class CompleteWithToolsRequest(CompleteRequest):
+    tools: list[ToolModel] = Field(default_factory=list, max_length=256)
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class CompletionBody(_Strict):
+    content: str | None
+    finish_reason: Literal["stop", "length", "tool_use", "content_filter"]
+    input_tokens: int
+    output_tokens: int
+
+
+class ToolCompletionBody(CompletionBody):
+    tool_calls: list[ToolCallModel]
+
+
+class StatusRequest(_Strict):
+    message: str = Field(max_length=10_000)
+    iteration: int | None = Field(default=None, ge=0)
+    state: str | None = Field(default=None, max_length=64)
+
+
+class EventRequest(_Strict):
+    event_type: EventType
+    data: dict[str, Any]
+
+
+class PromptBody(_Strict):
+    content: str
+    done: bool
+
+
+class JobCompleteRequest(_Strict):
+    success: bool
+    message: str = Field(default="", max_length=MAX_TEXT)
+    iterations: int | None = Field(default=None, ge=0)
+    details: dict[str, Any] | None = None
+
+
+class HealthBody(_Strict):
+    status: Literal["ok"] = "ok"

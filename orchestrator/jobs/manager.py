@@ -1,0 +1,660 @@
+"""ContainerJobManager: owns every job's state machine and its container's lifecycle.
+
+It knows no protobuf and no HTTP: the gRPC servicer and the HTTP worker API are two thin doors
+onto it. All state changes happen on the event loop; container work goes through the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from orchestrator.containers.backend import ContainerBackend, ContainerExit
+from orchestrator.containers.spec import build_container_spec, container_name
+from orchestrator.errors import (
+    BudgetExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    JobNotFound,
+    OrchestratorError,
+)
+from orchestrator.jobs.models import (
+    CreateJobRequest,
+    FollowUpPrompt,
+    JobLimitOverrides,
+    JobLimits,
+    JobMode,
+    JobResult,
+    JobSnapshot,
+    JobState,
+    JobUpdate,
+    TerminalReason,
+    UpdateKind,
+)
+from orchestrator.jobs.projects import (
+    check_writable_by_sandbox,
+    create_job_project_dir,
+    validate_bind_mount_path,
+)
+from orchestrator.jobs.record import JobRecord, utcnow
+from orchestrator.jobs.state import check_transition
+from orchestrator.logging import get_logger
+from orchestrator.settings import Settings
+from orchestrator.tokens import TokenStore, validate_grants
+
+log = get_logger(__name__)
+
+MAX_TASK_CHARS = 100_000
+MAX_LABELS = 32
+LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")
+MAX_PROMPT_CHARS = 100_000
+MAX_QUEUED_PROMPTS = 100
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+HISTORY_LIMIT = 2000
+
+
+def parse_job_id(raw: str) -> str:
+    """Normalizes a job id; anything but a UUID is InvalidArgument."""
+    try:
+        return str(uuid.UUID(raw.strip()))
+    except (ValueError, AttributeError):
+        raise InvalidArgument(f"job id {raw[:64]!r} is not a UUID") from None
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    """What ``create_job`` returns: the job, its token (in-process callers only), and whether
+    an idempotent retry found it already there (then ``token`` is None)."""
+
+    job: JobSnapshot
+    token: str | None
+    already_existed: bool
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[JobSnapshot]
+    next_page_token: str
+
+
+class ContainerJobManager:
+    """Creates, tracks, completes and tears down job containers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backend: ContainerBackend,
+        tokens: TokenStore,
+        orchestrator_url: str = "",
+        llm_provider_name: str = "none",
+    ) -> None:
+        self._settings = settings
+        self._backend = backend
+        self._tokens = tokens
+        self._orchestrator_url = orchestrator_url
+        self._llm_provider_name = llm_provider_name
+        self._jobs: dict[str, JobRecord] = {}
+        self._order = 0
+        self._background: set[asyncio.Task[Any]] = set()
+        self._accepting = True
+
+    def set_orchestrator_url(self, url: str) -> None:
+        """The worker API's URL as containers reach it (known once the API is bound)."""
+        self._orchestrator_url = url
+
+    @property
+    def tokens(self) -> TokenStore:
+        return self._tokens
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def backend(self) -> ContainerBackend:
+        return self._backend
+
+    def container_id(self, job_id: str) -> str | None:
+        """The id of the job's container while it exists."""
+        return self._get(job_id).container_id
+
+    # ---------------------------------------------------------------- create
+
+    async def create_job(self, request: CreateJobRequest) -> CreatedJob:
+        """Validates the request, records the job, starts its container.
+
+        Raises InvalidArgument / FailedPrecondition before anything is recorded; a start failure
+        leaves the job Failed (START_FAILED) with no container, and is raised too.
+        """
+        if not self._accepting:
+            raise FailedPrecondition("the orchestrator is shutting down and accepts no new jobs")
+        if not self._orchestrator_url:
+            raise FailedPrecondition("the worker API is not serving yet")
+        job_id = parse_job_id(request.job_id) if request.job_id else str(uuid.uuid4())
+        existing = self._jobs.get(job_id)
+        if existing is not None:
+            return CreatedJob(existing.snapshot(), None, already_existed=True)
+        task = request.task.strip()
+        if not task:
+            raise InvalidArgument("task is empty: say what the job should do")
+        if len(task) > MAX_TASK_CHARS:
+            raise InvalidArgument(f"task is {len(task)} characters; the limit is {MAX_TASK_CHARS}")
+        if request.mode is JobMode.CLAUDE_CODE and not self._settings.claude_auth_configured:
+            raise FailedPrecondition(
+                "Claude Code mode is not enabled: set ANTHROPIC_API_KEY or "
+                "CLAUDE_CODE_OAUTH_TOKEN on the orchestrator"
+            )
+        labels = _validate_labels(request.labels)
+        grants = validate_grants(request.credentials)
+        limits = self._effective_limits(request.mode, request.limits)
+        if request.project_dir:
+            project = validate_bind_mount_path(request.project_dir, self._settings.projects_dir)
+            check_writable_by_sandbox(project)
+        else:
+            project = create_job_project_dir(self._settings.projects_dir, job_id)
+        # A concurrent create with the same id may have won while the checks above ran.
+        existing = self._jobs.get(job_id)
+        if existing is not None:
+            return CreatedJob(existing.snapshot(), None, already_existed=True)
+
+        now = utcnow()
+        self._order += 1
+        job = JobRecord(
+            job_id=job_id,
+            order=self._order,
+            task=task,
+            mode=request.mode,
+            project_dir=str(project),
+            container_name=container_name(request.mode, job_id),
+            created_at=now,
+            limits=limits,
+            deadline=now + timedelta(seconds=limits.timeout_seconds),
+            labels=labels,
+            credential_names=tuple(g.name for g in grants),
+            llm_provider=self._llm_provider_name,
+            wait_for_prompts=request.wait_for_prompts,
+            history_limit=HISTORY_LIMIT,
+        )
+        self._jobs[job_id] = job
+        token = self._tokens.create_token(job_id, grants)
+        job.publish(UpdateKind.STATE, {"state": JobState.CREATING, "reason": "job created"})
+        log.info("job created", job_id=job_id, mode=request.mode.value, project_dir=str(project))
+
+        spec = build_container_spec(
+            settings=self._settings,
+            job_id=job_id,
+            mode=request.mode,
+            limits=limits,
+            created_at=now,
+            deadline=job.deadline,
+            token=token,
+            orchestrator_url=self._orchestrator_url,
+            project_dir=str(project),
+            wait_for_prompts=request.wait_for_prompts,
+        )
+        try:
+            async with job.lifecycle_lock:
+                if job.state is JobState.CREATING:
+                    job.container_id = await self._backend.create_and_start(spec)
+        except OrchestratorError as exc:
+            self._finish(job, TerminalReason.START_FAILED, exc.message, teardown=False)
+            job.torn_down.set()
+            raise
+        except Exception as exc:
+            message = f"container start failed: {type(exc).__name__}: {exc}"
+            self._finish(job, TerminalReason.START_FAILED, message, teardown=False)
+            job.torn_down.set()
+            raise FailedPrecondition(message) from exc
+        if job.state is JobState.CREATING:
+            self._transition(job, JobState.RUNNING, "container started")
+            job.started_at = utcnow()
+            log.info("job running", job_id=job_id, container=job.container_name)
+        elif job.state.is_terminal and job.container_id is not None:
+            # Stopped or died while starting: make sure its container goes too.
+            self._spawn(self._teardown(job))
+        return CreatedJob(job.snapshot(), token, already_existed=False)
+
+    def _effective_limits(self, mode: JobMode, o: JobLimitOverrides) -> JobLimits:
+        s = self._settings
+        claude = mode is JobMode.CLAUDE_CODE
+
+        def pick(value: int | None, default: int, name: str, low: int, high: int) -> int:
+            if value is None:
+                return default
+            if not low <= value <= high:
+                raise InvalidArgument(f"limits.{name}={value} is out of range [{low}, {high}]")
+            return value
+
+        return JobLimits(
+            max_iterations=pick(
+                o.max_iterations, s.worker_max_iterations, "max_iterations", 1, 10_000
+            ),
+            timeout_seconds=pick(
+                o.timeout_seconds,
+                s.claude_timeout_s if claude else s.worker_timeout_s,
+                "timeout_seconds",
+                1,
+                7 * 86400,
+            ),
+            memory_mb=pick(
+                o.memory_mb,
+                s.claude_memory_mb if claude else s.worker_memory_mb,
+                "memory_mb",
+                16,
+                1 << 20,
+            ),
+            llm_token_budget=pick(
+                o.llm_token_budget, s.job_llm_token_budget, "llm_token_budget", 0, 1 << 40
+            ),
+            llm_call_budget=pick(
+                o.llm_call_budget, s.job_llm_call_budget, "llm_call_budget", 0, 1 << 30
+            ),
+            llm_max_tokens_per_call=pick(
+                o.llm_max_tokens_per_call,
+                s.job_llm_max_tokens_per_call,
+                "llm_max_tokens_per_call",
+                1,
+                s.job_llm_max_tokens_per_call,
+            ),
+            claude_max_turns=pick(
+                o.claude_max_turns, s.claude_max_turns, "claude_max_turns", 1, 10_000
+            ),
+            claude_model=_validate_model_name(o.claude_model or s.claude_model),
+        )
+
+    # ---------------------------------------------------------------- read
+
+    def _get(self, job_id: str) -> JobRecord:
+        job = self._jobs.get(parse_job_id(job_id))
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def get_job(self, job_id: str) -> JobSnapshot:
+        return self._get(job_id).snapshot()
+
+    def list_jobs(
+        self,
+        states: frozenset[JobState] = frozenset(),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> JobPage:
+        """Jobs in creation order, optionally filtered by state, one page at a time."""
+        size = page_size or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size {size} exceeds the maximum of {MAX_PAGE_SIZE}")
+        after = 0
+        if page_token:
+            if not page_token.isdigit():
+                raise InvalidArgument("page_token is invalid: pass the one the last page returned")
+            after = int(page_token)
+        page: list[JobSnapshot] = []
+        last_order = 0
+        more = False
+        for job in self._jobs.values():
+            if job.order <= after or (states and job.state not in states):
+                continue
+            if len(page) == size:
+                more = True
+                break
+            page.append(job.snapshot())
+            last_order = job.order
+        return JobPage(page, str(last_order) if more else "")
+
+    def job_ids(self) -> list[str]:
+        return list(self._jobs)
+
+    async def watch(
+        self, job_id: str, after_sequence: int = 0
+    ) -> AsyncIterator[JobSnapshot | JobUpdate]:
+        """The job's snapshot (when after_sequence is 0), then every later update in order;
+        ends after the terminal result."""
+        job = self._get(job_id)
+        cursor = after_sequence
+        if after_sequence == 0:
+            snapshot = job.snapshot()
+            cursor = snapshot.last_sequence
+            yield snapshot
+            if snapshot.state.is_terminal:
+                return
+        while True:
+            signal = job.change_signal()
+            for update in job.updates_after(cursor):
+                cursor = update.sequence
+                yield update
+                if update.kind is UpdateKind.RESULT:
+                    return
+            if job.state.is_terminal and cursor >= job.sequence:
+                return
+            if self._jobs.get(job.job_id) is not job:
+                return  # cleaned up
+            await signal.wait()
+
+    # ---------------------------------------------------------------- worker-side calls
+
+    def authenticate(self, job_id: str, token: str) -> JobRecord:
+        """The job if ``token`` is its live token; raises Unauthenticated otherwise."""
+        from orchestrator.errors import Unauthenticated
+
+        job = self._jobs.get(job_id)
+        if job is None or not self._tokens.validate(job_id, token):
+            raise Unauthenticated()
+        return job
+
+    def record_status(self, job_id: str, message: str, iteration: int | None) -> None:
+        job = self._get(job_id)
+        if job.state.is_terminal:
+            return
+        job.status_message = message
+        if iteration is not None:
+            job.iteration = iteration
+        job.publish(UpdateKind.STATUS, {"message": message, "iteration": job.iteration})
+
+    def record_event(self, job_id: str, event_type: str, data: Mapping[str, Any]) -> None:
+        job = self._get(job_id)
+        if job.state.is_terminal:
+            return
+        job.publish(UpdateKind.EVENT, {"event_type": event_type, "data": dict(data)})
+
+    def send_prompt(self, job_id: str, content: str, done: bool) -> None:
+        """Queues a follow-up for the job's agent (read by ``GET /prompt``)."""
+        job = self._get(job_id)
+        if job.state.is_terminal:
+            raise FailedPrecondition(f"job {job.job_id} has ended ({job.state.value})")
+        if not done and not content.strip():
+            raise InvalidArgument("prompt is empty: send text, or done=true to finish")
+        if len(content) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(f"prompt exceeds {MAX_PROMPT_CHARS} characters")
+        if len(job.prompts) >= MAX_QUEUED_PROMPTS:
+            raise FailedPrecondition(f"{MAX_QUEUED_PROMPTS} prompts are already queued")
+        job.prompts.append(FollowUpPrompt(content=content, done=done))
+
+    def next_prompt(self, job_id: str) -> FollowUpPrompt | None:
+        job = self._get(job_id)
+        return job.prompts.popleft() if job.prompts else None
+
+    def begin_llm_call(self, job_id: str) -> JobLimits:
+        """Checks the job's LLM budgets before a call and counts the call; raises
+        BudgetExceeded with the numbers."""
+        job = self._get(job_id)
+        limits = job.limits
+        usage = job.usage
+        refusal = None
+        if limits.llm_call_budget and usage.calls >= limits.llm_call_budget:
+            refusal = (
+                f"LLM call budget exhausted: {usage.calls} of {limits.llm_call_budget} calls used"
+            )
+        elif limits.llm_token_budget and usage.total_tokens >= limits.llm_token_budget:
+            refusal = (
+                f"LLM token budget exhausted: {usage.total_tokens} of "
+                f"{limits.llm_token_budget} tokens used"
+            )
+        if refusal:
+            job.budget_refused = refusal
+            raise BudgetExceeded(refusal)
+        job.usage = usage.plus(0, 0, calls=1)
+        return limits
+
+    def record_budget_refusal(self, job_id: str, message: str) -> None:
+        self._get(job_id).budget_refused = message
+
+    def record_llm_usage(self, job_id: str, input_tokens: int, output_tokens: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        job.usage = job.usage.plus(input_tokens, output_tokens, calls=0)
+        job.publish(
+            UpdateKind.USAGE,
+            {"usage": job.usage},
+        )
+
+    def complete_job(
+        self,
+        job_id: str,
+        success: bool,
+        message: str,
+        iterations: int | None = None,
+        details: Mapping[str, Any] | None = None,
+        teardown: bool = True,
+    ) -> JobSnapshot:
+        """Records the job's one result (success → Stopped, failure → Failed), revokes its
+        token at once and tears the container down in the background (or, with
+        ``teardown=False``, when the caller calls :meth:`begin_teardown`)."""
+        job = self._get(job_id)
+        if job.state.is_terminal:
+            raise FailedPrecondition(f"job {job.job_id} has already ended ({job.state.value})")
+        if success:
+            reason = TerminalReason.COMPLETED
+        else:
+            reason = _failure_reason(details, job.budget_refused)
+        self._finish(
+            job,
+            reason,
+            message,
+            iterations=iterations,
+            details=details,
+            success=success,
+            teardown=teardown,
+        )
+        return job.snapshot()
+
+    def begin_teardown(self, job_id: str) -> None:
+        """Stops and removes an ended job's container in the background."""
+        job = self._jobs.get(job_id)
+        if job is not None and job.state.is_terminal and not job.torn_down.is_set():
+            self._spawn(self._teardown(job))
+
+    # ---------------------------------------------------------------- stop / cleanup
+
+    async def stop_job(self, job_id: str) -> JobSnapshot:
+        """Stops the job's container (grace period, then kill), removes it, revokes the token;
+        the job ends Stopped (STOPPED_BY_OPERATOR). Stopping an ended job changes nothing."""
+        job = self._get(job_id)
+        if not job.state.is_terminal:
+            self._finish(job, TerminalReason.STOPPED_BY_OPERATOR, "stopped by operator")
+        await job.torn_down.wait()
+        return job.snapshot()
+
+    async def cleanup_job(self, job_id: str) -> None:
+        """Forgets an ended job from memory (its container is removed first if still there)."""
+        job = self._get(job_id)
+        if not job.state.is_terminal:
+            raise FailedPrecondition(
+                f"job {job.job_id} is {job.state.value}: stop it before cleaning it up"
+            )
+        await job.torn_down.wait()
+        if job.container_id is not None:
+            await self._backend.remove(job.container_id)
+        self._jobs.pop(job.job_id, None)
+        # Wake watchers so they notice the job is gone.
+        job.publish(UpdateKind.STATUS, {"message": "job cleaned up", "iteration": job.iteration})
+
+    # ---------------------------------------------------------------- container events
+
+    async def handle_container_exit(self, event: ContainerExit) -> None:
+        """A container died: unless its job already ended, the job fails with the reason."""
+        job = self._jobs.get(event.job_id)
+        if job is None or job.state.is_terminal:
+            return
+        if event.oom_killed:
+            reason = TerminalReason.OOM_KILLED
+            message = f"container was OOM-killed (memory limit {job.limits.memory_mb} MiB)"
+        else:
+            reason = TerminalReason.EXITED
+            message = f"container exited with code {event.exit_code} without reporting a result"
+        log.warning(
+            "job container died", job_id=job.job_id, reason=reason.value, exit_code=event.exit_code
+        )
+        self._finish(job, reason, message, exit_code=event.exit_code)
+
+    async def watch_container_exits(self) -> None:
+        """Consumes the backend's exit notifications until cancelled."""
+        async for event in self._backend.exits(self._settings.instance):
+            try:
+                await self.handle_container_exit(event)
+            except Exception:
+                log.exception("handling a container exit failed", job_id=event.job_id)
+
+    async def reap_once(self) -> None:
+        """Fails live jobs past their deadline, and jobs whose container is gone or dead
+        (a missed exit event)."""
+        now = utcnow()
+        live = [j for j in self._jobs.values() if not j.state.is_terminal]
+        for job in live:
+            if now >= job.deadline:
+                self._finish(
+                    job,
+                    TerminalReason.TIMED_OUT,
+                    f"timed out after {job.limits.timeout_seconds} s",
+                )
+        running = [j for j in live if j.state is JobState.RUNNING and j.container_id]
+        if not running:
+            return
+        containers = {
+            c.container_id: c for c in await self._backend.list_managed(self._settings.instance)
+        }
+        for job in running:
+            if job.state.is_terminal or job.container_id is None:
+                continue
+            info = containers.get(job.container_id)
+            if info is None:
+                self._finish(job, TerminalReason.CONTAINER_LOST, "container vanished")
+            elif not info.running:
+                detail = await self._backend.inspect(job.container_id)
+                await self.handle_container_exit(
+                    ContainerExit(
+                        container_id=job.container_id,
+                        job_id=job.job_id,
+                        exit_code=detail.exit_code if detail else None,
+                        oom_killed=bool(detail and detail.oom_killed),
+                    )
+                )
+
+    async def run_reaper(self, interval: float = 2.0) -> None:
+        while True:
+            try:
+                await self.reap_once()
+            except Exception as exc:
+                log.warning("reaper pass failed", error=str(exc))
+            await asyncio.sleep(interval)
+
+    async def shutdown(self, drain: bool = False) -> None:
+        """Stops accepting jobs; with ``drain`` stops every live job. Waits for teardowns."""
+        self._accepting = False
+        if drain:
+            for job in list(self._jobs.values()):
+                if not job.state.is_terminal:
+                    self._finish(job, TerminalReason.STOPPED_BY_OPERATOR, "orchestrator drained")
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # ---------------------------------------------------------------- internals
+
+    def _transition(self, job: JobRecord, target: JobState, reason: str) -> None:
+        check_transition(job.state, target)
+        job.state = target
+        job.publish(UpdateKind.STATE, {"state": target, "reason": reason})
+
+    def _finish(
+        self,
+        job: JobRecord,
+        reason: TerminalReason,
+        message: str,
+        *,
+        iterations: int | None = None,
+        exit_code: int | None = None,
+        details: Mapping[str, Any] | None = None,
+        success: bool | None = None,
+        teardown: bool = True,
+    ) -> None:
+        """Records the job's one terminal result, revokes its token, tells every watcher and
+        (in the background) keeps the log tail, stops and removes the container."""
+        if job.state.is_terminal:
+            return
+        target = reason.terminal_state
+        self._tokens.revoke(job.job_id)
+        now = utcnow()
+        job.result = JobResult(
+            success=reason is TerminalReason.COMPLETED if success is None else success,
+            reason=reason,
+            message=message,
+            finished_at=now,
+            iterations=iterations if iterations is not None else job.iteration,
+            exit_code=exit_code,
+            details=dict(details) if details else None,
+        )
+        job.finished_at = now
+        job.prompts.clear()
+        self._transition(job, target, reason.value)
+        job.publish(UpdateKind.RESULT, {"result": job.result})
+        log.info("job ended", job_id=job.job_id, state=target.value, reason=reason.value)
+        if teardown:
+            self._spawn(self._teardown(job))
+
+    async def _teardown(self, job: JobRecord) -> None:
+        try:
+            async with job.lifecycle_lock:
+                container_id = job.container_id
+                if container_id is None:
+                    return
+                try:
+                    await self._backend.stop(container_id, self._settings.stop_grace_s)
+                    tail = await self._backend.logs_tail(
+                        container_id, self._settings.log_tail_lines
+                    )
+                    if tail:
+                        job.log_tail = tail
+                    await self._backend.remove(container_id)
+                    job.container_id = None
+                except Exception as exc:
+                    # The reaper and the next reconciliation retry what is left behind.
+                    log.warning("container teardown failed", job_id=job.job_id, error=str(exc))
+        finally:
+            job.torn_down.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(Exception):
+                await task
+
+
+def _failure_reason(
+    details: Mapping[str, Any] | None, budget_refused: str | None
+) -> TerminalReason:
+    reported = str((details or {}).get("reason", "")).lower()
+    if reported in ("budget_exceeded", "budget") or (budget_refused and not reported):
+        return TerminalReason.BUDGET_EXCEEDED
+    if reported in ("deadline", "timed_out", "timeout"):
+        return TerminalReason.TIMED_OUT
+    return TerminalReason.FAILED
+
+
+def _validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels are allowed")
+    checked: dict[str, str] = {}
+    for key, value in labels.items():
+        if not LABEL_KEY_PATTERN.match(key):
+            raise InvalidArgument(f"label key {key[:64]!r} is invalid")
+        if len(value) > 256:
+            raise InvalidArgument(f"label {key!r} is longer than 256 characters")
+        checked[key] = value
+    return checked
+
+
+def _validate_model_name(model: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:\-\[\]/]{0,127}", model):
+        raise InvalidArgument(f"model name {model[:64]!r} is invalid")
+    return model

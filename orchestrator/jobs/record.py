@@ -1,0 +1,115 @@
+"""The mutable in-memory record of one job and its ordered update history.
+
+Only the job manager mutates a record, always on the event loop; readers get frozen snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.jobs.models import (
+    FollowUpPrompt,
+    JobLimits,
+    JobMode,
+    JobResult,
+    JobSnapshot,
+    JobState,
+    JobUpdate,
+    LlmUsage,
+    UpdateKind,
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class JobRecord:
+    """A job as the manager tracks it."""
+
+    job_id: str
+    order: int  # creation order, for stable pagination
+    task: str
+    mode: JobMode
+    project_dir: str
+    container_name: str
+    created_at: datetime
+    limits: JobLimits
+    deadline: datetime
+    labels: dict[str, str]
+    credential_names: tuple[str, ...]
+    llm_provider: str
+    wait_for_prompts: bool
+    history_limit: int
+    state: JobState = JobState.CREATING
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: JobResult | None = None
+    status_message: str = ""
+    iteration: int = 0
+    usage: LlmUsage = field(default_factory=LlmUsage)
+    log_tail: str = ""
+    container_id: str | None = None
+    budget_refused: str | None = None  # the last budget refusal, to type a later failure
+    sequence: int = 0
+    history: deque[JobUpdate] = field(init=False)
+    prompts: deque[FollowUpPrompt] = field(default_factory=deque)
+    # Serializes container lifecycle work (create/start vs. stop/teardown) for this job.
+    lifecycle_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    torn_down: asyncio.Event = field(default_factory=asyncio.Event)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.history = deque(maxlen=self.history_limit)
+
+    def publish(self, kind: UpdateKind, payload: dict[str, Any]) -> JobUpdate:
+        """Appends one update and wakes every watcher."""
+        self.sequence += 1
+        update = JobUpdate(sequence=self.sequence, time=utcnow(), kind=kind, payload=payload)
+        self.history.append(update)
+        # Swap the event so watchers that wake up wait on a fresh one: no lost wake-ups and no
+        # per-watcher queues to fan out to.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return update
+
+    def change_signal(self) -> asyncio.Event:
+        return self._changed
+
+    def updates_after(self, sequence: int) -> list[JobUpdate]:
+        """Retained updates with a larger sequence number, oldest first."""
+        if not self.history or sequence >= self.sequence:
+            return []
+        first = self.history[0].sequence
+        start = max(0, sequence + 1 - first)
+        return [self.history[i] for i in range(start, len(self.history))]
+
+    def snapshot(self) -> JobSnapshot:
+        return JobSnapshot(
+            job_id=self.job_id,
+            task=self.task,
+            mode=self.mode,
+            state=self.state,
+            project_dir=self.project_dir,
+            container_name=self.container_name,
+            created_at=self.created_at,
+            limits=self.limits,
+            deadline=self.deadline,
+            labels=dict(self.labels),
+            credential_names=self.credential_names,
+            llm_provider=self.llm_provider,
+            wait_for_prompts=self.wait_for_prompts,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            result=self.result,
+            status_message=self.status_message,
+            iteration=self.iteration,
+            usage=replace(self.usage),
+            log_tail=self.log_tail,
+            last_sequence=self.sequence,
+        )

@@ -1,0 +1,104 @@
+"""The LLM proxy: applies a job's budgets and model allowlist, calls the provider with keys the
+container never sees, and accounts the usage on the job."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orchestrator.errors import BudgetExceeded, ProviderNotConfigured
+from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.llm import policy
+from orchestrator.llm.types import (
+    ChatMessage,
+    CompletionRequest,
+    CompletionResult,
+    LlmProvider,
+    ToolCall,
+    ToolSpec,
+)
+from orchestrator.logging import get_logger
+from orchestrator.settings import Settings
+
+log = get_logger(__name__)
+_MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})
+
+
+class LlmProxy:
+    """One per orchestrator; stateless per call apart from the job's usage on the manager."""
+
+    def __init__(
+        self, settings: Settings, provider: LlmProvider | None, manager: ContainerJobManager
+    ) -> None:
+        self._settings = settings
+        self._provider = provider
+        self._manager = manager
+
+    @property
+    def provider_name(self) -> str:
+        return self._provider.name if self._provider is not None else "none"
+
+    async def complete(
+        self,
+        job_id: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None,
+        model: str | None,
+        temperature: float | None,
+        stop_sequences: Sequence[str] | None,
+        tools: Sequence[Mapping[str, Any]] = (),
+        tool_choice: str | Mapping[str, Any] | None = None,
+    ) -> CompletionResult:
+        """One completion for one job; raises BudgetExceeded, ProviderError,
+        ProviderNotConfigured."""
+        if self._provider is None:
+            raise ProviderNotConfigured(
+                "no LLM provider is configured on the orchestrator: set LLM_PROVIDER with "
+                "ANTHROPIC_API_KEY, OPENAI_API_KEY/LLM_BASE_URL, or LLM_SCRIPT"
+            )
+        try:
+            resolved_model = policy.resolve_model(
+                model, self._settings.llm_model, self._settings.llm_model_allowlist
+            )
+        except BudgetExceeded as exc:
+            self._manager.record_budget_refusal(job_id, exc.message)
+            raise
+        limits = self._manager.begin_llm_call(job_id)
+        request = CompletionRequest(
+            messages=tuple(_message(m) for m in messages),
+            model=resolved_model,
+            max_tokens=policy.cap_max_tokens(max_tokens, limits.llm_max_tokens_per_call),
+            temperature=temperature,
+            stop_sequences=tuple(stop_sequences or ()),
+            tools=tuple(
+                ToolSpec(
+                    name=t["name"],
+                    description=t.get("description", ""),
+                    parameters=t.get("parameters") or {"type": "object"},
+                )
+                for t in tools
+            ),
+            tool_choice=tool_choice,
+        )
+        result = await self._provider.complete(request)
+        self._manager.record_llm_usage(job_id, result.input_tokens, result.output_tokens)
+        return result
+
+    async def aclose(self) -> None:
+        if self._provider is not None:
+            await self._provider.aclose()
+
+
+def _message(raw: Mapping[str, Any]) -> ChatMessage:
+    calls = tuple(
+        ToolCall(id=c["id"], name=c["name"], arguments=c.get("arguments") or {})
+        for c in raw.get("tool_calls") or ()
+    )
+    return ChatMessage(
+        role=raw["role"],
+        content=raw.get("content"),
+        tool_calls=calls,
+        tool_call_id=raw.get("tool_call_id"),
+        extras={k: v for k, v in raw.items() if k not in _MESSAGE_FIELDS},
+    )

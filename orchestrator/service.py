@@ -1,0 +1,144 @@
+"""Assembles one orchestrator process: the job manager, the gRPC control plane and the HTTP
+worker API on one event loop, plus the background watchers (container exits, deadlines)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from orchestrator.containers.backend import ContainerBackend
+from orchestrator.containers.docker_backend import DockerBackend
+from orchestrator.errors import EngineUnavailable
+from orchestrator.grpc_api.server import ControlPlane, start_control_plane
+from orchestrator.http_api.app import build_app, start_worker_api
+from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.llm.factory import build_provider
+from orchestrator.llm.proxy import LlmProxy
+from orchestrator.llm.types import LlmProvider
+from orchestrator.logging import get_logger
+from orchestrator.settings import Settings
+from orchestrator.tokens import TokenStore
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Orchestrator:
+    """A running orchestrator; build it with :func:`start_orchestrator`."""
+
+    settings: Settings
+    backend: ContainerBackend
+    manager: ContainerJobManager
+    proxy: LlmProxy
+    control_plane: ControlPlane
+    http_runner: web.AppRunner
+    http_host: str
+    http_port: int
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def grpc_port(self) -> int:
+        return self.control_plane.port
+
+    @property
+    def grpc_target(self) -> str:
+        host = self.settings.grpc_bind
+        return f"{host}:{self.grpc_port}"
+
+    async def stop(self, drain: bool = False, grace: float = 5.0) -> None:
+        """Health NOT_SERVING, no new jobs, in-flight RPCs finish; containers stay for the next
+        start unless ``drain``."""
+        await self.control_plane.set_serving(False)
+        await self.manager.shutdown(drain=drain)
+        await self.control_plane.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.http_runner.cleanup()
+        await self.proxy.aclose()
+        await self.backend.close()
+
+
+async def resolve_http_bind(settings: Settings, backend: ContainerBackend) -> str:
+    """Where the worker API listens: the configured address, else the Docker bridge gateway
+    (reachable from containers, not from the LAN)."""
+    if settings.http_bind:
+        return settings.http_bind
+    gateway = await backend.default_gateway()
+    if gateway is None:
+        raise EngineUnavailable(
+            "cannot find the Docker bridge gateway to bind the worker API to: set "
+            "ORCHESTRATOR_HTTP_BIND"
+        )
+    return gateway
+
+
+async def start_orchestrator(
+    settings: Settings,
+    backend: ContainerBackend | None = None,
+    provider: LlmProvider | None = None,
+    grpc_port: int | None = None,
+    http_port: int | None = None,
+    reaper_interval: float = 2.0,
+) -> Orchestrator:
+    """Starts everything; ports default to the settings (0 picks free ones, for tests)."""
+    backend = backend or DockerBackend()
+    await backend.ping()
+    if provider is None:
+        provider = build_provider(settings)
+    http_host = await resolve_http_bind(settings, backend)
+    manager = ContainerJobManager(
+        settings, backend, TokenStore(), llm_provider_name=provider.name if provider else "none"
+    )
+    proxy = LlmProxy(settings, provider, manager)
+    port = settings.http_port if http_port is None else http_port
+    runner, bound_port = await start_worker_api(build_app(manager, proxy), http_host, port)
+    # Containers learn the URL only once the port is bound (port 0 picks one in tests).
+    orchestrator_url = settings.orchestrator_url or _container_url(bound_port)
+    manager.set_orchestrator_url(orchestrator_url)
+    plane = await start_control_plane(settings, manager, grpc_port)
+    orch = Orchestrator(
+        settings=settings,
+        backend=backend,
+        manager=manager,
+        proxy=proxy,
+        control_plane=plane,
+        http_runner=runner,
+        http_host=http_host,
+        http_port=bound_port,
+    )
+    orch.tasks.append(asyncio.create_task(manager.watch_container_exits(), name="exits"))
+    orch.tasks.append(asyncio.create_task(manager.run_reaper(reaper_interval), name="reaper"))
+    log.info(
+        "orchestrator started",
+        grpc=f"{settings.grpc_bind}:{plane.port}",
+        worker_api=f"{http_host}:{bound_port}",
+        container_url=orchestrator_url,
+        instance=settings.instance,
+        llm_provider=proxy.provider_name,
+    )
+    return orch
+
+
+def _container_url(port: int) -> str:
+    # host.docker.internal is mapped to the bridge gateway in every job container.
+    return f"http://host.docker.internal:{port}"
+
+
+async def serve_forever(settings: Settings, drain: bool = False) -> None:
+    """Runs until SIGTERM/SIGINT, then shuts down gracefully."""
+    orch = await start_orchestrator(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", drain=drain)
+    await orch.stop(drain=drain)

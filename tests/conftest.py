@@ -1,0 +1,141 @@
+"""Shared test fixtures: Docker availability, locally built images, orchestrators on free ports.
+
+Tests that need Docker skip locally without an engine but fail under CI (CI=true). Every
+container a test starts carries a test-only ``ironclaw.instance`` label and is removed by that
+label afterwards, also when the test fails; its log is printed first so a failure explains
+itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_INSTANCE_PREFIX = "test-"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _docker_client() -> Any:
+    import docker
+
+    return docker.from_env(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Any]:
+    """A docker client; skips without an engine locally, fails under CI."""
+    try:
+        client = _docker_client()
+        client.ping()
+    except Exception as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but no Docker engine is reachable: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    yield client
+    _remove_test_containers(client, prefix=TEST_INSTANCE_PREFIX)
+    client.close()
+
+
+def _remove_test_containers(client: Any, prefix: str = "", instance: str = "") -> None:
+    for container in client.containers.list(all=True, filters={"label": "ironclaw.instance"}):
+        label = container.labels.get("ironclaw.instance", "")
+        if (instance and label == instance) or (prefix and label.startswith(prefix)):
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+
+
+def build_image(target: str) -> None:
+    result = subprocess.run(
+        [str(ROOT / "deploy/scripts/build-images.sh"), target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"building the {target} image failed:\n{result.stderr[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def test_agent_image(docker_engine: Any) -> str:
+    build_image("test")
+    return "ironclaw-test-agent:latest"
+
+
+@pytest.fixture(scope="session")
+def worker_image(docker_engine: Any) -> str:
+    build_image("worker")
+    return "ironclaw-worker:latest"
+
+
+@pytest.fixture
+def base_dir(tmp_path: Path) -> Path:
+    base = tmp_path / "ironclaw"
+    (base / "projects").mkdir(parents=True)
+    return base
+
+
+@pytest.fixture
+def test_instance() -> str:
+    return f"{TEST_INSTANCE_PREFIX}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_settings(base_dir: Path, test_instance: str) -> Callable[..., Any]:
+    from orchestrator.settings import Settings
+
+    def make(**overrides: Any) -> Settings:
+        env = {
+            "IRONCLAW_BASE_DIR": str(base_dir),
+            "ORCHESTRATOR_INSTANCE": test_instance,
+            "WORKER_MEMORY_MB": "256",
+            "STOP_GRACE_S": "2",
+            "LOG_FORMAT": "console",
+        }
+        env.update({k: v for k, v in overrides.items() if k.isupper()})
+        settings = Settings.from_env(env)
+        fields = {k: v for k, v in overrides.items() if not k.isupper()}
+        return replace(settings, **fields) if fields else settings
+
+    return make
+
+
+@pytest.fixture
+async def start_orch(
+    docker_engine: Any, test_instance: str
+) -> AsyncIterator[Callable[..., Any]]:
+    """Starts orchestrators on free ports; stops them and removes their containers after."""
+    from orchestrator.service import Orchestrator, start_orchestrator
+
+    started: list[Orchestrator] = []
+
+    async def start(settings: Any, **kwargs: Any) -> Orchestrator:
+        orch = await start_orchestrator(
+            settings, grpc_port=0, http_port=0, reaper_interval=0.5, **kwargs
+        )
+        started.append(orch)
+        return orch
+
+    try:
+        yield start
+    finally:
+        for orch in started:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(orch.stop(grace=1), timeout=30)
+        for container in docker_engine.containers.list(
+            all=True, filters={"label": f"ironclaw.instance={test_instance}"}
+        ):
+            with contextlib.suppress(Exception):
+                print(f"--- log of {container.name} ---")
+                print(container.logs(tail=50).decode(errors="replace"))
+        _remove_test_containers(docker_engine, instance=test_instance)

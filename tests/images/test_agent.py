@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""A tiny stand-in agent for the orchestrator's own tests (image ironclaw-test-agent).
+
+It makes the real worker-API calls a job container makes, then does what its task says:
+  sleep            report status, then wait to be stopped
+  exit N           exit with code N without reporting a result
+  oom              allocate memory until the kernel kills it
+  complete OK|FAIL [message]   report a result through /complete, then exit 0
+  env              report the names of its environment variables as an event, then sleep
+Standard library only.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def call(method, path, body=None):
+    url = os.environ["IRONCLAW_ORCHESTRATOR_URL"] + f"/worker/{os.environ['IRONCLAW_JOB_ID']}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", "Bearer " + os.environ["IRONCLAW_WORKER_TOKEN"])
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if len(sys.argv) > 1 and sys.argv[1] not in ("worker", "claude-bridge"):
+        print("usage: ironclaw worker", file=sys.stderr)
+        return 2
+    job = call("GET", "/job")
+    words = job["task_description"].split()
+    action = words[0] if words else "sleep"
+    print(f"test agent: {action}", flush=True)
+    if action == "exit":
+        return int(words[1])
+    if action == "oom":
+        hog = []
+        while True:
+            hog.append(bytearray(16 * 1024 * 1024))
+            for page in range(0, len(hog[-1]), 4096):
+                hog[-1][page] = 1
+    if action == "complete":
+        success = words[1] == "OK"
+        call("POST", "/complete", {"success": success, "message": " ".join(words[2:])})
+        return 0
+    if action == "env":
+        call("POST", "/event", {"event_type": "status",
+                                "data": {"message": ",".join(sorted(os.environ))}})
+    call("POST", "/status", {"message": "test agent sleeping", "iteration": 1})
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
