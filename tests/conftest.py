@@ -111,9 +111,7 @@ def make_settings(base_dir: Path, test_instance: str) -> Callable[..., Any]:
 
 
 @pytest.fixture
-async def start_orch(
-    docker_engine: Any, test_instance: str
-) -> AsyncIterator[Callable[..., Any]]:
+async def start_orch(docker_engine: Any, test_instance: str) -> AsyncIterator[Callable[..., Any]]:
     """Starts orchestrators on free ports; stops them and removes their containers after."""
     from orchestrator.service import Orchestrator, start_orchestrator
 

@@ -44,6 +44,7 @@ from orchestrator.jobs.projects import (
 )
 from orchestrator.jobs.record import JobRecord, utcnow
 from orchestrator.jobs.state import check_transition
+from orchestrator.llm.policy import check_budget
 from orchestrator.logging import get_logger
 from orchestrator.settings import Settings
 from orchestrator.tokens import TokenStore, validate_grants
@@ -386,19 +387,13 @@ class ContainerJobManager:
         job = self._get(job_id)
         limits = job.limits
         usage = job.usage
-        refusal = None
-        if limits.llm_call_budget and usage.calls >= limits.llm_call_budget:
-            refusal = (
-                f"LLM call budget exhausted: {usage.calls} of {limits.llm_call_budget} calls used"
+        try:
+            check_budget(
+                usage.calls, usage.total_tokens, limits.llm_call_budget, limits.llm_token_budget
             )
-        elif limits.llm_token_budget and usage.total_tokens >= limits.llm_token_budget:
-            refusal = (
-                f"LLM token budget exhausted: {usage.total_tokens} of "
-                f"{limits.llm_token_budget} tokens used"
-            )
-        if refusal:
-            job.budget_refused = refusal
-            raise BudgetExceeded(refusal)
+        except BudgetExceeded as exc:
+            job.budget_refused = exc.message
+            raise
         job.usage = usage.plus(0, 0, calls=1)
         return limits
 

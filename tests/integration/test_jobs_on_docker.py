@@ -49,9 +49,7 @@ async def _state(stub: Any, job_id: str) -> Any:
 
 
 def _containers(docker_engine: Any, job_id: str) -> list[Any]:
-    return docker_engine.containers.list(
-        all=True, filters={"label": f"ironclaw.job_id={job_id}"}
-    )
+    return docker_engine.containers.list(all=True, filters={"label": f"ironclaw.job_id={job_id}"})
 
 
 async def test_create_runs_then_stop_removes_container_and_revokes_token(
@@ -114,9 +112,7 @@ async def test_container_that_exits_3_fails_the_job_with_its_code(
     orch: Any, stub: Any, docker_engine: Any
 ) -> None:
     job = await _create(stub, "exit 3")
-    final = await wait_for(
-        lambda: _terminal(stub, job.job_id), timeout=20, what="the job to fail"
-    )
+    final = await wait_for(lambda: _terminal(stub, job.job_id), timeout=20, what="the job to fail")
     assert final.state == pb.JOB_STATE_FAILED
     assert final.result.reason == pb.TERMINAL_REASON_EXITED
     assert final.result.exit_code == 3
@@ -293,9 +289,7 @@ async def test_list_filters_by_state_and_paginates(orch: Any, stub: Any) -> None
     assert {j.job_id for j in stopped.jobs} == set(ids)
     page1 = await stub.ListJobs(pb.ListJobsRequest(page_size=2))
     assert len(page1.jobs) == 2 and page1.next_page_token
-    page2 = await stub.ListJobs(
-        pb.ListJobsRequest(page_size=2, page_token=page1.next_page_token)
-    )
+    page2 = await stub.ListJobs(pb.ListJobsRequest(page_size=2, page_token=page1.next_page_token))
     seen = [j.job_id for j in page1.jobs] + [j.job_id for j in page2.jobs]
     assert seen == [*ids, running]
     assert page2.next_page_token == ""

@@ -1,0 +1,53 @@
+# The README's two commands are `make demo` and `make test`; both set up what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv images images-all protos lint typecheck unit test demo bench clean-containers
+
+help:
+	@echo "make demo    run the orchestrator and a real job in a real container, to completion"
+	@echo "make test    lint, type-check and run every test (needs a Docker engine)"
+	@echo "make images  build the job images offline (worker, claude)"
+	@echo "make bench   run the benchmarks under bench/"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+images: $(STAMP)
+	deploy/scripts/build-images.sh worker claude
+
+images-all: $(STAMP)
+	deploy/scripts/build-images.sh worker claude orchestrator test
+
+protos: $(STAMP)
+	PYTHON=$(PY) scripts/gen_protos.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy orchestrator worker bridge
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest tests/unit -q
+
+test: $(STAMP) lint typecheck
+	$(VENV)/bin/pytest -q -ra
+
+demo: $(STAMP)
+	PYTHON=$(PY) deploy/scripts/demo.sh
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean-containers:
+	docker ps -aq --filter label=ironclaw.job_id | xargs -r docker rm -f
