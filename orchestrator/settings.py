@@ -150,7 +150,7 @@ class Settings:
         if llm_provider == "openai" and openai_key is None and llm_base_url is None:
             raise ConfigError("LLM_PROVIDER=openai needs OPENAI_API_KEY or LLM_BASE_URL")
         default_model = {
-            "anthropic": "claude-sonnet-4-5",
+            "anthropic": "claude-sonnet-5-5",
             "openai": "gpt-4o-mini",
             "scripted": "scripted",
         }.get(llm_provider, "")

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Build Python wheels on the host, for images that cannot reach PyPI while building.
+#
+# usage: build-wheels.sh [--server] [OUT_DIR]      (OUT_DIR defaults to build/wheels)
+#   always:    the project's own wheel (no dependencies: that is all the worker image needs)
+#   --server:  also every wheel of .[server], for the orchestrator image
+#
+# Images install them with `pip install --no-index --find-links`. The wheels match the host's
+# Python (3.11, glibc): the images are Debian bookworm with Python 3.11 as well.
+set -euo pipefail
+
+usage() { sed -n '4,6s/^# \{0,1\}//p' "$0" >&2; }
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+
+server=0
+out=""
+for arg in "$@"; do
+    case "$arg" in
+        --server) server=1 ;;
+        -h | --help) usage; exit 0 ;;
+        -*) printf 'build-wheels: unknown option %s\n' "$arg" >&2; usage; exit 2 ;;
+        *) out="$arg" ;;
+    esac
+done
+out="${out:-build/wheels}"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+PYTHON="${PYTHON:-.venv/bin/python}"
+pip=("$PYTHON" -m pip --disable-pip-version-check)
+
+pyver=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [[ "$pyver" != "3.11" ]]; then
+    printf 'build-wheels: warning: %s is Python %s; the images run 3.11, binary wheels may not fit\n' \
+        "$PYTHON" "$pyver" >&2
+fi
+
+# Concurrent runs would delete each other's project wheel: serialize on the output dir.
+exec 9>"$out/.lock"
+flock 9
+
+# The version number does not change between edits: drop old project wheels so pip can only
+# find the one built from the current source.
+rm -f "$out"/ironclaw_orchestrator-*.whl
+
+# Build from a clean copy of the source: an in-tree build reuses build/lib, where modules that
+# were deleted from the source would survive into the wheel, and concurrent builds collide.
+src=$(mktemp -d "${TMPDIR:-/tmp}/ironclaw-src.XXXXXX")
+trap 'rm -rf "$src"' EXIT
+# The package list mirrors [tool.setuptools.packages.find] in pyproject.toml.
+tar -C "$ROOT" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' -cf - \
+    pyproject.toml README.md orchestrator worker bridge | tar -C "$src" -xf -
+
+# The venv's own setuptools builds the wheel when it can (no download, works offline);
+# otherwise pip fetches the build backend declared in pyproject.toml.
+isolation=()
+if "$PYTHON" -c 'import setuptools, wheel, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 68)' \
+    2>/dev/null; then
+    isolation=(--no-build-isolation)
+fi
+printf 'build-wheels: project wheel -> %s\n' "$out" >&2
+"${pip[@]}" wheel --quiet --no-deps "${isolation[@]}" --wheel-dir "$out" "$src" >&2
+project_wheel=$(ls "$out"/ironclaw_orchestrator-*.whl)
+
+if [[ $server -eq 1 ]]; then
+    printf 'build-wheels: server dependency wheels -> %s\n' "$out" >&2
+    # Offline first: wheels from an earlier run usually satisfy everything. The project is
+    # named by its wheel file, so an index can never substitute another package for it.
+    if ! "${pip[@]}" wheel --quiet --no-index --find-links "$out" --wheel-dir "$out" \
+        "${project_wheel}[server]" >/dev/null 2>&1; then
+        "${pip[@]}" wheel --quiet --find-links "$out" --wheel-dir "$out" \
+            "${project_wheel}[server]" >&2
+    fi
+fi
+
+printf '%s\n' "$project_wheel"
