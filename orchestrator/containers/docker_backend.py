@@ -138,7 +138,9 @@ class DockerBackend(ContainerBackend):
             network_mode=spec.network,
             extra_hosts=dict(spec.extra_hosts) or None,
             runtime=spec.runtime,
-            init=True,
+            # No docker-init: it would be PID 1 holding the token in a /proc/1/environ that the
+            # agent's tools (same uid) can read. The agent is PID 1, reaps orphans and is
+            # non-dumpable.
         )
         try:
             created = api.create_container(

@@ -1,0 +1,480 @@
+"""A client for the orchestrator's worker HTTP API, shared by the worker and the Claude Code bridge.
+
+Standard library only. One keep-alive connection is reused across calls (reconnecting after a
+failure): the agent makes many small calls and a fresh TCP connection per call costs more than the
+call itself. Every call has a connect and a read timeout; connection errors and 502/503 answers are
+retried with exponential backoff and jitter, bounded in attempts and in total time. A 401 is never
+retried: it means the job is over or the token was revoked, so the caller must stop.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import random
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 15.0
+DEFAULT_LLM_TIMEOUT_S = 300.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+# Event data is bounded before it leaves the container; the server bounds it too, but a huge
+# tool output should not cost a 413 and lose the whole event.
+MAX_EVENT_STRING_CHARS = 16_000
+MAX_EVENT_JSON_CHARS = 64_000
+
+_RETRY_STATUSES = frozenset({502, 503})
+_TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+
+
+class WorkerClientError(Exception):
+    """Base of every error raised by :class:`WorkerApiClient`."""
+
+
+class TokenRejected(WorkerClientError):
+    """The server answered 401: the job is over or the token was revoked. Stop; do not retry.
+
+    Deliberately not a :class:`WorkerApiError`, so a handler for API errors cannot swallow it.
+    """
+
+
+class WorkerApiError(WorkerClientError):
+    """The server answered with an error status; ``code`` and ``message`` come from its body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class BudgetExhausted(WorkerApiError):
+    """The server answered 429: the job's LLM budget (or a rate limit) is exhausted."""
+
+
+class WorkerConnectionError(WorkerClientError):
+    """The orchestrator could not be reached, even after the retries the policy allows."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How connection errors and 502/503 answers are retried.
+
+    A new attempt starts only while ``attempt < max_attempts`` and the time spent so far plus the
+    next delay stays within ``max_total_s``.
+    """
+
+    max_attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    max_total_s: float = 120.0
+
+    def delay(self, attempt: int) -> float:
+        """The pause after failed attempt number ``attempt`` (1-based): half fixed, half random."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempt - 1))
+        # Jitter spreads the retries of many workers after an orchestrator restart; it needs no
+        # cryptographic randomness.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311
+
+
+@dataclass(frozen=True)
+class FollowUpPrompt:
+    """A queued follow-up from ``GET /prompt``; ``done`` asks the agent to finish afterwards."""
+
+    content: str
+    done: bool
+
+
+def truncate_text(text: str, limit: int) -> str:
+    """Cuts ``text`` to ``limit`` characters, saying how many were dropped."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[truncated {len(text) - limit} chars]"
+
+
+def bound_json(
+    value: Any,
+    *,
+    max_string: int = MAX_EVENT_STRING_CHARS,
+    max_total: int = MAX_EVENT_JSON_CHARS,
+) -> Any:
+    """Returns ``value`` with long strings truncated so that its JSON stays near ``max_total``.
+
+    Strings are cut to ``max_string`` characters first; when the whole is still too large the
+    per-string limit shrinks until it fits (or reaches a floor, for values made of many keys).
+    """
+    limit = max_string
+    while True:
+        bounded = _truncate_strings(value, limit)
+        if limit <= 256 or len(json.dumps(bounded, ensure_ascii=False)) <= max_total:
+            return bounded
+        limit //= 4
+
+
+def _truncate_strings(value: Any, limit: int) -> Any:
+    if isinstance(value, str):
+        return truncate_text(value, limit)
+    if isinstance(value, Mapping):
+        return {key: _truncate_strings(item, limit) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_truncate_strings(item, limit) for item in value]
+    return value
+
+
+class WorkerApiClient:
+    """Talks to ``/worker/{job_id}/...`` on the orchestrator with the job's bearer token.
+
+    Thread-safe: calls are serialised on the one connection. The token is kept private and never
+    appears in ``repr``, logs or exceptions.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        job_id: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        llm_timeout: float = DEFAULT_LLM_TIMEOUT_S,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+        user_agent: str = "ironclaw-worker",
+    ) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"orchestrator URL must look like http://host:port, got {base_url!r}")
+        if not job_id:
+            raise ValueError("job id must not be empty")
+        # Checked here because http.client would otherwise quote a bad header value, token
+        # included, in its own error message.
+        if not _TOKEN_RE.fullmatch(token):
+            raise ValueError("worker token is empty or contains whitespace or control characters")
+        self._base_url = base_url.rstrip("/")
+        self._https = parsed.scheme == "https"
+        self._host = parsed.hostname
+        self._port = parsed.port
+        self._root = parsed.path.rstrip("/")
+        self._job_id = job_id
+        self._job_prefix = f"{self._root}/worker/{urllib.parse.quote(job_id, safe='')}/"
+        self._token = token
+        self._timeout = timeout
+        self._llm_timeout = llm_timeout
+        self._connect_timeout = connect_timeout
+        self._retry = retry or RetryPolicy()
+        self._user_agent = user_agent
+        self._conn: http.client.HTTPConnection | None = None
+        self._conn_used = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"WorkerApiClient(base_url={self._base_url!r}, job_id={self._job_id!r})"
+
+    @property
+    def base_url(self) -> str:
+        """The orchestrator URL this client talks to."""
+        return self._base_url
+
+    @property
+    def job_id(self) -> str:
+        """The job whose routes this client calls."""
+        return self._job_id
+
+    def __enter__(self) -> WorkerApiClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the keep-alive connection; a later call opens a new one."""
+        with self._lock:
+            self._drop_connection()
+
+    # -- routes of the worker API ------------------------------------------------------------
+
+    def get_job(self) -> dict[str, Any]:
+        """``GET /job``: task description, max iterations, deadline and the other job metadata."""
+        return _expect_object(self.request("GET", "job"), "job")
+
+    def get_credentials(self) -> dict[str, Any]:
+        """``GET /credentials``: the job's granted credentials (grant name → value)."""
+        return _expect_object(self.request("GET", "credentials"), "credentials")
+
+    def complete(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        stop_sequences: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """``POST /llm/complete``: one completion without tools."""
+        body = _llm_body(messages, max_tokens, model, temperature, stop_sequences)
+        answer = self.request("POST", "llm/complete", body, timeout=self._llm_timeout)
+        return _expect_object(answer, "llm/complete")
+
+    def complete_with_tools(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        *,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        max_tokens: int | None = None,
+        model: str | None = None,
+        temperature: float | None = None,
+        stop_sequences: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """``POST /llm/complete_with_tools``; the answer always has a ``tool_calls`` list."""
+        body = _llm_body(messages, max_tokens, model, temperature, stop_sequences)
+        body["tools"] = [dict(tool) for tool in tools]
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+        answer = _expect_object(
+            self.request("POST", "llm/complete_with_tools", body, timeout=self._llm_timeout),
+            "llm/complete_with_tools",
+        )
+        if answer.get("tool_calls") is None:
+            answer["tool_calls"] = []
+        return answer
+
+    def post_status(self, message: str, iteration: int, state: str | None = None) -> None:
+        """``POST /status``: a progress line for watchers."""
+        body: dict[str, Any] = {
+            "message": truncate_text(message, MAX_EVENT_STRING_CHARS),
+            "iteration": iteration,
+        }
+        if state is not None:
+            body["state"] = state
+        self.request("POST", "status", body)
+
+    def post_event(self, event_type: str, data: Mapping[str, Any]) -> None:
+        """``POST /event``: one job event; long strings in ``data`` are truncated with a marker."""
+        self.request("POST", "event", {"event_type": event_type, "data": bound_json(data)})
+
+    def get_prompt(self) -> FollowUpPrompt | None:
+        """``GET /prompt``: the next queued follow-up, or ``None`` when nothing is queued (204)."""
+        answer = self.request("GET", "prompt")
+        if answer is None:
+            return None
+        body = _expect_object(answer, "prompt")
+        content = body.get("content")
+        return FollowUpPrompt(
+            content=content if isinstance(content, str) else "",
+            done=bool(body.get("done", False)),
+        )
+
+    def complete_job(
+        self,
+        success: bool,
+        message: str,
+        iterations: int | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``POST /complete``: the job's one final result. The token is revoked afterwards."""
+        body: dict[str, Any] = {
+            "success": success,
+            "message": truncate_text(message, MAX_EVENT_JSON_CHARS),
+        }
+        if iterations is not None:
+            body["iterations"] = iterations
+        if details is not None:
+            body["details"] = bound_json(details)
+        self.request("POST", "complete", body)
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Sends one call and returns its decoded JSON body (``None`` for 204 or an empty body).
+
+        ``path`` is relative to ``/worker/{job_id}/`` (``"job"``, ``"llm/complete"``); a path
+        starting with ``/`` is relative to the orchestrator URL instead (``"/health"``).
+        ``timeout`` is the read timeout in seconds (default: the client's ``timeout``).
+
+        Raises :class:`TokenRejected` on 401, :class:`BudgetExhausted` on 429,
+        :class:`WorkerApiError` on any other error status (502/503 after the retries), and
+        :class:`WorkerConnectionError` when the server stays unreachable.
+        """
+        target = self._root + path if path.startswith("/") else self._job_prefix + path
+        payload = None
+        if body is not None:
+            payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        read_timeout = self._timeout if timeout is None else timeout
+        with self._lock:
+            status, data = self._send_with_retries(method, target, payload, read_timeout)
+        return _decode(status, data)
+
+    def _send_with_retries(
+        self, method: str, target: str, payload: bytes | None, read_timeout: float
+    ) -> tuple[int, bytes]:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                status, retry_after, data = self._send_once(method, target, payload, read_timeout)
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                error: BaseException | None = exc
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                if status not in _RETRY_STATUSES:
+                    return status, data
+                error = None
+                failure = f"HTTP {status}"
+            delay = self._retry.delay(attempt)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, self._retry.max_delay_s))
+            elapsed = time.monotonic() - started
+            if attempt >= self._retry.max_attempts or elapsed + delay > self._retry.max_total_s:
+                if error is None:
+                    return status, data
+                raise WorkerConnectionError(
+                    f"{method} {target}: orchestrator unreachable after {attempt} attempt(s) "
+                    f"in {elapsed:.1f}s: {failure}"
+                ) from error
+            log.warning(
+                "%s %s failed (%s); retry %d of %d in %.1fs",
+                method,
+                target,
+                failure,
+                attempt,
+                self._retry.max_attempts - 1,
+                delay,
+            )
+            time.sleep(delay)
+
+    def _send_once(
+        self, method: str, target: str, payload: bytes | None, read_timeout: float
+    ) -> tuple[int, float | None, bytes]:
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "Accept": "application/json",
+            "User-Agent": self._user_agent,
+        }
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        reused = self._conn is not None and self._conn_used
+        conn = self._connection(read_timeout)
+        try:
+            conn.request(method, target, body=payload, headers=headers)
+            response = conn.getresponse()
+        except ConnectionError:
+            if not reused:
+                raise
+            # The server closed an idle keep-alive connection before our request reached it:
+            # that is not an outage, so resend once on a fresh connection without backing off.
+            self._drop_connection()
+            conn = self._connection(read_timeout)
+            conn.request(method, target, body=payload, headers=headers)
+            response = conn.getresponse()
+        data = response.read()
+        self._conn_used = True
+        if response.will_close:
+            self._drop_connection()
+        return response.status, _retry_after(response.getheader("Retry-After")), data
+
+    def _connection(self, read_timeout: float) -> http.client.HTTPConnection:
+        if self._conn is None or self._conn.sock is None:
+            self._drop_connection()
+            conn_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = conn_class(self._host, self._port, timeout=self._connect_timeout)
+            conn.connect()
+            self._conn = conn
+            self._conn_used = False
+        # http.client has one timeout; the socket gets the connect timeout while connecting and
+        # the call's read timeout afterwards.
+        assert self._conn.sock is not None
+        self._conn.sock.settimeout(read_timeout)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self._conn_used = False
+
+
+def _llm_body(
+    messages: Sequence[Mapping[str, Any]],
+    max_tokens: int | None,
+    model: str | None,
+    temperature: float | None,
+    stop_sequences: Sequence[str] | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"messages": [dict(message) for message in messages]}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if model is not None:
+        body["model"] = model
+    if temperature is not None:
+        body["temperature"] = temperature
+    if stop_sequences is not None:
+        body["stop_sequences"] = list(stop_sequences)
+    return body
+
+
+def _decode(status: int, data: bytes) -> Any:
+    if 200 <= status < 300:
+        if status == 204 or not data.strip():
+            return None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise WorkerApiError(status, "invalid_response", "response body is not JSON") from None
+    code, message = _error_fields(status, data)
+    if status == 401:
+        raise TokenRejected(f"worker token rejected ({code}): {message}")
+    if status == 429:
+        raise BudgetExhausted(status, code, message)
+    raise WorkerApiError(status, code, message)
+
+
+def _error_fields(status: int, data: bytes) -> tuple[str, str]:
+    text = data.decode("utf-8", errors="replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = body.get("error")
+        message = body.get("message")
+        return (
+            code if isinstance(code, str) and code else f"http_{status}",
+            message if isinstance(message, str) and message else "(no message)",
+        )
+    snippet = text.strip()
+    return f"http_{status}", truncate_text(snippet, 200) if snippet else "(no message)"
+
+
+def _expect_object(value: Any, route: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise WorkerApiError(200, "invalid_response", f"{route}: expected a JSON object")
+    return value
+
+
+def _retry_after(header: str | None) -> float | None:
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        return None  # the HTTP-date form is not worth parsing for a hint
+    return seconds if seconds >= 0 else None
