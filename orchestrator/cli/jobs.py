@@ -53,6 +53,9 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
     watch = sub.add_parser("watch", help="follow a job's progress until it ends")
     watch.add_argument("job_id")
     watch.add_argument("--after", type=int, default=0, help="resume after this sequence number")
+    watch.add_argument(
+        "--from-start", action="store_true", help="replay the job's history from its first update"
+    )
     watch.add_argument("--json", action="store_true")
 
     for name, text in (("stop", "stop a job"), ("cleanup", "forget an ended job")):
@@ -188,7 +191,7 @@ def _dispatch(args: argparse.Namespace, channel: Any) -> int:
                 )
         return 0
     if cmd == "watch":
-        final = _follow(stub, args.job_id, args.after, args.json)
+        final = _follow(stub, args.job_id, args.after, args.json, args.from_start)
         return 0 if final is not None and final.state == pb.JOB_STATE_STOPPED else 1
     if cmd == "stop":
         job = stub.StopJob(pb.StopJobRequest(job_id=args.job_id), timeout=120).job
@@ -289,7 +292,7 @@ def _print_job(job: Any, as_json: bool, verb: str = "") -> None:
         f"in={job.usage.input_tokens} out={job.usage.output_tokens}"
     )
     if job.status_message:
-        print(f"  status:   {_one_line(job.status_message, 100)} (iteration {job.iteration})")
+        print(f"  status:   {_one_line(job.status_message, 100)}")
     if job.HasField("result"):
         r = d["result"]
         print(f"  result:   {r['reason']}: {_one_line(job.result.message, 200)}")
@@ -300,12 +303,12 @@ def _one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _follow(stub: Any, job_id: str, after: int, as_json: bool) -> Any:
+def _follow(stub: Any, job_id: str, after: int, as_json: bool, from_start: bool = False) -> Any:
     """Prints one line per update until the job ends; returns the final job."""
     from orchestrator.api.v1 import jobs_pb2 as pb
 
     final = None
-    for update in _watch(stub, job_id, after):
+    for update in _watch(stub, job_id, after, from_start):
         if as_json:
             from google.protobuf import json_format
 
@@ -326,10 +329,12 @@ def _follow(stub: Any, job_id: str, after: int, as_json: bool) -> Any:
     return final
 
 
-def _watch(stub: Any, job_id: str, after: int) -> Iterator[Any]:
+def _watch(stub: Any, job_id: str, after: int, from_start: bool) -> Iterator[Any]:
     from orchestrator.api.v1 import jobs_pb2 as pb
 
-    yield from stub.WatchJob(pb.WatchJobRequest(job_id=job_id, after_sequence=after))
+    yield from stub.WatchJob(
+        pb.WatchJobRequest(job_id=job_id, after_sequence=after, from_start=from_start)
+    )
 
 
 def describe_update(update: Any) -> str:

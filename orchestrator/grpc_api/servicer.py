@@ -57,9 +57,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
         return await self._call(context, run)
 
-    async def ListJobs(
-        self, request: pb.ListJobsRequest, context: Context
-    ) -> pb.ListJobsResponse:
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         async def run() -> pb.ListJobsResponse:
             page = self._manager.list_jobs(
                 convert.states_from_pb(request.states), request.page_size, request.page_token
@@ -101,7 +99,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.JobUpdate]:
         try:
-            async for item in self._manager.watch(request.job_id, request.after_sequence):
+            async for item in self._manager.watch(
+                request.job_id, request.after_sequence, request.from_start
+            ):
                 yield convert.update_to_pb(item)
         except OrchestratorError as exc:
             await abort_for(context, exc)

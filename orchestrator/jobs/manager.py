@@ -313,13 +313,14 @@ class ContainerJobManager:
         return list(self._jobs)
 
     async def watch(
-        self, job_id: str, after_sequence: int = 0
+        self, job_id: str, after_sequence: int = 0, from_start: bool = False
     ) -> AsyncIterator[JobSnapshot | JobUpdate]:
         """The job's snapshot (when after_sequence is 0), then every later update in order;
-        ends after the terminal result."""
+        ends after the terminal result. ``from_start`` replays the retained history instead
+        of the snapshot."""
         job = self._get(job_id)
         cursor = after_sequence
-        if after_sequence == 0:
+        if after_sequence == 0 and not from_start:
             snapshot = job.snapshot()
             cursor = snapshot.last_sequence
             yield snapshot

@@ -293,3 +293,22 @@ async def test_list_filters_by_state_and_paginates(orch: Any, stub: Any) -> None
     seen = [j.job_id for j in page1.jobs] + [j.job_id for j in page2.jobs]
     assert seen == [*ids, running]
     assert page2.next_page_token == ""
+
+
+async def test_watch_from_start_replays_the_history_and_resumes_exactly(
+    orch: Any, stub: Any
+) -> None:
+    job = await _create(stub, "complete OK replayed")
+    await wait_for(lambda: _terminal(stub, job.job_id), what="completion")
+    history = [
+        u async for u in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id, from_start=True))
+    ]
+    assert history[0].state_change.state == pb.JOB_STATE_CREATING
+    assert history[-1].WhichOneof("update") == "result"
+    sequences = [u.sequence for u in history]
+    assert sequences == list(range(1, len(history) + 1))
+    resumed = [
+        u
+        async for u in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id, after_sequence=2))
+    ]
+    assert [u.sequence for u in resumed] == sequences[2:]
