@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -54,7 +54,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     instance: str = ""
-    base_dir: Path = Path("~/.ironclaw").expanduser()
+    base_dir: Path = field(default_factory=lambda: Path("~/.ironclaw").expanduser())
     orchestrator_url: str | None = None  # what containers use; None: derived from http_port
 
     worker_image: str = "ironclaw-worker:latest"

@@ -19,7 +19,7 @@ from orchestrator.errors import InvalidArgument
 from orchestrator.jobs.models import CredentialGrant
 from orchestrator.secrets import Secret
 
-TOKEN_PREFIX = "irc_"
+TOKEN_PREFIX = "irc_"  # noqa: S105 - a prefix, not a secret
 _TOKEN_BYTES = 32
 
 GRANT_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")

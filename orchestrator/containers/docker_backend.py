@@ -172,10 +172,8 @@ class DockerBackend(ContainerBackend):
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         def stop() -> None:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 self._api().stop(container_id, timeout=grace_seconds)
-            except docker.errors.NotFound:
-                pass
 
         await self._run(stop)
 

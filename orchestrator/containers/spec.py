@@ -92,7 +92,7 @@ def build_container_spec(
         memory_swap_bytes=memory,
         cpu_shares=settings.worker_cpu_shares,
         pids_limit=settings.worker_pids_limit,
-        tmpfs={"/tmp": TMPFS_OPTIONS},
+        tmpfs={"/tmp": TMPFS_OPTIONS},  # noqa: S108 - a private tmpfs inside the container
         cap_drop=("ALL",),
         # CHOWN only: tools such as npm and cargo chown their own files. No DAC_OVERRIDE.
         cap_add=("CHOWN",),

@@ -1,4 +1,7 @@
-"""Domain types of a job. Protobuf stops at the gRPC servicer; HTTP models stop at the worker API."""
+"""Domain types of a job.
+
+Protobuf stops at the gRPC servicer; HTTP models stop at the worker API.
+"""
 
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ async def test_grpcurl_lists_describes_and_calls_through_reflection(orch: Any) -
         GRPCURL, "-plaintext", target, "describe", "ironclaw.orchestrator.v1.JobService"
     )
     assert code == 0, err
-    assert "rpc CreateJob" in out and "rpc WatchJob" in out
+    assert "rpc CreateJob" in out
+    assert "rpc WatchJob" in out
 
     code, out, err = await _run(
         GRPCURL,
@@ -83,7 +84,8 @@ async def test_grpcurl_bad_enum_is_a_clear_invalid_argument(orch: Any) -> None:
         "ironclaw.orchestrator.v1.JobService/CreateJob",
     )
     assert code != 0
-    assert "InvalidArgument" in err and "mode 9 is unknown" in err
+    assert "InvalidArgument" in err
+    assert "mode 9 is unknown" in err
 
 
 async def test_admin_token_guards_every_rpc_but_health(
@@ -154,15 +156,19 @@ async def test_cli_creates_waits_lists_and_reports_json(orch: Any, base_dir: Pat
     assert jobs[0]["result"]["reason"] == "COMPLETED"
 
     code, out, err = await _run(ironclaw, "job", "get", jobs[0]["job_id"], env=env)
-    assert code == 0 and "COMPLETED: cli works" in out
+    assert code == 0
+    assert "COMPLETED: cli works" in out
 
     code, _, err = await _run(ironclaw, "job", "get", "nope", env=env)
-    assert code == 1 and "not a UUID" in err and "Traceback" not in err
+    assert code == 1
+    assert "not a UUID" in err
+    assert "Traceback" not in err
 
     code, _, err = await _run(
         ironclaw, "job", "create", "--grant", "github=UNSET_VAR_X", "x", env=env
     )
-    assert code == 2 and "UNSET_VAR_X is not set" in err
+    assert code == 2
+    assert "UNSET_VAR_X is not set" in err
 
 
 async def test_cli_explains_an_unreachable_orchestrator() -> None:

@@ -174,7 +174,9 @@ async def test_two_jobs_have_distinct_tokens_bound_to_their_job(
     orch = await start_orch(make_settings(WORKER_IMAGE=test_agent_image))
     a = await orch.manager.create_job(CreateJobRequest(task="sleep"))
     b = await orch.manager.create_job(CreateJobRequest(task="sleep"))
-    assert a.token and b.token and a.token != b.token
+    assert a.token
+    assert b.token
+    assert a.token != b.token
     base = f"http://{orch.http_host}:{orch.http_port}"
     async with aiohttp.ClientSession() as http:
         own = await http.get(
@@ -288,7 +290,8 @@ async def test_list_filters_by_state_and_paginates(orch: Any, stub: Any) -> None
     stopped = await stub.ListJobs(pb.ListJobsRequest(states=[pb.JOB_STATE_STOPPED]))
     assert {j.job_id for j in stopped.jobs} == set(ids)
     page1 = await stub.ListJobs(pb.ListJobsRequest(page_size=2))
-    assert len(page1.jobs) == 2 and page1.next_page_token
+    assert len(page1.jobs) == 2
+    assert page1.next_page_token
     page2 = await stub.ListJobs(pb.ListJobsRequest(page_size=2, page_token=page1.next_page_token))
     seen = [j.job_id for j in page1.jobs] + [j.job_id for j in page2.jobs]
     assert seen == [*ids, running]
@@ -308,7 +311,6 @@ async def test_watch_from_start_replays_the_history_and_resumes_exactly(
     sequences = [u.sequence for u in history]
     assert sequences == list(range(1, len(history) + 1))
     resumed = [
-        u
-        async for u in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id, after_sequence=2))
+        u async for u in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id, after_sequence=2))
     ]
     assert [u.sequence for u in resumed] == sequences[2:]

@@ -76,7 +76,8 @@ def test_env_carries_job_settings_and_no_provider_secret() -> None:
     assert env["IRONCLAW_WORKSPACE"] == "/workspace"
     assert env["IRONCLAW_MAX_ITERATIONS"] == "50"
     values = " ".join(env.values())
-    assert "sk-ant-real-key" not in values and "sk-openai-real" not in values
+    assert "sk-ant-real-key" not in values
+    assert "sk-openai-real" not in values
 
 
 def test_claude_container_gets_the_orchestrator_route_and_the_job_token_as_key() -> None:

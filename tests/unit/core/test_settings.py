@@ -64,7 +64,8 @@ def test_non_loopback_bind_with_token_and_insecure_opt_in_is_accepted() -> None:
 
 def test_secrets_never_show_in_repr() -> None:
     s = Settings.from_env({"ANTHROPIC_API_KEY": "sk-ant-xyz", "OPENAI_API_KEY": "sk-abc"})
-    assert "sk-ant-xyz" not in repr(s) and "sk-abc" not in repr(s)
+    assert "sk-ant-xyz" not in repr(s)
+    assert "sk-abc" not in repr(s)
 
 
 def test_instance_is_derived_from_the_base_dir(tmp_path: Path) -> None:
