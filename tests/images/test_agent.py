@@ -53,8 +53,11 @@ def main():
         call("POST", "/complete", {"success": success, "message": " ".join(words[2:])})
         return 0
     if action == "env":
-        call("POST", "/event", {"event_type": "status",
-                                "data": {"message": ",".join(sorted(os.environ))}})
+        call(
+            "POST",
+            "/event",
+            {"event_type": "status", "data": {"message": ",".join(sorted(os.environ))}},
+        )
     call("POST", "/status", {"message": "test agent sleeping", "iteration": 1})
     while True:
         time.sleep(3600)
