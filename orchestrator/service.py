@@ -22,6 +22,8 @@ from orchestrator.llm.proxy import LlmProxy
 from orchestrator.llm.types import LlmProvider
 from orchestrator.logging import get_logger
 from orchestrator.settings import Settings
+from orchestrator.store.sealing import GrantSealer
+from orchestrator.store.sqlite_store import SqliteJobStore
 from orchestrator.tokens import TokenStore
 
 log = get_logger(__name__)
@@ -63,6 +65,7 @@ class Orchestrator:
                 await task
         await self.http_runner.cleanup()
         await self.proxy.aclose()
+        await self.manager.close()
         await self.backend.close()
 
 
@@ -71,7 +74,10 @@ async def resolve_http_bind(settings: Settings, backend: ContainerBackend) -> st
     (reachable from containers, not from the LAN)."""
     if settings.http_bind:
         return settings.http_bind
-    gateway = await backend.default_gateway()
+    try:
+        gateway = await backend.default_gateway()
+    except EngineUnavailable:
+        gateway = interface_address("docker0")
     if gateway is None:
         raise EngineUnavailable(
             "cannot find the Docker bridge gateway to bind the worker API to: set "
@@ -90,13 +96,25 @@ async def start_orchestrator(
 ) -> Orchestrator:
     """Starts everything; ports default to the settings (0 picks free ones, for tests)."""
     backend = backend or DockerBackend()
-    await backend.ping()
+    try:
+        await backend.ping()
+    except EngineUnavailable as exc:
+        # Serve anyway: jobs are not judged lost until reconciliation can see the engine.
+        log.error("container engine unreachable at start; will keep retrying", error=exc.message)
     if provider is None:
         provider = build_provider(settings)
     http_host = await resolve_http_bind(settings, backend)
+    store = SqliteJobStore(settings.store_path) if settings.persist else None
+    sealer = GrantSealer(settings.secrets_key) if settings.secrets_key else None
     manager = ContainerJobManager(
-        settings, backend, TokenStore(), llm_provider_name=provider.name if provider else "none"
+        settings,
+        backend,
+        TokenStore(),
+        llm_provider_name=provider.name if provider else "none",
+        store=store,
+        sealer=sealer,
     )
+    manager.restore()
     proxy = LlmProxy(settings, provider, manager)
     port = settings.http_port if http_port is None else http_port
     runner, bound_port = await start_worker_api(build_app(manager, proxy), http_host, port)
@@ -114,6 +132,10 @@ async def start_orchestrator(
         http_host=http_host,
         http_port=bound_port,
     )
+    try:
+        await manager.reconcile_once()
+    except EngineUnavailable as exc:
+        log.warning("first reconciliation postponed: engine unreachable", error=exc.message)
     orch.tasks.append(asyncio.create_task(manager.watch_container_exits(), name="exits"))
     orch.tasks.append(asyncio.create_task(manager.run_reaper(reaper_interval), name="reaper"))
     log.info(
@@ -142,3 +164,20 @@ async def serve_forever(settings: Settings, drain: bool = False) -> None:
     await stop.wait()
     log.info("shutting down", drain=drain)
     await orch.stop(drain=drain)
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of a network interface (the bridge, when the engine is down)."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            packed = fcntl.ioctl(
+                sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15])
+            )
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])

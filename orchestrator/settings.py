@@ -36,6 +36,14 @@ CLAUDE_TOOL_NAMES: dict[str, str] = {
     "task": "Task",
 }
 
+# What Claude Code 2.1.327 itself sends for each alias; CLAUDE_CODE_MODEL_MAP overrides entries.
+CLAUDE_MODEL_MAP_DEFAULT: tuple[tuple[str, str], ...] = (
+    ("sonnet", "claude-sonnet-5-5"),
+    ("opus", "claude-opus-5-5"),
+    ("haiku", "claude-haiku-5-5"),
+)
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-\[\]/@]{0,127}")
+
 LLM_PROVIDERS = ("anthropic", "openai", "scripted", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "console")
@@ -73,6 +81,10 @@ class Settings:
     claude_model: str = "sonnet"
     claude_allowed_tools: tuple[str, ...] = ("Bash", "Read", "Write")
     claude_timeout_s: int = 3600
+    # Model aliases the Claude Code CLI accepts (--model sonnet) → the model ids sent upstream.
+    claude_model_map: tuple[tuple[str, str], ...] = CLAUDE_MODEL_MAP_DEFAULT
+    # Opt-in: the real Anthropic credential goes into the container (see README, "Claude Code").
+    claude_key_in_container: bool = False
     anthropic_api_key: Secret | None = None
     claude_oauth_token: Secret | None = None
     anthropic_base_url: str | None = None
@@ -90,6 +102,9 @@ class Settings:
     job_llm_call_budget: int = 500
     llm_model_allowlist: tuple[str, ...] = ()
 
+    secrets_key: Secret | None = None
+    persist: bool = True
+
     http_max_body_bytes: int = 32 * 1024 * 1024
     log_tail_lines: int = 200
     log_level: str = "INFO"
@@ -100,8 +115,17 @@ class Settings:
         return self.base_dir / "projects"
 
     @property
+    def store_path(self) -> Path:
+        return self.base_dir / "orchestrator.db"
+
+    @property
     def claude_auth_configured(self) -> bool:
         return bool(self.anthropic_api_key) or bool(self.claude_oauth_token)
+
+    @property
+    def claude_model_aliases(self) -> dict[str, str]:
+        """``CLAUDE_CODE_MODEL_MAP`` as a dict: alias → model id."""
+        return dict(self.claude_model_map)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -184,6 +208,8 @@ class Settings:
             claude_model=r.get("CLAUDE_CODE_MODEL", _nonempty, "sonnet"),
             claude_allowed_tools=tools,
             claude_timeout_s=r.get("CLAUDE_CODE_TIMEOUT_S", _int_range(1, 7 * 86400), 3600),
+            claude_model_map=r.get("CLAUDE_CODE_MODEL_MAP", _model_map, CLAUDE_MODEL_MAP_DEFAULT),
+            claude_key_in_container=r.get("CLAUDE_CODE_KEY_IN_CONTAINER", _bool, False),
             anthropic_api_key=anthropic_key,
             claude_oauth_token=r.get("CLAUDE_CODE_OAUTH_TOKEN", _secret, None),
             anthropic_base_url=r.get("ANTHROPIC_BASE_URL", _url, None),
@@ -200,6 +226,8 @@ class Settings:
             job_llm_token_budget=r.get("JOB_LLM_TOKEN_BUDGET", _int_range(0, 1 << 40), 2_000_000),
             job_llm_call_budget=r.get("JOB_LLM_CALL_BUDGET", _int_range(0, 1 << 30), 500),
             llm_model_allowlist=r.get("LLM_MODEL_ALLOWLIST", _csv, ()),
+            secrets_key=r.get("ORCHESTRATOR_SECRETS_KEY", _secret, None),
+            persist=r.get("ORCHESTRATOR_PERSIST", _bool, True),
             http_max_body_bytes=r.get("ORCHESTRATOR_HTTP_MAX_BODY_MB", _int_range(16, 1024), 32)
             * 1024
             * 1024,
@@ -309,6 +337,19 @@ def _claude_tools(name: str, raw: str) -> tuple[str, ...]:
     if not tools:
         raise ConfigError(f"{name} names no tool")
     return tuple(dict.fromkeys(tools))
+
+
+def _model_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """``alias=model,...`` merged over the defaults (an entry replaces that alias only)."""
+    merged = dict(CLAUDE_MODEL_MAP_DEFAULT)
+    for part in _csv(name, raw):
+        alias, sep, model = (piece.strip() for piece in part.partition("="))
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", alias.lower()):
+            raise ConfigError(f"{name}: {part!r} is not alias=model (sonnet=claude-sonnet-5-5)")
+        if not _MODEL_ID.fullmatch(model):
+            raise ConfigError(f"{name}: {model!r} is not a model id")
+        merged[alias.lower()] = model
+    return tuple(merged.items())
 
 
 def _label_value(name: str, raw: str) -> str:

@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_INSTANCE_PREFIX = "test-"
+# Unique per test session, so a session only ever cleans up its own containers even when
+# several sessions share the engine.
+TEST_INSTANCE_PREFIX = f"test-{uuid.uuid4().hex[:8]}-"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -47,11 +49,13 @@ def docker_engine() -> Iterator[Any]:
 
 
 def _remove_test_containers(client: Any, prefix: str = "", instance: str = "") -> None:
-    for container in client.containers.list(all=True, filters={"label": "ironclaw.instance"}):
-        label = container.labels.get("ironclaw.instance", "")
+    # The low-level listing returns labels without inspecting each container, so a container
+    # that disappears meanwhile cannot break the cleanup.
+    for row in client.api.containers(all=True, filters={"label": "ironclaw.instance"}):
+        label = (row.get("Labels") or {}).get("ironclaw.instance", "")
         if (instance and label == instance) or (prefix and label.startswith(prefix)):
             with contextlib.suppress(Exception):
-                container.remove(force=True)
+                client.api.remove_container(row["Id"], force=True)
 
 
 def build_image(target: str) -> None:
@@ -87,7 +91,7 @@ def base_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def test_instance() -> str:
-    return f"{TEST_INSTANCE_PREFIX}{uuid.uuid4().hex[:10]}"
+    return f"{TEST_INSTANCE_PREFIX}{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -130,10 +134,10 @@ async def start_orch(docker_engine: Any, test_instance: str) -> AsyncIterator[Ca
         for orch in started:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(orch.stop(grace=1), timeout=30)
-        for container in docker_engine.containers.list(
+        for row in docker_engine.api.containers(
             all=True, filters={"label": f"ironclaw.instance={test_instance}"}
         ):
             with contextlib.suppress(Exception):
-                print(f"--- log of {container.name} ---")
-                print(container.logs(tail=50).decode(errors="replace"))
+                print(f"--- log of {row['Names'][0]} ---")
+                print(docker_engine.api.logs(row["Id"], tail=50).decode(errors="replace"))
         _remove_test_containers(docker_engine, instance=test_instance)

@@ -61,6 +61,12 @@ class ContainerInfo:
     exit_code: int | None = None
     oom_killed: bool = False
     started_at: datetime | None = None
+    status: str = ""  # the engine's word: created, running, exited, dead, ...
+
+    @property
+    def exited(self) -> bool:
+        """It ran and stopped (not merely created and not yet started)."""
+        return self.status in ("exited", "dead")
 
 
 @dataclass(frozen=True)

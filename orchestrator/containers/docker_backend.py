@@ -211,6 +211,7 @@ class DockerBackend(ContainerBackend):
                     name=(row.get("Names") or ["?"])[0].lstrip("/"),
                     labels=row.get("Labels") or {},
                     running=row.get("State") == "running",
+                    status=str(row.get("State", "")),
                 )
                 for row in rows
             ]
@@ -257,6 +258,8 @@ class DockerBackend(ContainerBackend):
         stop = threading.Event()
         holder: dict[str, Any] = {}
 
+        oom_seen: set[str] = set()
+
         def pump() -> None:
             since: int | None = None
             while not stop.is_set():
@@ -266,7 +269,9 @@ class DockerBackend(ContainerBackend):
                         since=since,
                         filters={
                             "type": "container",
-                            "event": ["die"],
+                            # "oom" comes just before "die"; the inspected OOMKilled flag can
+                            # lag behind it, so both are used.
+                            "event": ["oom", "die"],
                             "label": [f"{LABEL_INSTANCE}={instance}"],
                         },
                     )
@@ -275,7 +280,10 @@ class DockerBackend(ContainerBackend):
                         if stop.is_set():
                             break
                         since = int(event.get("time", time.time()))
-                        exit_event = self._exit_from_event(event)
+                        if event.get("status", event.get("Action")) == "oom":
+                            oom_seen.add(str((event.get("Actor") or {}).get("ID", "")))
+                            continue
+                        exit_event = self._exit_from_event(event, oom_seen)
                         if exit_event is not None:
                             loop.call_soon_threadsafe(queue.put_nowait, exit_event)
                 except Exception as exc:  # the stream broke: re-subscribe after a pause
@@ -296,7 +304,7 @@ class DockerBackend(ContainerBackend):
                 with contextlib.suppress(Exception):
                     stream.close()
 
-    def _exit_from_event(self, event: dict[str, Any]) -> ContainerExit | None:
+    def _exit_from_event(self, event: dict[str, Any], oom_seen: set[str]) -> ContainerExit | None:
         actor = event.get("Actor") or {}
         attrs = actor.get("Attributes") or {}
         job_id = attrs.get(LABEL_JOB_ID)
@@ -305,10 +313,11 @@ class DockerBackend(ContainerBackend):
             return None
         raw_code = attrs.get("exitCode")
         exit_code = int(raw_code) if raw_code is not None and str(raw_code).isdigit() else None
-        oom = False
+        oom = container_id in oom_seen
+        oom_seen.discard(container_id)
         try:
             state = self._api().inspect_container(container_id).get("State") or {}
-            oom = bool(state.get("OOMKilled"))
+            oom = oom or bool(state.get("OOMKilled"))
         except Exception:  # gone already: the exit code is all we know
             log.debug("container gone before inspect", container_id=container_id)
         return ContainerExit(
@@ -378,6 +387,7 @@ def _info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
         exit_code=state.get("ExitCode"),
         oom_killed=bool(state.get("OOMKilled")),
         started_at=started_at,
+        status=str(state.get("Status", "")),
     )
 
 

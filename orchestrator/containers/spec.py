@@ -18,6 +18,9 @@ WORKSPACE = "/workspace"
 SANDBOX_USER = "1000:1000"
 TMPFS_OPTIONS = "rw,nosuid,nodev,size=512m"
 HOST_GATEWAY_NAME = "host.docker.internal"
+# Masked wherever the spec is shown: the job token, or the real credential when opted in.
+CLAUDE_SECRET_ENV_KEYS = frozenset({"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"})
+CLI_MODEL_ALIASES = ("sonnet", "opus", "haiku")
 
 
 def container_name(mode: JobMode, job_id: str) -> str:
@@ -75,7 +78,7 @@ def build_container_spec(
         if wait_for_prompts:
             command += ("--wait-for-prompts",)
         env.update(_claude_env(settings, job_id, token, orchestrator_url, limits))
-        secret_keys.add("ANTHROPIC_API_KEY")
+        secret_keys.update(CLAUDE_SECRET_ENV_KEYS)
     memory = limits.memory_mb * 1024 * 1024
     network = settings.worker_network
     return ContainerSpec(
@@ -107,13 +110,31 @@ def build_container_spec(
 def _claude_env(
     settings: Settings, job_id: str, token: str, orchestrator_url: str, limits: JobLimits
 ) -> Mapping[str, str]:
-    # The container talks Anthropic Messages to the orchestrator's per-job route and presents
-    # its job token as the API key: the real key never enters the container.
-    return {
-        "ANTHROPIC_BASE_URL": f"{orchestrator_url}/worker/{job_id}/anthropic",
-        "ANTHROPIC_API_KEY": token,
+    env = {
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "CLAUDE_CODE_MODEL": limits.claude_model,
         "CLAUDE_CODE_MAX_TURNS": str(limits.claude_max_turns),
         "CLAUDE_CODE_ALLOWED_TOOLS": ",".join(settings.claude_allowed_tools),
     }
+    # The CLI resolves --model sonnet|opus|haiku itself; these make it send the ids the
+    # orchestrator's model map (and so its allowlist) names.
+    for alias, model in settings.claude_model_map:
+        if alias in CLI_MODEL_ALIASES:
+            env[f"ANTHROPIC_DEFAULT_{alias.upper()}_MODEL"] = model
+    if settings.claude_key_in_container:
+        # Opt-in (CLAUDE_CODE_KEY_IN_CONTAINER=1), and weaker: the CLI calls Anthropic directly
+        # with the real credential, so anything the agent runs can read and exfiltrate it, and
+        # the orchestrator sees none of the calls: no per-job metering, budget or model
+        # allowlist. For sites whose containers must not route through the orchestrator.
+        if settings.anthropic_api_key:
+            env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.reveal()
+        elif settings.claude_oauth_token:
+            env["CLAUDE_CODE_OAUTH_TOKEN"] = settings.claude_oauth_token.reveal()
+        if settings.anthropic_base_url:
+            env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
+        return env
+    # The default: the container talks Anthropic Messages to the orchestrator's per-job route and
+    # presents its job token as the API key; the real credential never enters the container.
+    env["ANTHROPIC_BASE_URL"] = f"{orchestrator_url}/worker/{job_id}/anthropic"
+    env["ANTHROPIC_API_KEY"] = token
+    return env

@@ -23,6 +23,7 @@ from orchestrator.errors import (
     Unauthenticated,
 )
 from orchestrator.http_api import schemas
+from orchestrator.http_api.anthropic_route import add_anthropic_routes
 from orchestrator.http_api.openapi import build_openapi
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.models import JobState
@@ -282,6 +283,7 @@ def build_app(manager: ContainerJobManager, proxy: LlmProxy) -> web.Application:
     app.router.add_post(f"{prefix}/complete", api.complete_job)
     app.router.add_post(f"{prefix}/llm/complete", api.llm_complete)
     app.router.add_post(f"{prefix}/llm/complete_with_tools", api.llm_complete_with_tools)
+    add_anthropic_routes(app, manager, authenticate)
     return app
 
 

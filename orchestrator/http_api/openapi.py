@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from orchestrator.http_api import schemas
+from orchestrator.http_api.anthropic_route import openapi_paths
 
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
@@ -133,5 +134,6 @@ def build_openapi() -> dict[str, Any]:
                     _LLM_ERRORS,
                 )
             },
+            **openapi_paths(),
         },
     }

@@ -16,9 +16,10 @@ from datetime import timedelta
 from typing import Any
 
 from orchestrator.containers.backend import ContainerBackend, ContainerExit
-from orchestrator.containers.spec import build_container_spec, container_name
+from orchestrator.containers.spec import LABEL_JOB_ID, build_container_spec, container_name
 from orchestrator.errors import (
     BudgetExceeded,
+    EngineUnavailable,
     FailedPrecondition,
     InvalidArgument,
     JobNotFound,
@@ -26,6 +27,7 @@ from orchestrator.errors import (
 )
 from orchestrator.jobs.models import (
     CreateJobRequest,
+    CredentialGrant,
     FollowUpPrompt,
     JobLimitOverrides,
     JobLimits,
@@ -47,7 +49,10 @@ from orchestrator.jobs.state import check_transition
 from orchestrator.llm.policy import check_budget
 from orchestrator.logging import get_logger
 from orchestrator.settings import Settings
-from orchestrator.tokens import TokenStore, validate_grants
+from orchestrator.store.base import JobStore
+from orchestrator.store.codec import record_from_json, record_to_json
+from orchestrator.store.sealing import GrantSealer
+from orchestrator.tokens import TokenStore, token_digest, validate_grants
 
 log = get_logger(__name__)
 
@@ -95,8 +100,12 @@ class ContainerJobManager:
         tokens: TokenStore,
         orchestrator_url: str = "",
         llm_provider_name: str = "none",
+        store: JobStore | None = None,
+        sealer: GrantSealer | None = None,
     ) -> None:
         self._settings = settings
+        self._store = store
+        self._sealer = sealer
         self._backend = backend
         self._tokens = tokens
         self._orchestrator_url = orchestrator_url
@@ -185,25 +194,36 @@ class ContainerJobManager:
         )
         self._jobs[job_id] = job
         token = self._tokens.create_token(job_id, grants)
-        job.publish(UpdateKind.STATE, {"state": JobState.CREATING, "reason": "job created"})
-        log.info("job created", job_id=job_id, mode=request.mode.value, project_dir=str(project))
-
-        spec = build_container_spec(
-            settings=self._settings,
-            job_id=job_id,
-            mode=request.mode,
-            limits=limits,
-            created_at=now,
-            deadline=job.deadline,
-            token=token,
-            orchestrator_url=self._orchestrator_url,
-            project_dir=str(project),
-            wait_for_prompts=request.wait_for_prompts,
-        )
+        # Held until the container is started, so reconciliation never judges the job
+        # "vanished" while it is being created. A fresh lock is acquired without suspending.
+        await job.lifecycle_lock.acquire()
         try:
-            async with job.lifecycle_lock:
-                if job.state is JobState.CREATING:
-                    job.container_id = await self._backend.create_and_start(spec)
+            self._publish(
+                job, UpdateKind.STATE, {"state": JobState.CREATING, "reason": "job created"}
+            )
+            if self._store is not None:
+                sealed = self._sealer.seal(job_id, grants) if (self._sealer and grants) else None
+                self._store.save_job(record_to_json(job), token_digest(token), sealed)
+                # The job must be on disk before its container can call back or outlive us.
+                await self._store.flush()
+            log.info(
+                "job created", job_id=job_id, mode=request.mode.value, project_dir=str(project)
+            )
+            spec = build_container_spec(
+                settings=self._settings,
+                job_id=job_id,
+                mode=request.mode,
+                limits=limits,
+                created_at=now,
+                deadline=job.deadline,
+                token=token,
+                orchestrator_url=self._orchestrator_url,
+                project_dir=str(project),
+                wait_for_prompts=request.wait_for_prompts,
+            )
+            if job.state is JobState.CREATING:
+                job.container_id = await self._backend.create_and_start(spec)
+                self._persist(job)
         except OrchestratorError as exc:
             self._finish(job, TerminalReason.START_FAILED, exc.message, teardown=False)
             job.torn_down.set()
@@ -213,6 +233,8 @@ class ContainerJobManager:
             self._finish(job, TerminalReason.START_FAILED, message, teardown=False)
             job.torn_down.set()
             raise FailedPrecondition(message) from exc
+        finally:
+            job.lifecycle_lock.release()
         if job.state is JobState.CREATING:
             self._transition(job, JobState.RUNNING, "container started")
             job.started_at = utcnow()
@@ -357,13 +379,13 @@ class ContainerJobManager:
         job.status_message = message
         if iteration is not None:
             job.iteration = iteration
-        job.publish(UpdateKind.STATUS, {"message": message, "iteration": job.iteration})
+        self._publish(job, UpdateKind.STATUS, {"message": message, "iteration": job.iteration})
 
     def record_event(self, job_id: str, event_type: str, data: Mapping[str, Any]) -> None:
         job = self._get(job_id)
         if job.state.is_terminal:
             return
-        job.publish(UpdateKind.EVENT, {"event_type": event_type, "data": dict(data)})
+        self._publish(job, UpdateKind.EVENT, {"event_type": event_type, "data": dict(data)})
 
     def send_prompt(self, job_id: str, content: str, done: bool) -> None:
         """Queues a follow-up for the job's agent (read by ``GET /prompt``)."""
@@ -406,7 +428,8 @@ class ContainerJobManager:
         if job is None:
             return
         job.usage = job.usage.plus(input_tokens, output_tokens, calls=0)
-        job.publish(
+        self._publish(
+            job,
             UpdateKind.USAGE,
             {"usage": job.usage},
         )
@@ -498,47 +521,115 @@ class ContainerJobManager:
             except Exception:
                 log.exception("handling a container exit failed", job_id=event.job_id)
 
-    async def reap_once(self) -> None:
-        """Fails live jobs past their deadline, and jobs whose container is gone or dead
-        (a missed exit event)."""
-        now = utcnow()
-        live = [j for j in self._jobs.values() if not j.state.is_terminal]
-        for job in live:
-            if now >= job.deadline:
+    def restore(self) -> int:
+        """Loads every stored job (at start, before serving). Live jobs get their token back
+        (from its digest) and their grants (when they were sealed); a live job whose grants
+        cannot be recovered fails with CREDENTIALS_LOST instead of running without them.
+        Returns the number of live jobs, which reconciliation then matches with containers."""
+        if self._store is None:
+            return 0
+        live = 0
+        for stored in self._store.load(HISTORY_LIMIT):
+            job = record_from_json(stored.data, HISTORY_LIMIT)
+            job.history.extend(stored.updates)
+            if stored.updates:
+                job.sequence = max(job.sequence, stored.updates[-1].sequence)
+            self._jobs[job.job_id] = job
+            self._order = max(self._order, job.order)
+            if job.state.is_terminal:
+                if job.container_id is None:
+                    job.torn_down.set()
+                else:  # ended, but its teardown did not finish before the restart
+                    self._spawn(self._teardown(job))
+                continue
+            live += 1
+            grants: tuple[CredentialGrant, ...] | None = ()
+            if job.credential_names:
+                grants = None
+                if stored.sealed_grants is not None and self._sealer is not None:
+                    grants = self._sealer.open(job.job_id, stored.sealed_grants)
+            if stored.token_digest is None:
+                self._finish(job, TerminalReason.CONTAINER_LOST, "job token lost in a restart")
+            elif grants is None:
+                self._tokens.adopt_digest(job.job_id, stored.token_digest)
                 self._finish(
                     job,
-                    TerminalReason.TIMED_OUT,
-                    f"timed out after {job.limits.timeout_seconds} s",
+                    TerminalReason.CREDENTIALS_LOST,
+                    "credential grants were lost in an orchestrator restart (set "
+                    "ORCHESTRATOR_SECRETS_KEY to keep them across restarts)",
                 )
-        running = [j for j in live if j.state is JobState.RUNNING and j.container_id]
-        if not running:
-            return
-        containers = {
-            c.container_id: c for c in await self._backend.list_managed(self._settings.instance)
-        }
-        for job in running:
-            if job.state.is_terminal or job.container_id is None:
+            else:
+                self._tokens.adopt_digest(job.job_id, stored.token_digest, grants)
+        log.info("jobs restored", total=len(self._jobs), live=live)
+        return live
+
+    async def reconcile_once(self) -> None:
+        """Level-triggered pass matching jobs with this instance's containers: adopts the
+        container of a live job, removes containers without a live job, fails live jobs whose
+        container is gone or dead (a missed exit event) and jobs past their deadline.
+
+        Raises EngineUnavailable when the engine cannot be listed: then nothing is decided."""
+        now = utcnow()
+        for overdue in [j for j in self._jobs.values() if not j.state.is_terminal]:
+            if now >= overdue.deadline:
+                self._finish(
+                    overdue,
+                    TerminalReason.TIMED_OUT,
+                    f"timed out after {overdue.limits.timeout_seconds} s",
+                )
+        listed_at = utcnow()
+        containers = await self._backend.list_managed(self._settings.instance)
+        seen: set[str] = set()
+        for info in containers:
+            job_id = info.labels.get(LABEL_JOB_ID, "")
+            job = self._jobs.get(job_id)
+            if job is None or (job.state.is_terminal and job.torn_down.is_set()):
+                log.warning("removing a container without a live job", container=info.name)
+                await self._backend.remove(info.container_id)
                 continue
-            info = containers.get(job.container_id)
-            if info is None:
-                self._finish(job, TerminalReason.CONTAINER_LOST, "container vanished")
-            elif not info.running:
-                detail = await self._backend.inspect(job.container_id)
+            if job.state.is_terminal:
+                continue  # its teardown is under way
+            seen.add(job_id)
+            if job.container_id != info.container_id and not job.lifecycle_lock.locked():
+                job.container_id = info.container_id
+                self._persist(job)
+                log.info("adopted a running container", job_id=job_id, container=info.name)
+            if job.state is JobState.CREATING and not job.lifecycle_lock.locked():
+                self._transition(job, JobState.RUNNING, "container adopted")
+                job.started_at = job.started_at or utcnow()
+            if not info.running and not job.lifecycle_lock.locked():
+                # The listing may be stale (a container between create and start is not
+                # running yet): only an inspected exit counts.
+                detail = await self._backend.inspect(info.container_id)
+                if detail is not None and (detail.running or not detail.exited):
+                    continue
                 await self.handle_container_exit(
                     ContainerExit(
-                        container_id=job.container_id,
-                        job_id=job.job_id,
+                        container_id=info.container_id,
+                        job_id=job_id,
                         exit_code=detail.exit_code if detail else None,
                         oom_killed=bool(detail and detail.oom_killed),
                     )
                 )
+        for live in [j for j in self._jobs.values() if not j.state.is_terminal]:
+            # A job created after the listing began cannot be judged by it.
+            if live.job_id in seen or live.lifecycle_lock.locked() or live.created_at >= listed_at:
+                continue
+            self._finish(live, TerminalReason.CONTAINER_LOST, "container vanished")
+
+    async def reap_once(self) -> None:
+        """One reconciliation pass (kept as the reaper's name for callers)."""
+        await self.reconcile_once()
 
     async def run_reaper(self, interval: float = 2.0) -> None:
+        """Reconciles every ``interval`` seconds; engine trouble only postpones decisions."""
         while True:
             try:
-                await self.reap_once()
+                await self.reconcile_once()
+            except EngineUnavailable as exc:
+                log.warning("reconciliation postponed: engine unreachable", error=exc.message)
             except Exception as exc:
-                log.warning("reaper pass failed", error=str(exc))
+                log.warning("reconciliation pass failed", error=str(exc))
             await asyncio.sleep(interval)
 
     async def shutdown(self, drain: bool = False) -> None:
@@ -553,10 +644,21 @@ class ContainerJobManager:
 
     # ---------------------------------------------------------------- internals
 
+    def _publish(self, job: JobRecord, kind: UpdateKind, payload: dict[str, Any]) -> None:
+        update = job.publish(kind, payload)
+        if self._store is not None:
+            self._store.append_update(job.job_id, update)
+            if kind is not UpdateKind.EVENT:
+                self._store.save_job(record_to_json(job))
+
+    def _persist(self, job: JobRecord) -> None:
+        if self._store is not None:
+            self._store.save_job(record_to_json(job))
+
     def _transition(self, job: JobRecord, target: JobState, reason: str) -> None:
         check_transition(job.state, target)
         job.state = target
-        job.publish(UpdateKind.STATE, {"state": target, "reason": reason})
+        self._publish(job, UpdateKind.STATE, {"state": target, "reason": reason})
 
     def _finish(
         self,
@@ -589,7 +691,9 @@ class ContainerJobManager:
         job.finished_at = now
         job.prompts.clear()
         self._transition(job, target, reason.value)
-        job.publish(UpdateKind.RESULT, {"result": job.result})
+        self._publish(job, UpdateKind.RESULT, {"result": job.result})
+        if self._store is not None:
+            self._store.forget_secrets(job.job_id)
         log.info("job ended", job_id=job.job_id, state=target.value, reason=reason.value)
         if teardown:
             self._spawn(self._teardown(job))
@@ -609,6 +713,7 @@ class ContainerJobManager:
                         job.log_tail = tail
                     await self._backend.remove(container_id)
                     job.container_id = None
+                    self._persist(job)
                 except Exception as exc:
                     # The reaper and the next reconciliation retry what is left behind.
                     log.warning("container teardown failed", job_id=job.job_id, error=str(exc))
@@ -621,9 +726,12 @@ class ContainerJobManager:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        """Waits for background teardowns and makes every queued write durable."""
         for task in list(self._background):
             with contextlib.suppress(Exception):
                 await task
+        if self._store is not None:
+            await self._store.close()
 
 
 def _failure_reason(

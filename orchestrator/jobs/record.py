@@ -83,11 +83,16 @@ class JobRecord:
 
     def updates_after(self, sequence: int) -> list[JobUpdate]:
         """Retained updates with a larger sequence number, oldest first."""
-        if not self.history or sequence >= self.sequence:
+        history = self.history
+        if not history or sequence >= history[-1].sequence:
             return []
-        first = self.history[0].sequence
-        start = max(0, sequence + 1 - first)
-        return [self.history[i] for i in range(start, len(self.history))]
+        first = history[0].sequence
+        if history[-1].sequence - first == len(history) - 1:
+            # Contiguous (the usual case): index directly instead of scanning.
+            start = max(0, sequence + 1 - first)
+            return [history[i] for i in range(start, len(history))]
+        # History restored from the store keeps transitions older than the retained window.
+        return [update for update in history if update.sequence > sequence]
 
     def snapshot(self) -> JobSnapshot:
         return JobSnapshot(

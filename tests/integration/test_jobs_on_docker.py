@@ -49,7 +49,10 @@ async def _state(stub: Any, job_id: str) -> Any:
 
 
 def _containers(docker_engine: Any, job_id: str) -> list[Any]:
-    return docker_engine.containers.list(all=True, filters={"label": f"ironclaw.job_id={job_id}"})
+    # Low-level listing: no per-container inspect that could race with a removal.
+    return list(
+        docker_engine.api.containers(all=True, filters={"label": f"ironclaw.job_id={job_id}"})
+    )
 
 
 async def test_create_runs_then_stop_removes_container_and_revokes_token(
@@ -78,8 +81,7 @@ async def test_container_host_config_matches_the_spec(
 ) -> None:
     project = _project(base_dir, "inspected")
     job = await _create(stub, "env", project_dir=str(project))
-    container = _containers(docker_engine, job.job_id)[0]
-    attrs = container.attrs
+    attrs = docker_engine.api.inspect_container(_containers(docker_engine, job.job_id)[0]["Id"])
     host = attrs["HostConfig"]
     config = attrs["Config"]
     assert host["CapDrop"] == ["ALL"]

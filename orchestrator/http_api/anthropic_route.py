@@ -1,0 +1,606 @@
+"""The per-job Anthropic Messages route the Claude Code CLI talks to.
+
+A Claude Code container gets ``ANTHROPIC_BASE_URL=<orchestrator>/worker/<job_id>/anthropic`` and
+its job token as ``ANTHROPIC_API_KEY``, so the real credential never enters it. The CLI then
+calls ``POST .../v1/messages?beta=true`` (``stream: true``) with the token in ``x-api-key``.
+This route:
+
+1. checks the token belongs to that job (``x-api-key`` or ``Authorization: Bearer``) and that
+   the job is a Claude Code job;
+2. maps a model alias (``CLAUDE_CODE_MODEL_MAP``) and refuses a model the job may not use;
+3. counts the call against the job's budget, refusing it when calls or tokens are used up;
+4. forwards the request upstream (``ANTHROPIC_BASE_URL`` of the orchestrator, else Anthropic)
+   with the orchestrator's API key (``x-api-key``) or OAuth token (``Authorization: Bearer``
+   plus the ``oauth-2025-04-20`` beta the CLI itself sends with one);
+5. passes the answer back byte for byte, an SSE stream chunk by chunk as it arrives, and meters
+   the tokens from its usage (``message_start`` and ``message_delta`` events, or the JSON
+   body's ``usage``) onto the job.
+
+The client is an Anthropic client, so every error is Anthropic's error document
+``{"type": "error", "error": {"type", "message"}}``. Refusals by the job's policy carry
+``x-should-retry: false``: the CLI honours it and reports the error at once, where it would
+otherwise retry a 429 for minutes. Upstream answers are passed through with their status (the
+CLI relies on a 400 to fall back from betas an endpoint lacks, and on 429/529 to back off),
+except 401/403, which concern the orchestrator's credential, not the job's: those become 502.
+No header and no credential is ever logged or echoed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from orchestrator.errors import (
+    BudgetExceeded,
+    InvalidArgument,
+    OrchestratorError,
+    Unauthenticated,
+)
+from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.jobs.models import JobLimits, JobMode
+from orchestrator.llm import policy
+from orchestrator.logging import get_logger
+from orchestrator.secrets import Secret
+
+log = get_logger(__name__)
+
+ANTHROPIC_API_URL = "https://api.anthropic.com"
+OAUTH_BETA = "oauth-2025-04-20"
+ROUTE_PREFIX = "/worker/{job_id}/anthropic"
+# The CLI sets its own client timeout to 600 s; an upstream silent for longer is gone.
+UPSTREAM_READ_TIMEOUT_S = 600.0
+UPSTREAM_CONNECT_TIMEOUT_S = 30.0
+# A usage document is small; an SSE line longer than this is not one the meter needs.
+_MAX_SSE_LINE = 1 << 20
+_MAX_METERED_JSON = 8 << 20
+
+# Request headers the upstream needs; everything else (the job token above all) stays here.
+_FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        "accept",
+        "anthropic-beta",
+        "anthropic-dangerous-direct-browser-access",
+        "anthropic-version",
+        "content-type",
+        "user-agent",
+        "x-app",
+        "x-claude-code-session-id",
+    }
+)
+_FORWARDED_REQUEST_PREFIXES = ("x-stainless-",)
+_FORWARDED_RESPONSE_HEADERS = frozenset(
+    {"content-type", "request-id", "retry-after", "retry-after-ms", "x-should-retry"}
+)
+_FORWARDED_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
+
+Authenticate = Callable[[web.Request, bool], str]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ModelNotAllowed(BudgetExceeded):
+    """The job may not use the model the request names."""
+
+
+# ---- pure policy helpers ------------------------------------------------------------------
+
+
+def allowed_claude_models(
+    job_model: str, aliases: Mapping[str, str], allowlist: Iterable[str]
+) -> list[str]:
+    """The upstream model ids a Claude Code job may use: its own model, the CLI's small fast
+    model (the ``haiku`` alias, which the CLI uses for background work), and the operator's
+    ``LLM_MODEL_ALLOWLIST``; aliases mapped through ``CLAUDE_CODE_MODEL_MAP``."""
+    names = [aliases.get(job_model, job_model)]
+    if "haiku" in aliases:
+        names.append(aliases["haiku"])
+    names += [aliases.get(name, name) for name in allowlist]
+    return [name for name in dict.fromkeys(names) if name]
+
+
+def resolve_claude_model(
+    requested: str, job_model: str, aliases: Mapping[str, str], allowlist: Iterable[str]
+) -> str:
+    """The model id to send upstream; raises :class:`ModelNotAllowed` for one the job may not
+    use. An alias is mapped (``sonnet`` → ``claude-sonnet-5-5``); a full id is kept."""
+    name = requested.strip()
+    model = aliases.get(name, name)
+    allowed = allowed_claude_models(job_model, aliases, allowlist)
+    try:
+        return policy.resolve_model(model, allowed[0], allowed[1:])
+    except BudgetExceeded as exc:
+        raise ModelNotAllowed(exc.message) from None
+
+
+def prepare_request_body(
+    raw: bytes,
+    *,
+    limits: JobLimits,
+    aliases: Mapping[str, str],
+    allowlist: Iterable[str],
+) -> tuple[bytes, str]:
+    """Checks a Messages (or count_tokens) body against the job's policy; returns the bytes to
+    send upstream and the model. The original bytes go out unless the model was an alias or
+    ``max_tokens`` exceeds the job's per-call cap (``JOB_LLM_MAX_TOKENS_PER_CALL``)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidArgument("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    requested = body.get("model")
+    if not isinstance(requested, str) or not requested.strip():
+        raise InvalidArgument("model: Field required")
+    model = resolve_claude_model(requested, limits.claude_model, aliases, allowlist)
+    changed = model != requested
+    body["model"] = model
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
+        capped = policy.cap_max_tokens(max_tokens, limits.llm_max_tokens_per_call)
+        if capped != max_tokens:
+            body["max_tokens"] = capped
+            _fit_thinking_budget(body, capped)
+            changed = True
+    if not changed:
+        return raw, model
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), model
+
+
+def _fit_thinking_budget(body: dict[str, Any], max_tokens: int) -> None:
+    # A fixed thinking budget must stay below max_tokens (and at least 1024), or the API
+    # refuses the request. Adaptive thinking has no budget and needs nothing.
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < max_tokens:
+        return
+    if max_tokens > 1024:
+        thinking["budget_tokens"] = max_tokens - 1
+    else:
+        body.pop("thinking")
+
+
+class UsageMeter:
+    """Reads the token usage of one answer from the bytes passed through.
+
+    For SSE it parses only the ``message_start`` and ``message_delta`` events; counts in later
+    events are cumulative, so the largest value seen wins. Cached input counts as input, as it
+    does for the worker's provider: the budget is about what was processed.
+    """
+
+    _INPUT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+    def __init__(self, streaming: bool) -> None:
+        self._streaming = streaming
+        self._pending = b""
+        self._skipping = False
+        self._body = bytearray()
+        self._usage: dict[str, int] = {}
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(self._usage.get(key, 0) for key in self._INPUT_KEYS)
+
+    @property
+    def output_tokens(self) -> int:
+        return self._usage.get("output_tokens", 0)
+
+    def feed(self, chunk: bytes) -> None:
+        """Takes the next bytes of the answer."""
+        if not self._streaming:
+            if len(self._body) + len(chunk) <= _MAX_METERED_JSON:
+                self._body += chunk
+            return
+        data = self._pending + chunk
+        lines = data.split(b"\n")
+        self._pending = lines.pop()
+        for line in lines:
+            if self._skipping:
+                self._skipping = False  # the rest of an overlong line
+                continue
+            self._line(line)
+        if len(self._pending) > _MAX_SSE_LINE:
+            self._pending = b""
+            self._skipping = True
+
+    def finish(self) -> None:
+        """The answer is complete: reads what is left."""
+        if self._streaming:
+            if self._pending and not self._skipping:
+                self._line(self._pending)
+            self._pending = b""
+            return
+        try:
+            document = json.loads(bytes(self._body))
+        except ValueError:
+            return
+        if isinstance(document, dict):
+            self._add(document.get("usage"))
+
+    def _line(self, line: bytes) -> None:
+        if not line.startswith(b"data:") or (
+            b"message_start" not in line and b"message_delta" not in line
+        ):
+            return
+        try:
+            event = json.loads(line[5:])
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("type") == "message_start":
+            message = event.get("message")
+            if isinstance(message, dict):
+                self._add(message.get("usage"))
+        elif event.get("type") == "message_delta":
+            self._add(event.get("usage"))
+
+    def _add(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        for key in (*self._INPUT_KEYS, "output_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                self._usage[key] = max(self._usage.get(key, 0), value)
+
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+def anthropic_error(
+    status: int, error_type: str, message: str, *, retry: bool | None = None
+) -> web.Response:
+    """Anthropic's error document; ``retry=False`` tells the client not to retry."""
+    headers = {} if retry is None else {"x-should-retry": "true" if retry else "false"}
+    return web.json_response(
+        {"type": "error", "error": {"type": error_type, "message": message}},
+        status=status,
+        headers=headers,
+    )
+
+
+def _error_for(exc: OrchestratorError) -> web.Response:
+    if isinstance(exc, Unauthenticated):
+        return anthropic_error(401, "authentication_error", exc.message, retry=False)
+    if isinstance(exc, ModelNotAllowed):
+        return anthropic_error(403, "permission_error", exc.message, retry=False)
+    if isinstance(exc, BudgetExceeded):
+        return anthropic_error(429, "rate_limit_error", exc.message, retry=False)
+    status = exc.kind.value.http_status
+    error_type = {
+        400: "invalid_request_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        422: "invalid_request_error",
+    }.get(status, "api_error")
+    return anthropic_error(status, error_type, exc.message, retry=False if status < 500 else None)
+
+
+# ---- the route ----------------------------------------------------------------------------
+
+
+class AnthropicPassthrough:
+    """Serves ``/worker/{job_id}/anthropic/v1/messages`` and ``.../count_tokens``."""
+
+    def __init__(self, manager: ContainerJobManager, authenticate: Authenticate) -> None:
+        settings = manager.settings
+        self._manager = manager
+        self._authenticate = authenticate
+        self._upstream = (settings.anthropic_base_url or ANTHROPIC_API_URL).rstrip("/")
+        # The API key wins when both are configured, as it does for the CLI itself.
+        self._api_key: Secret | None = settings.anthropic_api_key or None
+        self._oauth_token: Secret | None = (
+            None if self._api_key else settings.claude_oauth_token or None
+        )
+        self._aliases = settings.claude_model_aliases
+        self._allowlist = settings.llm_model_allowlist
+        self._session: aiohttp.ClientSession | None = None
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        """``POST .../v1/messages``: one metered, budgeted model call."""
+        return await self._handle(request, "/v1/messages", metered=True)
+
+    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
+        """``POST .../v1/messages/count_tokens``: free upstream, so checked but not counted."""
+        return await self._handle(request, "/v1/messages/count_tokens", metered=False)
+
+    async def close(self, app: web.Application | None = None) -> None:
+        """Closes the upstream connection pool (an ``on_cleanup`` hook)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _handle(
+        self, request: web.Request, path: str, *, metered: bool
+    ) -> web.StreamResponse:
+        try:
+            job_id = self._authenticate(request, True)
+            job = self._manager.get_job(job_id)
+            if job.mode is not JobMode.CLAUDE_CODE:
+                return anthropic_error(
+                    403,
+                    "permission_error",
+                    "the Anthropic route serves Claude Code jobs only; workers use /llm/complete",
+                    retry=False,
+                )
+            if self._api_key is None and self._oauth_token is None:
+                return anthropic_error(
+                    503,
+                    "api_error",
+                    "no Anthropic credential is configured on the orchestrator: set "
+                    "ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN",
+                    retry=False,
+                )
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return anthropic_error(
+                    413, "request_too_large", "request body exceeds the size limit", retry=False
+                )
+            try:
+                body, model = prepare_request_body(
+                    raw, limits=job.limits, aliases=self._aliases, allowlist=self._allowlist
+                )
+            except ModelNotAllowed as exc:
+                self._manager.record_budget_refusal(job_id, exc.message)
+                raise
+            if metered:
+                self._manager.begin_llm_call(job_id)
+        except OrchestratorError as exc:
+            return _error_for(exc)
+        return await self._forward(request, job_id, path, body, model, metered=metered)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        job_id: str,
+        path: str,
+        body: bytes,
+        model: str,
+        *,
+        metered: bool,
+    ) -> web.StreamResponse:
+        url = self._upstream + path
+        if request.query_string:
+            url += "?" + request.query_string
+        meter: UsageMeter | None = None
+        status = 0
+        try:
+            async with self._client().post(
+                url, data=body, headers=self._upstream_headers(request.headers)
+            ) as upstream:
+                status = upstream.status
+                if status >= 400:
+                    return self._upstream_error(
+                        job_id, status, upstream.headers, await upstream.read()
+                    )
+                if metered:
+                    meter = UsageMeter(upstream.content_type == "text/event-stream")
+                response = web.StreamResponse(
+                    status=status, headers=_response_headers(upstream.headers)
+                )
+                await response.prepare(request)
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        if meter is not None:
+                            meter.feed(chunk)
+                        await response.write(chunk)
+                except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                    # The status is already sent: the stream just ends early, and the CLI,
+                    # seeing no message_stop, treats the answer as failed and retries.
+                    log.warning("answer broke off", job_id=job_id, error=type(exc).__name__)
+                    return response
+                await response.write_eof()
+                return response
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            reason = self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            log.warning("upstream unreachable", job_id=job_id, error=reason)
+            return anthropic_error(
+                502, "api_error", f"the Anthropic upstream could not be reached ({reason})"
+            )
+        finally:
+            if meter is not None:
+                meter.finish()
+                if meter.input_tokens or meter.output_tokens:
+                    self._manager.record_llm_usage(job_id, meter.input_tokens, meter.output_tokens)
+            log.info(
+                "anthropic passthrough",
+                job_id=job_id,
+                path=path,
+                model=model,
+                status=status,
+                input_tokens=meter.input_tokens if meter else 0,
+                output_tokens=meter.output_tokens if meter else 0,
+            )
+
+    def _upstream_error(
+        self, job_id: str, status: int, headers: Mapping[str, str], raw: bytes
+    ) -> web.Response:
+        if status in (401, 403):
+            # About the orchestrator's credential, not the job's: the CLI must not ask its
+            # user to log in, and retrying cannot help.
+            log.error("upstream refused the Anthropic credential", job_id=job_id, status=status)
+            return anthropic_error(
+                502,
+                "api_error",
+                self._scrub(
+                    f"the upstream refused the orchestrator's Anthropic credential (HTTP "
+                    f"{status}: {_error_text(raw)}); fix ANTHROPIC_API_KEY or "
+                    "CLAUDE_CODE_OAUTH_TOKEN on the orchestrator"
+                ),
+                retry=False,
+            )
+        return web.Response(
+            body=self._scrub_bytes(raw), status=status, headers=_response_headers(headers)
+        )
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=UPSTREAM_CONNECT_TIMEOUT_S,
+                    sock_read=UPSTREAM_READ_TIMEOUT_S,
+                ),
+                # Upstream errors are passed through, not raised; cookies are never wanted.
+                raise_for_status=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    def _upstream_headers(self, incoming: Mapping[str, str]) -> dict[str, str]:
+        headers = {
+            name: value
+            for name, value in incoming.items()
+            if name.lower() in _FORWARDED_REQUEST_HEADERS
+            or name.lower().startswith(_FORWARDED_REQUEST_PREFIXES)
+        }
+        # Plain bytes from the upstream: they are passed on exactly as they come.
+        headers["Accept-Encoding"] = "identity"
+        if self._api_key is not None:
+            headers["x-api-key"] = self._api_key.reveal()
+        elif self._oauth_token is not None:
+            headers["Authorization"] = f"Bearer {self._oauth_token.reveal()}"
+            betas = [b.strip() for b in headers.pop("anthropic-beta", "").split(",") if b.strip()]
+            if OAUTH_BETA not in betas:
+                betas.insert(0, OAUTH_BETA)
+            headers["anthropic-beta"] = ",".join(betas)
+        return headers
+
+    def _secrets(self) -> list[str]:
+        return [s.reveal() for s in (self._api_key, self._oauth_token) if s and s.reveal()]
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return text
+
+    def _scrub_bytes(self, data: bytes) -> bytes:
+        for secret in self._secrets():
+            data = data.replace(secret.encode(), b"***")
+        return data
+
+
+def _response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in upstream.items()
+        if name.lower() in _FORWARDED_RESPONSE_HEADERS
+        or name.lower().startswith(_FORWARDED_RESPONSE_PREFIXES)
+    }
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace").strip()[:300] or "no details"
+    error = document.get("error") if isinstance(document, dict) else None
+    if isinstance(error, dict):
+        parts = [str(error[key]) for key in ("type", "message") if error.get(key)]
+        if parts:
+            return ": ".join(parts)[:300]
+    return "no details"
+
+
+def add_anthropic_routes(
+    app: web.Application, manager: ContainerJobManager, authenticate: Authenticate
+) -> AnthropicPassthrough:
+    """Adds the per-job Anthropic routes to the worker API ``app``."""
+    passthrough = AnthropicPassthrough(manager, authenticate)
+    app.router.add_post(f"{ROUTE_PREFIX}/v1/messages", passthrough.messages)
+    app.router.add_post(f"{ROUTE_PREFIX}/v1/messages/count_tokens", passthrough.count_tokens)
+    app.on_cleanup.append(passthrough.close)
+    return passthrough
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The routes' part of the worker API's OpenAPI document."""
+    error = {
+        "type": "object",
+        "required": ["type", "error"],
+        "properties": {
+            "type": {"const": "error"},
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    }
+    errors = {
+        "400": "Malformed path or body",
+        "401": "Invalid job token (x-api-key or bearer)",
+        "403": "Not a Claude Code job, or a model the job may not use",
+        "413": "Request body too large",
+        "429": "The job's LLM budget is exhausted (the message has the numbers)",
+        "502": "The upstream failed or refused the orchestrator's credential",
+        "503": "No Anthropic credential configured",
+    }
+    answer = {
+        "description": "The upstream's answer, passed through (SSE when the request streams)",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    }
+
+    def operation(summary: str) -> dict[str, Any]:
+        responses: dict[str, Any] = {"200": answer}
+        for code, text in errors.items():
+            responses[code] = {
+                "description": text,
+                "content": {"application/json": {"schema": error}},
+            }
+        return {
+            "summary": summary,
+            # The CLI sends the token as x-api-key; a bearer token is accepted as well.
+            "security": [{"bearer": []}],
+            "parameters": [
+                {
+                    "name": "job_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uuid"},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model"],
+                            "properties": {"model": {"type": "string"}},
+                        }
+                    }
+                },
+            },
+            "responses": responses,
+        }
+
+    return {
+        f"{ROUTE_PREFIX}/v1/messages": {
+            "post": operation("Anthropic Messages for Claude Code (metered on the job)")
+        },
+        f"{ROUTE_PREFIX}/v1/messages/count_tokens": {
+            "post": operation("Anthropic token counting for Claude Code (not metered)")
+        },
+    }
+
+
+__all__ = [
+    "AnthropicPassthrough",
+    "ModelNotAllowed",
+    "UsageMeter",
+    "add_anthropic_routes",
+    "allowed_claude_models",
+    "anthropic_error",
+    "openapi_paths",
+    "prepare_request_body",
+    "resolve_claude_model",
+]
