@@ -104,7 +104,8 @@ def record_to_json(job: JobRecord) -> dict[str, Any]:
 def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
     created = _parse_dt(data["created_at"])
     deadline = _parse_dt(data["deadline"])
-    assert created is not None and deadline is not None
+    assert created is not None
+    assert deadline is not None
     job = JobRecord(
         job_id=data["job_id"],
         order=data["order"],

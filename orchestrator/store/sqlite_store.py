@@ -8,6 +8,7 @@ before anyone is told about them, so a crash loses at most the last few status l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
@@ -97,10 +98,8 @@ class SqliteJobStore(JobStore):
                 conn.execute("COMMIT")
             except Exception as exc:
                 log.error("job store write failed", error=str(exc))
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             for future in done:
                 if not future.done():
                     future.set_result(None)
