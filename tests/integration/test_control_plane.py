@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orchestrator.api.v1 import jobs_pb2 as pb
 from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.docker
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
@@ -176,3 +177,56 @@ async def test_cli_explains_an_unreachable_orchestrator() -> None:
     code, _, err = await _run(ironclaw, "job", "list", env={"IRONCLAW_ORCHESTRATOR": "127.0.0.1:1"})
     assert code == 1
     assert "cannot reach the orchestrator at 127.0.0.1:1" in err
+
+
+async def test_cli_logs_prompt_stop_and_cleanup(orch: Any) -> None:
+    env = {"IRONCLAW_ORCHESTRATOR": f"127.0.0.1:{orch.grpc_port}"}
+    ironclaw = str(Path(sys.executable).parent / "ironclaw")
+    code, out, err = await _run(ironclaw, "job", "create", "--json", "sleep", env=env)
+    assert code == 0, err
+    job_id = json.loads(out)["job_id"]
+
+    async def logged() -> bool:
+        code, out, _ = await _run(ironclaw, "job", "logs", job_id, env=env)
+        return code == 0 and "test agent: sleep" in out
+
+    await wait_for(logged, what="the container log")
+    code, out, err = await _run(ironclaw, "job", "prompt", job_id, "also run the linter", env=env)
+    assert code == 0, err
+    prompt = orch.manager.next_prompt(job_id)
+    assert prompt is not None
+    assert prompt.content == "also run the linter"
+    code, _, err = await _run(ironclaw, "job", "cleanup", job_id, env=env)
+    assert code == 1
+    assert "stop it before cleaning it up" in err
+    code, out, err = await _run(ironclaw, "job", "stop", "--json", job_id, env=env)
+    assert code == 0, err
+    assert json.loads(out)["state"] == "Stopped"
+    # The dead container's log tail stays with the job and is what `logs` shows.
+    code, out, err = await _run(ironclaw, "job", "logs", job_id, env=env)
+    assert code == 0, err
+    assert "test agent: sleep" in out
+    code, out, err = await _run(ironclaw, "job", "cleanup", job_id, env=env)
+    assert code == 0, err
+    code, _, err = await _run(ironclaw, "job", "get", job_id, env=env)
+    assert code == 1
+    assert "not found" in err
+
+
+async def test_stream_logs_follows_until_the_container_ends(orch: Any) -> None:
+    from orchestrator.jobs.models import CreateJobRequest
+
+    created = await orch.manager.create_job(CreateJobRequest(task="sleep"))
+    job_id = created.job.job_id
+    async with aio.insecure_channel(f"127.0.0.1:{orch.grpc_port}") as channel:
+        stub = pb_grpc.JobServiceStub(channel)
+        chunks: list[bytes] = []
+
+        async def follow() -> None:
+            async for chunk in stub.StreamLogs(pb.StreamLogsRequest(job_id=job_id, follow=True)):
+                chunks.append(chunk.data)
+
+        follower = asyncio.create_task(follow())
+        await wait_for(lambda: b"test agent: sleep" in b"".join(chunks), what="log output")
+        await stub.StopJob(pb.StopJobRequest(job_id=job_id))
+        await asyncio.wait_for(follower, timeout=20)
