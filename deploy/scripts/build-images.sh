@@ -132,6 +132,8 @@ if (( want_claude )); then
     if [[ -f Dockerfile.claude ]]; then
         claude_hash=$(source_hash "${SOURCES[@]}" Dockerfile.claude)
         if needs_build ironclaw-claude:latest "$claude_hash" ironclaw-worker:latest; then
+            # The pinned claude-agent-sdk wheel (the CLI), downloaded once into build/wheels.
+            "$SCRIPTS/build-wheels.sh" --claude build/wheels >/dev/null
             build ironclaw-claude:latest Dockerfile.claude "$claude_hash" \
                 --build-arg "BASE_IMAGE=$BASE" --build-arg "WORKER_IMAGE=ironclaw-worker:latest"
         else

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Build Python wheels on the host, for images that cannot reach PyPI while building.
 #
-# usage: build-wheels.sh [--server] [OUT_DIR]      (OUT_DIR defaults to build/wheels)
+# usage: build-wheels.sh [--server] [--claude] [OUT_DIR]   (OUT_DIR defaults to build/wheels)
 #   always:    the project's own wheel (no dependencies: that is all the worker image needs)
 #   --server:  also every wheel of .[server], for the orchestrator image
+#   --claude:  also the claude-agent-sdk wheel pinned in Dockerfile.claude (it bundles the
+#              Claude Code CLI binary), downloaded unless already there
 #
 # Images install them with `pip install --no-index --find-links`. The wheels match the host's
 # Python (3.11, glibc): the images are Debian bookworm with Python 3.11 as well.
 set -euo pipefail
 
-usage() { sed -n '4,6s/^# \{0,1\}//p' "$0" >&2; }
+usage() { sed -n '4,8s/^# \{0,1\}//p' "$0" >&2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 
 server=0
+claude=0
 out=""
 for arg in "$@"; do
     case "$arg" in
         --server) server=1 ;;
+        --claude) claude=1 ;;
         -h | --help) usage; exit 0 ;;
         -*) printf 'build-wheels: unknown option %s\n' "$arg" >&2; usage; exit 2 ;;
         *) out="$arg" ;;
@@ -72,6 +76,22 @@ if [[ $server -eq 1 ]]; then
         "${project_wheel}[server]" >/dev/null 2>&1; then
         "${pip[@]}" wheel --quiet --find-links "$out" --wheel-dir "$out" \
             "${project_wheel}[server]" >&2
+    fi
+fi
+
+if [[ $claude -eq 1 ]]; then
+    version=$(sed -n 's/^ARG CLAUDE_AGENT_SDK_VERSION=//p' "$ROOT/Dockerfile.claude")
+    if [[ -z "$version" ]]; then
+        printf 'build-wheels: no ARG CLAUDE_AGENT_SDK_VERSION in Dockerfile.claude\n' >&2
+        exit 1
+    fi
+    # A platform wheel (about 165 MB): the one for this machine, which is the images' too.
+    if compgen -G "$out/claude_agent_sdk-$version-*$(uname -m).whl" >/dev/null; then
+        printf 'build-wheels: claude-agent-sdk %s already in %s\n' "$version" "$out" >&2
+    else
+        printf 'build-wheels: claude-agent-sdk %s -> %s\n' "$version" "$out" >&2
+        "${pip[@]}" download --quiet --no-deps --only-binary=:all: --dest "$out" \
+            "claude-agent-sdk==$version" >&2
     fi
 fi
 

@@ -248,9 +248,15 @@ class WorkerApi:
             temperature=body.temperature,
             stop_sequences=body.stop_sequences,
             tools=[t.model_dump() for t in body.tools],
-            tool_choice=body.tool_choice,
+            tool_choice=(
+                body.tool_choice.model_dump(exclude_none=True)
+                if isinstance(body.tool_choice, schemas.NamedToolChoice)
+                else body.tool_choice
+            ),
         )
+        # Extras first, so a provider field can never overwrite the answer's own fields.
         payload: dict[str, Any] = {
+            **result.extras,
             "content": result.content,
             "tool_calls": [
                 {"id": c.id, "name": c.name, "arguments": dict(c.arguments)}
@@ -260,7 +266,6 @@ class WorkerApi:
             "input_tokens": result.input_tokens,
             "output_tokens": result.output_tokens,
         }
-        payload.update(result.extras)
         return web.json_response(payload)
 
 

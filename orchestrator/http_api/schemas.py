@@ -3,17 +3,30 @@ produce the OpenAPI document, so the document says what the server really accept
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_TEXT = 1_000_000
 MAX_EVENT_TEXT = 16_000
 EventType = Literal["message", "tool_use", "tool_result", "reasoning", "status"]
 
 
+def _integral(value: Any) -> Any:
+    # JSON Schema calls 212.0 an integer; strict pydantic would not. Booleans and strings stay
+    # refused by the strict check that follows.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+NonNegativeInt = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
+TokenCount = Annotated[int, Field(ge=1, le=1_000_000), BeforeValidator(_integral)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: "7" is not an integer and "off" is not a boolean, as the document says.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorBody(_Strict):
@@ -42,19 +55,32 @@ class JobInfo(_Strict):
 
 
 class ToolCallModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     id: str = Field(min_length=1, max_length=256)
     name: str = Field(min_length=1, max_length=256)
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
-class LlmMessage(BaseModel):
+class _MessageBase(BaseModel):
     # Provider-specific extras (e.g. "reasoning") are allowed and passed through untouched.
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant", "tool"]
+    model_config = ConfigDict(extra="allow", strict=True)
     content: str | None = Field(default=None, max_length=MAX_TEXT)
+
+
+class ChatMessageModel(_MessageBase):
+    role: Literal["system", "user", "assistant"]
     tool_calls: list[ToolCallModel] | None = None
     tool_call_id: str | None = Field(default=None, max_length=256)
+
+
+class ToolMessageModel(_MessageBase):
+    """A tool result; it must name the call it answers."""
+
+    role: Literal["tool"]
+    tool_call_id: str = Field(min_length=1, max_length=256)
+
+
+LlmMessage = Annotated[ChatMessageModel | ToolMessageModel, Field(discriminator="role")]
 
 
 class ToolModel(_Strict):
@@ -65,15 +91,20 @@ class ToolModel(_Strict):
 
 class CompleteRequest(_Strict):
     messages: list[LlmMessage] = Field(min_length=1, max_length=10_000)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_tokens: TokenCount | None = None
     model: str | None = Field(default=None, min_length=1, max_length=128)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     stop_sequences: list[str] | None = Field(default=None, max_length=16)
 
 
+class NamedToolChoice(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    type: Literal["tool"] | None = None
+
+
 class CompleteWithToolsRequest(CompleteRequest):
     tools: list[ToolModel] = Field(default_factory=list, max_length=256)
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
 
 
 class CompletionBody(_Strict):
@@ -84,12 +115,14 @@ class CompletionBody(_Strict):
 
 
 class ToolCompletionBody(CompletionBody):
+    # Provider extras that must round-trip (e.g. "reasoning") come back beside the fields.
+    model_config = ConfigDict(extra="allow", strict=True)
     tool_calls: list[ToolCallModel]
 
 
 class StatusRequest(_Strict):
     message: str = Field(max_length=10_000)
-    iteration: int | None = Field(default=None, ge=0)
+    iteration: NonNegativeInt | None = None
     state: str | None = Field(default=None, max_length=64)
 
 
@@ -106,7 +139,7 @@ class PromptBody(_Strict):
 class JobCompleteRequest(_Strict):
     success: bool
     message: str = Field(default="", max_length=MAX_TEXT)
-    iterations: int | None = Field(default=None, ge=0)
+    iterations: NonNegativeInt | None = None
     details: dict[str, Any] | None = None
 
 

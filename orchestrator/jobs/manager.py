@@ -420,6 +420,12 @@ class ContainerJobManager:
         job.usage = usage.plus(0, 0, calls=1)
         return limits
 
+    def refund_llm_call(self, job_id: str) -> None:
+        """Uncounts a call that ``begin_llm_call`` counted but that never reached a provider."""
+        job = self._jobs.get(job_id)
+        if job is not None and job.usage.calls > 0:
+            job.usage = job.usage.plus(0, 0, calls=-1)
+
     def record_budget_refusal(self, job_id: str, message: str) -> None:
         self._get(job_id).budget_refused = message
 

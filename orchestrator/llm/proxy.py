@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrator.errors import BudgetExceeded, ProviderNotConfigured
+from orchestrator.errors import BudgetExceeded, InvalidArgument, ProviderNotConfigured
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm import policy
 from orchestrator.llm.types import (
@@ -81,7 +81,12 @@ class LlmProxy:
             ),
             tool_choice=tool_choice,
         )
-        result = await self._provider.complete(request)
+        try:
+            result = await self._provider.complete(request)
+        except InvalidArgument:
+            # Refused before anything was sent upstream: it must not use up the budget.
+            self._manager.refund_llm_call(job_id)
+            raise
         self._manager.record_llm_usage(job_id, result.input_tokens, result.output_tokens)
         return result
 
