@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-# Lowercase name → the CLI's name. The orchestrator keeps the same table for its settings.
+# Lowercase name → the CLI's name. The orchestrator's settings validate against this table.
 CLAUDE_TOOL_NAMES: dict[str, str] = {
     "bash": "Bash",
     "read": "Read",

@@ -14,27 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bridge.tools import CLAUDE_TOOL_NAMES
 from orchestrator.errors import ConfigError
 from orchestrator.secrets import Secret
 
 T = TypeVar("T")
 
-# Seed names (lowercase) → the Claude Code CLI's tool names.
-CLAUDE_TOOL_NAMES: dict[str, str] = {
-    "bash": "Bash",
-    "read": "Read",
-    "write": "Write",
-    "edit": "Edit",
-    "multiedit": "MultiEdit",
-    "glob": "Glob",
-    "grep": "Grep",
-    "ls": "LS",
-    "webfetch": "WebFetch",
-    "websearch": "WebSearch",
-    "notebookedit": "NotebookEdit",
-    "todowrite": "TodoWrite",
-    "task": "Task",
-}
+# The seed's lowercase tool names → the Claude Code CLI's: one table, kept with the bridge.
 
 # What Claude Code 2.1.327 itself sends for each alias; CLAUDE_CODE_MODEL_MAP overrides entries.
 CLAUDE_MODEL_MAP_DEFAULT: tuple[tuple[str, str], ...] = (

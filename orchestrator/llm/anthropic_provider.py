@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import anthropic
 from anthropic.types import Message
@@ -23,6 +22,7 @@ from orchestrator.llm.types import (
     ToolCall,
     ToolSpec,
 )
+from orchestrator.llm.upstream import display_url, safe_cause, scrub
 from orchestrator.secrets import Secret
 
 _FINISH_REASONS: dict[str, FinishReason] = {
@@ -232,7 +232,7 @@ class AnthropicProvider:
         self._key = api_key
         self._timeout_s = timeout_s
         self._attempts = max_retries + 1
-        self._name = "anthropic" if base_url is None else f"anthropic ({_display_url(base_url)})"
+        self._name = "anthropic" if base_url is None else f"anthropic ({display_url(base_url)})"
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key.reveal(),
             base_url=base_url,
@@ -255,27 +255,8 @@ class AnthropicProvider:
             text = describe_error(
                 exc, provider=self._name, timeout_s=self._timeout_s, attempts=self._attempts
             )
-            raise ProviderError(_scrub(text, self._key)) from _safe_cause(exc, self._key)
+            raise ProviderError(scrub(text, self._key)) from safe_cause(exc, self._key)
 
     async def aclose(self) -> None:
         """Closes the SDK's connection pool."""
         await self._client.close()
-
-
-def _display_url(url: str) -> str:
-    # Without userinfo, query or fragment: the name is shown in logs and job details.
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-
-
-def _scrub(text: str, key: Secret) -> str:
-    secret = key.reveal()
-    return text.replace(secret, "***") if secret else text
-
-
-def _safe_cause(exc: Exception, key: Secret) -> Exception | None:
-    # The SDK's exception stays the cause for debugging unless its text carries the key (an
-    # upstream that echoes it back): a printed traceback must not show it either.
-    secret = key.reveal()
-    return None if secret and secret in f"{exc} {getattr(exc, 'body', '')}" else exc

@@ -24,6 +24,7 @@ from orchestrator.llm.types import (
     ToolCall,
     ToolSpec,
 )
+from orchestrator.llm.upstream import display_url, safe_cause, scrub
 from orchestrator.secrets import Secret
 
 # A tool-call argument string that is not a JSON object is kept under this key, and sent back
@@ -258,7 +259,7 @@ class OpenAIProvider:
         self._attempts = max_retries + 1
         self._official_api = base_url is None or urlsplit(base_url).hostname == "api.openai.com"
         self._name = (
-            f"openai-compatible ({_display_url(base_url)})"
+            f"openai-compatible ({display_url(base_url)})"
             if base_url is not None and not self._official_api
             else "openai"
         )
@@ -284,26 +285,8 @@ class OpenAIProvider:
             text = describe_error(
                 exc, provider=self._name, timeout_s=self._timeout_s, attempts=self._attempts
             )
-            raise ProviderError(_scrub(text, self._key)) from _safe_cause(exc, self._key)
+            raise ProviderError(scrub(text, self._key)) from safe_cause(exc, self._key)
 
     async def aclose(self) -> None:
         """Closes the SDK's connection pool."""
         await self._client.close()
-
-
-def _display_url(url: str) -> str:
-    # Without userinfo, query or fragment: the name is shown in logs and job details.
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-
-
-def _scrub(text: str, key: Secret | None) -> str:
-    secret = key.reveal() if key else ""
-    return text.replace(secret, "***") if secret else text
-
-
-def _safe_cause(exc: Exception, key: Secret | None) -> Exception | None:
-    # The SDK's exception stays the cause for debugging unless its text carries the key.
-    secret = key.reveal() if key else ""
-    return None if secret and secret in f"{exc} {getattr(exc, 'body', '')}" else exc
