@@ -13,6 +13,7 @@ from aiohttp import web
 
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
+from orchestrator.containers.host_paths import verify_projects_dir_on_host
 from orchestrator.errors import EngineUnavailable
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
 from orchestrator.http_api.app import build_app, start_worker_api
@@ -21,6 +22,7 @@ from orchestrator.llm.factory import build_provider
 from orchestrator.llm.proxy import LlmProxy
 from orchestrator.llm.types import LlmProvider
 from orchestrator.logging import get_logger
+from orchestrator.metrics import Metrics, MetricsServer, start_metrics_server
 from orchestrator.settings import Settings
 from orchestrator.store.sealing import GrantSealer
 from orchestrator.store.sqlite_store import SqliteJobStore
@@ -42,6 +44,13 @@ class Orchestrator:
     http_host: str
     http_port: int
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    metrics: Metrics | None = None
+    metrics_server: MetricsServer | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound ``/metrics`` port, when metrics are served."""
+        return self.metrics_server.port if self.metrics_server is not None else None
 
     @property
     def grpc_port(self) -> int:
@@ -64,6 +73,8 @@ class Orchestrator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.http_runner.cleanup()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         await self.proxy.aclose()
         await self.manager.close()
         await self.backend.close()
@@ -93,9 +104,13 @@ async def start_orchestrator(
     grpc_port: int | None = None,
     http_port: int | None = None,
     reaper_interval: float = 2.0,
+    metrics_port: int | None = None,
 ) -> Orchestrator:
     """Starts everything; ports default to the settings (0 picks free ones, for tests)."""
     backend = backend or DockerBackend()
+    metrics = Metrics.for_settings(settings) if settings.metrics_enabled else None
+    if metrics is not None and isinstance(backend, DockerBackend):
+        backend.on_error = metrics.docker_error
     try:
         await backend.ping()
     except EngineUnavailable as exc:
@@ -104,6 +119,8 @@ async def start_orchestrator(
     if provider is None:
         provider = build_provider(settings)
     http_host = await resolve_http_bind(settings, backend)
+    if isinstance(backend, DockerBackend):
+        await verify_projects_dir_on_host(settings.projects_dir)
     store = SqliteJobStore(settings.store_path) if settings.persist else None
     sealer = GrantSealer(settings.secrets_key) if settings.secrets_key else None
     manager = ContainerJobManager(
@@ -113,11 +130,12 @@ async def start_orchestrator(
         llm_provider_name=provider.name if provider else "none",
         store=store,
         sealer=sealer,
+        metrics=metrics,
     )
     manager.restore()
-    proxy = LlmProxy(settings, provider, manager)
+    proxy = LlmProxy(settings, provider, manager, metrics=metrics)
     port = settings.http_port if http_port is None else http_port
-    runner, bound_port = await start_worker_api(build_app(manager, proxy), http_host, port)
+    runner, bound_port = await start_worker_api(build_app(manager, proxy, metrics), http_host, port)
     # Containers learn the URL only once the port is bound (port 0 picks one in tests).
     orchestrator_url = settings.orchestrator_url or _container_url(bound_port)
     manager.set_orchestrator_url(orchestrator_url)
@@ -131,7 +149,10 @@ async def start_orchestrator(
         http_runner=runner,
         http_host=http_host,
         http_port=bound_port,
+        metrics=metrics,
     )
+    if metrics is not None:
+        orch.metrics_server = await _serve_metrics(metrics, settings, metrics_port)
     try:
         await manager.reconcile_once()
     except EngineUnavailable as exc:
@@ -145,8 +166,28 @@ async def start_orchestrator(
         container_url=orchestrator_url,
         instance=settings.instance,
         llm_provider=proxy.provider_name,
+        metrics=(
+            f"{settings.metrics_bind}:{orch.metrics_port}/metrics" if orch.metrics_port else "off"
+        ),
     )
     return orch
+
+
+async def _serve_metrics(
+    metrics: Metrics, settings: Settings, port: int | None
+) -> MetricsServer | None:
+    # Metrics are for watching the service, not a reason to refuse to run jobs: a taken port
+    # is logged loudly with the fix, and the orchestrator serves on without /metrics.
+    chosen = settings.metrics_port if port is None else port
+    try:
+        return await start_metrics_server(metrics, settings.metrics_bind, chosen)
+    except OSError as exc:
+        log.error(
+            "metrics endpoint not served: set METRICS_PORT to a free port (or METRICS_ENABLED=0)",
+            address=f"{settings.metrics_bind}:{chosen}",
+            error=str(exc),
+        )
+        return None
 
 
 def _container_url(port: int) -> str:

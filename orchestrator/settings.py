@@ -33,6 +33,7 @@ _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-\[\]/@]{0,127}")
 LLM_PROVIDERS = ("anthropic", "openai", "scripted", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "console")
+JOB_NETWORK_MODES = ("bridge", "isolated")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,12 @@ class Settings:
     worker_max_iterations: int = 50
     worker_network: str = "bridge"
     worker_runtime: str | None = None
+    # "bridge": the seed's behaviour (host.docker.internal, the internet reachable); "isolated":
+    # a per-job internal network whose only peer is a relay to the worker API.
+    job_network: str = "bridge"
+    job_network_pool: str = "10.213.0.0/16"  # per-job subnets (/28) come from here
+    job_relay_image: str | None = None  # None: the worker image (it has python3)
+    state_dir: Path | None = None  # ORCHESTRATOR_STATE_DIR; None: the base dir
     stop_grace_s: int = 10
 
     claude_image: str = "ironclaw-claude:latest"
@@ -95,6 +102,10 @@ class Settings:
     log_tail_lines: int = 200
     log_level: str = "INFO"
     log_format: str = "auto"
+    # Prometheus /metrics on its own port, loopback by default (job containers must not reach it).
+    metrics_enabled: bool = True
+    metrics_port: int = 9464
+    metrics_bind: str = "127.0.0.1"
 
     @property
     def projects_dir(self) -> Path:
@@ -102,7 +113,7 @@ class Settings:
 
     @property
     def store_path(self) -> Path:
-        return self.base_dir / "orchestrator.db"
+        return (self.state_dir or self.base_dir) / "orchestrator.db"
 
     @property
     def claude_auth_configured(self) -> bool:
@@ -187,6 +198,10 @@ class Settings:
             worker_max_iterations=r.get("WORKER_MAX_ITERATIONS", _int_range(1, 10000), 50),
             worker_network=r.get("WORKER_NETWORK", _nonempty, "bridge"),
             worker_runtime=r.get("WORKER_RUNTIME", _nonempty, None),
+            job_network=r.get("JOB_NETWORK", _choice(JOB_NETWORK_MODES), "bridge"),
+            job_network_pool=r.get("JOB_NETWORK_POOL", _ipv4_pool, "10.213.0.0/16"),
+            job_relay_image=r.get("JOB_RELAY_IMAGE", _nonempty, None),
+            state_dir=r.get("ORCHESTRATOR_STATE_DIR", _path, None),
             stop_grace_s=r.get("STOP_GRACE_S", _int_range(0, 600), 10),
             claude_image=r.get("CLAUDE_CODE_IMAGE", _nonempty, "ironclaw-claude:latest"),
             claude_memory_mb=r.get("CLAUDE_CODE_MEMORY_MB", _int_range(64, 1 << 20), 4096),
@@ -220,6 +235,9 @@ class Settings:
             log_tail_lines=r.get("JOB_LOG_TAIL_LINES", _int_range(0, 100_000), 200),
             log_level=r.get("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO"),
             log_format=r.get("LOG_FORMAT", _choice(LOG_FORMATS), "auto"),
+            metrics_enabled=r.get("METRICS_ENABLED", _bool, True),
+            metrics_port=r.get("METRICS_PORT", _port, 9464),
+            metrics_bind=r.get("METRICS_BIND", _nonempty, "127.0.0.1"),
         )
 
 
@@ -257,6 +275,18 @@ def _url(name: str, raw: str) -> str:
     if not re.match(r"^https?://[^\s/]+", raw):
         raise ConfigError(f"{name}={raw!r} is not an http(s) URL")
     return raw.rstrip("/")
+
+
+def _ipv4_pool(name: str, raw: str) -> str:
+    import ipaddress
+
+    try:
+        pool = ipaddress.IPv4Network(raw, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not an IPv4 network (e.g. 10.213.0.0/16)") from exc
+    if pool.prefixlen > 24:
+        raise ConfigError(f"{name}={raw} is too small: give a /24 or larger")
+    return str(pool)
 
 
 def _bool(name: str, raw: str) -> bool:

@@ -105,6 +105,7 @@ def make_settings(base_dir: Path, test_instance: str) -> Callable[..., Any]:
             "WORKER_MEMORY_MB": "256",
             "STOP_GRACE_S": "2",
             "LOG_FORMAT": "console",
+            "METRICS_PORT": "0",  # a free port: tests run side by side
         }
         env.update({k: v for k, v in overrides.items() if k.isupper()})
         settings = Settings.from_env(env)

@@ -24,6 +24,12 @@ def _build_parser() -> argparse.ArgumentParser:
     from orchestrator.cli.jobs import add_job_commands
 
     add_job_commands(job)
+    from orchestrator.cli.status import add_client_options, add_status_command
+    from orchestrator.cli.usage import add_usage_command
+
+    add_status_command(sub)
+    add_usage_command(sub)
+    add_client_options(sub.choices["usage"])
     sub.add_parser("worker", help="run the agent inside a worker container", add_help=False)
     sub.add_parser("claude-bridge", help="run Claude Code inside its container", add_help=False)
     return parser
@@ -50,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from orchestrator.cli.jobs import run_job_command
 
         return run_job_command(args)
+    if args.command in ("status", "usage"):
+        from orchestrator.cli.status import run_client, run_status
+        from orchestrator.cli.usage import run_usage
+
+        return run_client(args, run_status if args.command == "status" else run_usage)
     parser.print_help()
     return 2
 

@@ -51,6 +51,21 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class JobNetworkRequest:
+    """An isolated network for one job. Its only peer is a relay that answers as
+    ``upstream_host:port`` and forwards that port, and nothing else, to the same address on
+    ``upstream_network`` (where the orchestrator's worker API is reachable)."""
+
+    instance: str
+    job_id: str
+    relay_image: str
+    upstream_network: str
+    upstream_host: str
+    port: int
+    subnet_pool: str
+
+
+@dataclass(frozen=True)
 class ContainerInfo:
     """A managed container as the engine reports it."""
 
@@ -124,6 +139,23 @@ class ContainerBackend(abc.ABC):
     @abc.abstractmethod
     async def default_gateway(self) -> str | None:
         """The address of the engine's default bridge gateway on the host, if it has one."""
+
+    async def create_job_network(self, request: JobNetworkRequest) -> str:
+        """Creates the job's isolated network and its worker-API relay; returns the network's
+        name. Idempotent. Backends without isolation refuse (JOB_NETWORK=isolated)."""
+        from orchestrator.errors import FailedPrecondition
+
+        raise FailedPrecondition(
+            f"{type(self).__name__} does not support JOB_NETWORK=isolated: use JOB_NETWORK=bridge"
+        )
+
+    async def remove_job_network(self, instance: str, job_id: str) -> None:
+        """Removes the job's relay and network (after its container). Missing is not an error."""
+        return None
+
+    async def list_job_networks(self, instance: str) -> list[str]:
+        """The job ids of this instance's job networks (to remove orphans)."""
+        return []
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -23,11 +23,13 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from orchestrator.containers import docker_network
 from orchestrator.containers.backend import (
     ContainerBackend,
     ContainerExit,
     ContainerInfo,
     ContainerSpec,
+    JobNetworkRequest,
 )
 from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID
 from orchestrator.errors import EngineUnavailable, FailedPrecondition, OrchestratorError
@@ -65,6 +67,8 @@ class DockerBackend(ContainerBackend):
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._max_pool = max_workers
+        # Called with "unreachable" or "api_<status>" for each failed engine call (metrics).
+        self.on_error: Callable[[str], None] | None = None
 
     @property
     def engine_address(self) -> str:
@@ -94,11 +98,20 @@ class DockerBackend(ContainerBackend):
         try:
             return await loop.run_in_executor(self._executor, fn)
         except _CONNECTION_ERRORS as exc:
+            self._report_error("unreachable")
             raise self._unavailable(exc) from exc
         except docker.errors.DockerException as exc:
             if isinstance(exc, docker.errors.APIError):
+                # 404 means "already gone", which callers expect; it is no engine trouble.
+                if exc.status_code != 404:
+                    self._report_error(f"api_{exc.status_code or 'unknown'}")
                 raise
+            self._report_error("unreachable")
             raise self._unavailable(exc) from exc
+
+    def _report_error(self, kind: str) -> None:
+        if self.on_error is not None:
+            self.on_error(kind)
 
     async def ping(self) -> None:
         await self._run(lambda: self._api().ping())
@@ -157,6 +170,8 @@ class DockerBackend(ContainerBackend):
         except docker.errors.ImageNotFound as exc:
             raise ImageMissing(spec.image) from exc
         except docker.errors.APIError as exc:
+            if spec.runtime and "runtime" in str(exc.explanation or exc).lower():
+                raise ContainerStartFailed(self._unknown_runtime_text(spec.runtime, exc)) from exc
             raise ContainerStartFailed(_api_error_text("create", exc)) from exc
         container_id = str(created["Id"])
         try:
@@ -169,6 +184,16 @@ class DockerBackend(ContainerBackend):
                 raise ContainerStartFailed(_api_error_text("start", exc)) from exc
             raise
         return container_id
+
+    def _unknown_runtime_text(self, runtime: str, exc: docker.errors.APIError) -> str:
+        known = "?"
+        with contextlib.suppress(Exception):
+            known = ", ".join(sorted((self._api().info().get("Runtimes") or {}).keys()))
+        return (
+            f"WORKER_RUNTIME={runtime} is not a runtime this Docker engine knows (its runtimes: "
+            f"{known}; see `docker info`): install and register it with the engine, or unset "
+            f"WORKER_RUNTIME. {_api_error_text('create', exc)}"
+        )
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         def stop() -> None:
@@ -337,6 +362,21 @@ class DockerBackend(ContainerBackend):
             return None
 
         return await self._run(gateway)
+
+    async def create_job_network(self, request: JobNetworkRequest) -> str:
+        return await self._run(
+            functools.partial(docker_network.create_job_network, self._api(), request)
+        )
+
+    async def remove_job_network(self, instance: str, job_id: str) -> None:
+        await self._run(
+            functools.partial(docker_network.remove_job_network, self._api(), instance, job_id)
+        )
+
+    async def list_job_networks(self, instance: str) -> list[str]:
+        return await self._run(
+            functools.partial(docker_network.list_job_networks, self._api(), instance)
+        )
 
     async def close(self) -> None:
         client = self._client

@@ -48,6 +48,7 @@ def build_container_spec(
     orchestrator_url: str,
     project_dir: str,
     wait_for_prompts: bool = False,
+    network: str | None = None,
 ) -> ContainerSpec:
     """The container of one job. The job never chooses the image, the working dir or mounts."""
     env: dict[str, str] = {
@@ -80,7 +81,10 @@ def build_container_spec(
         env.update(_claude_env(settings, job_id, token, orchestrator_url, limits))
         secret_keys.update(CLAUDE_SECRET_ENV_KEYS)
     memory = limits.memory_mb * 1024 * 1024
-    network = settings.worker_network
+    # ``network``: the job's own isolated network (JOB_NETWORK=isolated), where a relay answers
+    # as the worker API's host: no host-gateway entry then.
+    isolated = network is not None
+    network = network or settings.worker_network
     return ContainerSpec(
         name=container_name(mode, job_id),
         image=image,
@@ -101,7 +105,9 @@ def build_container_spec(
         cap_add=("CHOWN",),
         security_opt=("no-new-privileges:true",),
         network=network,
-        extra_hosts={HOST_GATEWAY_NAME: "host-gateway"} if network == "bridge" else {},
+        extra_hosts=(
+            {HOST_GATEWAY_NAME: "host-gateway"} if network == "bridge" and not isolated else {}
+        ),
         runtime=settings.worker_runtime,
         secret_env_keys=frozenset(secret_keys),
     )

@@ -13,6 +13,7 @@ from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.errors import OrchestratorError
 from orchestrator.grpc_api import convert
 from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.log_context import bind_request
 from orchestrator.logging import get_logger
 
 log = get_logger(__name__)
@@ -32,7 +33,9 @@ class JobServicer(pb_grpc.JobServiceServicer):
     def __init__(self, manager: ContainerJobManager) -> None:
         self._manager = manager
 
-    async def _call(self, context: Context, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, context: Context, fn: Callable[[], Awaitable[T]], job_id: str = "") -> T:
+        # Each RPC runs in its own task: what is bound here stays with this RPC's log lines.
+        bind_request(context.invocation_metadata(), job_id)
         try:
             return await fn()
         except OrchestratorError as exc:
@@ -55,7 +58,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
         async def run() -> pb.GetJobResponse:
             return pb.GetJobResponse(job=convert.job_to_pb(self._manager.get_job(request.job_id)))
 
-        return await self._call(context, run)
+        return await self._call(context, run, request.job_id)
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         async def run() -> pb.ListJobsResponse:
@@ -75,7 +78,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 job=convert.job_to_pb(await self._manager.stop_job(request.job_id))
             )
 
-        return await self._call(context, run)
+        return await self._call(context, run, request.job_id)
 
     async def CleanupJob(
         self, request: pb.CleanupJobRequest, context: Context
@@ -84,7 +87,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
             await self._manager.cleanup_job(request.job_id)
             return pb.CleanupJobResponse()
 
-        return await self._call(context, run)
+        return await self._call(context, run, request.job_id)
 
     async def SendPrompt(
         self, request: pb.SendPromptRequest, context: Context
@@ -93,11 +96,12 @@ class JobServicer(pb_grpc.JobServiceServicer):
             self._manager.send_prompt(request.job_id, request.content, request.done)
             return pb.SendPromptResponse()
 
-        return await self._call(context, run)
+        return await self._call(context, run, request.job_id)
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: Context
     ) -> AsyncIterator[pb.JobUpdate]:
+        bind_request(context.invocation_metadata(), request.job_id)
         try:
             async for item in self._manager.watch(
                 request.job_id, request.after_sequence, request.from_start
@@ -109,6 +113,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
     async def StreamLogs(
         self, request: pb.StreamLogsRequest, context: Context
     ) -> AsyncIterator[pb.LogChunk]:
+        bind_request(context.invocation_metadata(), request.job_id)
         try:
             job = self._manager.get_job(request.job_id)
             container_id = self._manager.container_id(job.job_id)

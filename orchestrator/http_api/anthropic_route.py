@@ -28,6 +28,7 @@ No header and no credential is ever logged or echoed.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -369,6 +370,7 @@ class AnthropicPassthrough:
             url += "?" + request.query_string
         meter: UsageMeter | None = None
         status = 0
+        started = time.monotonic()
         try:
             async with self._client().post(
                 url, data=body, headers=self._upstream_headers(request.headers)
@@ -416,6 +418,19 @@ class AnthropicPassthrough:
                 input_tokens=meter.input_tokens if meter else 0,
                 output_tokens=meter.output_tokens if meter else 0,
             )
+            metrics = self._manager.metrics
+            if metered and metrics is not None:
+                if 200 <= status < 400:
+                    metrics.llm_call(
+                        "anthropic",
+                        model,
+                        time.monotonic() - started,
+                        meter.input_tokens if meter else 0,
+                        meter.output_tokens if meter else 0,
+                    )
+                else:
+                    kind = f"http_{status}" if status else "unreachable"
+                    metrics.llm_error("anthropic", model, kind)
 
     def _upstream_error(
         self, job_id: str, status: int, headers: Mapping[str, str], raw: bytes

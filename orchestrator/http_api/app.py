@@ -28,7 +28,9 @@ from orchestrator.http_api.openapi import build_openapi
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.models import JobState
 from orchestrator.llm.proxy import LlmProxy
+from orchestrator.log_context import job_log_context
 from orchestrator.logging import get_logger
+from orchestrator.metrics import Metrics
 
 log = get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -269,10 +271,15 @@ class WorkerApi:
         return web.json_response(payload)
 
 
-def build_app(manager: ContainerJobManager, proxy: LlmProxy) -> web.Application:
+def build_app(
+    manager: ContainerJobManager, proxy: LlmProxy, metrics: Metrics | None = None
+) -> web.Application:
     """The aiohttp application serving the worker API."""
+    metrics = metrics or manager.metrics
+    counting = [metrics.middleware()] if metrics is not None else []
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=manager.settings.http_max_body_bytes
+        middlewares=[*counting, job_log_context, error_middleware],
+        client_max_size=manager.settings.http_max_body_bytes,
     )
     app[MANAGER_KEY] = manager
     app[PROXY_KEY] = proxy

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.containers.backend import ContainerBackend, ContainerExit
 from orchestrator.containers.spec import LABEL_JOB_ID, build_container_spec, container_name
@@ -25,6 +25,7 @@ from orchestrator.errors import (
     JobNotFound,
     OrchestratorError,
 )
+from orchestrator.jobs.isolation import job_network_request
 from orchestrator.jobs.models import (
     CreateJobRequest,
     CredentialGrant,
@@ -53,6 +54,9 @@ from orchestrator.store.base import JobStore
 from orchestrator.store.codec import record_from_json, record_to_json
 from orchestrator.store.sealing import GrantSealer
 from orchestrator.tokens import TokenStore, token_digest, validate_grants
+
+if TYPE_CHECKING:
+    from orchestrator.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -102,8 +106,10 @@ class ContainerJobManager:
         llm_provider_name: str = "none",
         store: JobStore | None = None,
         sealer: GrantSealer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._store = store
         self._sealer = sealer
         self._backend = backend
@@ -114,6 +120,21 @@ class ContainerJobManager:
         self._order = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._accepting = True
+        if metrics is not None:
+            metrics.watch_jobs(self.state_counts)
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The process's metrics, when it keeps any."""
+        return self._metrics
+
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        """How many known jobs are in each (state, mode)."""
+        counts: dict[tuple[str, str], int] = {}
+        for job in self._jobs.values():
+            key = (job.state.value, job.mode.value)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def set_orchestrator_url(self, url: str) -> None:
         """The worker API's URL as containers reach it (known once the API is bound)."""
@@ -193,6 +214,8 @@ class ContainerJobManager:
             history_limit=HISTORY_LIMIT,
         )
         self._jobs[job_id] = job
+        if self._metrics is not None:
+            self._metrics.job_created(request.mode.value)
         token = self._tokens.create_token(job_id, grants)
         # Held until the container is started, so reconciliation never judges the job
         # "vanished" while it is being created. A fresh lock is acquired without suspending.
@@ -209,7 +232,13 @@ class ContainerJobManager:
             log.info(
                 "job created", job_id=job_id, mode=request.mode.value, project_dir=str(project)
             )
+            network = None
+            if self._settings.job_network == "isolated":
+                network = await self._backend.create_job_network(
+                    job_network_request(self._settings, job_id, self._orchestrator_url)
+                )
             spec = build_container_spec(
+                network=network,
                 settings=self._settings,
                 job_id=job_id,
                 mode=request.mode,
@@ -227,17 +256,23 @@ class ContainerJobManager:
         except OrchestratorError as exc:
             self._finish(job, TerminalReason.START_FAILED, exc.message, teardown=False)
             job.torn_down.set()
+            self._spawn(self._release_network(job_id))
             raise
         except Exception as exc:
             message = f"container start failed: {type(exc).__name__}: {exc}"
             self._finish(job, TerminalReason.START_FAILED, message, teardown=False)
             job.torn_down.set()
+            self._spawn(self._release_network(job_id))
             raise FailedPrecondition(message) from exc
         finally:
             job.lifecycle_lock.release()
         if job.state is JobState.CREATING:
             self._transition(job, JobState.RUNNING, "container started")
             job.started_at = utcnow()
+            if self._metrics is not None:
+                self._metrics.job_started(
+                    job.mode.value, (job.started_at - job.created_at).total_seconds()
+                )
             log.info("job running", job_id=job_id, container=job.container_name)
         elif job.state.is_terminal and job.container_id is not None:
             # Stopped or died while starting: make sure its container goes too.
@@ -578,6 +613,7 @@ class ContainerJobManager:
         now = utcnow()
         for overdue in [j for j in self._jobs.values() if not j.state.is_terminal]:
             if now >= overdue.deadline:
+                self._count_reconcile("timed_out")
                 self._finish(
                     overdue,
                     TerminalReason.TIMED_OUT,
@@ -590,7 +626,10 @@ class ContainerJobManager:
             job_id = info.labels.get(LABEL_JOB_ID, "")
             job = self._jobs.get(job_id)
             if job is None or (job.state.is_terminal and job.torn_down.is_set()):
-                log.warning("removing a container without a live job", container=info.name)
+                log.warning(
+                    "removing a container without a live job", job_id=job_id, container=info.name
+                )
+                self._count_reconcile("removed_orphan")
                 await self._backend.remove(info.container_id)
                 continue
             if job.state.is_terminal:
@@ -600,6 +639,7 @@ class ContainerJobManager:
                 job.container_id = info.container_id
                 self._persist(job)
                 log.info("adopted a running container", job_id=job_id, container=info.name)
+                self._count_reconcile("adopted")
             if job.state is JobState.CREATING and not job.lifecycle_lock.locked():
                 self._transition(job, JobState.RUNNING, "container adopted")
                 job.started_at = job.started_at or utcnow()
@@ -609,6 +649,7 @@ class ContainerJobManager:
                 detail = await self._backend.inspect(info.container_id)
                 if detail is not None and (detail.running or not detail.exited):
                     continue
+                self._count_reconcile("exit_detected")
                 await self.handle_container_exit(
                     ContainerExit(
                         container_id=info.container_id,
@@ -621,7 +662,13 @@ class ContainerJobManager:
             # A job created after the listing began cannot be judged by it.
             if live.job_id in seen or live.lifecycle_lock.locked() or live.created_at >= listed_at:
                 continue
+            self._count_reconcile("container_lost")
             self._finish(live, TerminalReason.CONTAINER_LOST, "container vanished")
+        for job_id in await self._backend.list_job_networks(self._settings.instance):
+            owner = self._jobs.get(job_id)
+            if owner is None or (owner.state.is_terminal and owner.torn_down.is_set()):
+                log.warning("removing a job network without a live job", job_id=job_id)
+                await self._release_network(job_id)
 
     async def reap_once(self) -> None:
         """One reconciliation pass (kept as the reaper's name for callers)."""
@@ -630,12 +677,17 @@ class ContainerJobManager:
     async def run_reaper(self, interval: float = 2.0) -> None:
         """Reconciles every ``interval`` seconds; engine trouble only postpones decisions."""
         while True:
+            outcome = "ok"
             try:
                 await self.reconcile_once()
             except EngineUnavailable as exc:
+                outcome = "postponed"
                 log.warning("reconciliation postponed: engine unreachable", error=exc.message)
             except Exception as exc:
+                outcome = "failed"
                 log.warning("reconciliation pass failed", error=str(exc))
+            if self._metrics is not None:
+                self._metrics.reconcile_pass(outcome)
             await asyncio.sleep(interval)
 
     async def shutdown(self, drain: bool = False) -> None:
@@ -656,6 +708,10 @@ class ContainerJobManager:
             self._store.append_update(job.job_id, update)
             if kind is not UpdateKind.EVENT:
                 self._store.save_job(record_to_json(job))
+
+    def _count_reconcile(self, action: str) -> None:
+        if self._metrics is not None:
+            self._metrics.reconcile_action(action)
 
     def _persist(self, job: JobRecord) -> None:
         if self._store is not None:
@@ -701,6 +757,10 @@ class ContainerJobManager:
         if self._store is not None:
             self._store.forget_secrets(job.job_id)
         log.info("job ended", job_id=job.job_id, state=target.value, reason=reason.value)
+        if self._metrics is not None:
+            self._metrics.job_ended(
+                job.mode.value, reason.value, (now - job.created_at).total_seconds()
+            )
         if teardown:
             self._spawn(self._teardown(job))
 
@@ -724,7 +784,16 @@ class ContainerJobManager:
                     # The reaper and the next reconciliation retry what is left behind.
                     log.warning("container teardown failed", job_id=job.job_id, error=str(exc))
         finally:
+            await self._release_network(job.job_id)
             job.torn_down.set()
+
+    async def _release_network(self, job_id: str) -> None:
+        """Removes the job's isolated network and relay, if it has them (never raises)."""
+        try:
+            await self._backend.remove_job_network(self._settings.instance, job_id)
+        except Exception as exc:
+            # The next reconciliation retries.
+            log.warning("job network removal failed", job_id=job_id, error=str(exc))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -3,10 +3,16 @@ container never sees, and accounts the usage on the job."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import BudgetExceeded, InvalidArgument, ProviderNotConfigured
+from orchestrator.errors import (
+    BudgetExceeded,
+    InvalidArgument,
+    OrchestratorError,
+    ProviderNotConfigured,
+)
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm import policy
 from orchestrator.llm.types import (
@@ -20,6 +26,9 @@ from orchestrator.llm.types import (
 from orchestrator.logging import get_logger
 from orchestrator.settings import Settings
 
+if TYPE_CHECKING:
+    from orchestrator.metrics import Metrics
+
 log = get_logger(__name__)
 _MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})
 
@@ -28,11 +37,16 @@ class LlmProxy:
     """One per orchestrator; stateless per call apart from the job's usage on the manager."""
 
     def __init__(
-        self, settings: Settings, provider: LlmProvider | None, manager: ContainerJobManager
+        self,
+        settings: Settings,
+        provider: LlmProvider | None,
+        manager: ContainerJobManager,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._provider = provider
         self._manager = manager
+        self._metrics = metrics if metrics is not None else manager.metrics
 
     @property
     def provider_name(self) -> str:
@@ -63,8 +77,13 @@ class LlmProxy:
             )
         except BudgetExceeded as exc:
             self._manager.record_budget_refusal(job_id, exc.message)
+            self._count_error(model or "", exc)
             raise
-        limits = self._manager.begin_llm_call(job_id)
+        try:
+            limits = self._manager.begin_llm_call(job_id)
+        except OrchestratorError as exc:
+            self._count_error(resolved_model, exc)
+            raise
         request = CompletionRequest(
             messages=tuple(_message(m) for m in messages),
             model=resolved_model,
@@ -81,14 +100,32 @@ class LlmProxy:
             ),
             tool_choice=tool_choice,
         )
+        started = time.monotonic()
         try:
             result = await self._provider.complete(request)
-        except InvalidArgument:
+        except InvalidArgument as exc:
             # Refused before anything was sent upstream: it must not use up the budget.
             self._manager.refund_llm_call(job_id)
+            self._count_error(resolved_model, exc)
+            raise
+        except Exception as exc:
+            self._count_error(resolved_model, exc)
             raise
         self._manager.record_llm_usage(job_id, result.input_tokens, result.output_tokens)
+        if self._metrics is not None:
+            self._metrics.llm_call(
+                self.provider_name,
+                resolved_model,
+                time.monotonic() - started,
+                result.input_tokens,
+                result.output_tokens,
+            )
         return result
+
+    def _count_error(self, model: str, exc: BaseException) -> None:
+        if self._metrics is not None:
+            kind = exc.kind.name.lower() if isinstance(exc, OrchestratorError) else "internal"
+            self._metrics.llm_error(self.provider_name, model, kind)
 
     async def aclose(self) -> None:
         if self._provider is not None:

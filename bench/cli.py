@@ -1,0 +1,248 @@
+"""``python -m bench [proxy] [start] [--quick] [--json PATH] [--profile]``.
+
+Runs the named benchmarks (default: both), prints a markdown table for each and writes the
+raw results as JSON: ``bench/results/<name>.json``, or all of them in one document at PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.procs import RESULTS_DIR, BenchError, code_version
+from bench.proxy_bench import ProxyOptions, run_proxy_bench
+from bench.start_bench import StartOptions, run_start_bench
+from bench.stats import markdown_table
+
+BENCHMARKS = ("proxy", "start")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("benchmarks", nargs="*", metavar="{proxy,start}", help="default: both")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="proxy: 3 s per point instead of 10 s; start: 10 samples instead of 15",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write all results here")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="proxy: also profile the orchestrator under load with py-spy (pip install py-spy)",
+    )
+    parser.add_argument(
+        "--experiments",
+        action="store_true",
+        help="proxy: also measure bench-only variants of the proxy path (see README)",
+    )
+    parser.add_argument("--no-litellm", action="store_true", help="proxy: skip the LiteLLM column")
+    parser.add_argument("--no-pin", action="store_true", help="proxy: do not pin processes to CPUs")
+    parser.add_argument("--duration", type=float, help="proxy: seconds measured per point")
+    parser.add_argument(
+        "--concurrency",
+        default="1,16,64",
+        help="proxy: comma-separated concurrencies (default 1,16,64)",
+    )
+    parser.add_argument(
+        "--samples", type=int, help="start: samples of each (>= 10; default 15, --quick 10)"
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}: choose from {', '.join(BENCHMARKS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    selected = list(dict.fromkeys(args.benchmarks or BENCHMARKS))
+    documents: dict[str, dict[str, Any]] = {}
+    failed = False
+    for name in selected:
+        print(f"bench: running {name} ...", flush=True)
+        version = code_version()
+        try:
+            documents[name] = {**_run(name, args), "code": version}
+        except BenchError as exc:
+            print(f"bench: {name} failed: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        except Exception:
+            # Whatever broke, the other benchmark still runs and the results so far are kept.
+            traceback.print_exc()
+            print(f"bench: {name} failed (traceback above)", file=sys.stderr)
+            failed = True
+            continue
+        print()
+        print(render(documents[name]))
+        print(flush=True)
+    _write(documents, args.json)
+    return 1 if failed else 0
+
+
+def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    if name == "proxy":
+        duration = args.duration or (3.0 if args.quick else 10.0)
+        return run_proxy_bench(
+            ProxyOptions(
+                duration_s=duration,
+                warmup_s=1.0 if args.quick else 1.5,
+                pin=not args.no_pin,
+                litellm=not args.no_litellm,
+                profile=args.profile,
+                experiments=args.experiments,
+                concurrencies=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
+            )
+        )
+    samples = args.samples or (10 if args.quick else 15)
+    return run_start_bench(StartOptions(samples=max(samples, 10), warmup=1))
+
+
+def _write(documents: dict[str, dict[str, Any]], path: Path | None) -> None:
+    if not documents:
+        return
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        only = next(iter(documents.values())) if len(documents) == 1 else documents
+        path.write_text(json.dumps(only, indent=2) + "\n")
+        print(f"bench: results written to {path}")
+        return
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for name, document in documents.items():
+        target = RESULTS_DIR / f"{name}.json"
+        target.write_text(json.dumps(document, indent=2) + "\n")
+        (RESULTS_DIR / f"{name}-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
+        print(f"bench: results written to {target}")
+
+
+def render(document: dict[str, Any]) -> str:
+    """The markdown tables of one benchmark's results."""
+    if document["benchmark"] == "proxy":
+        return render_proxy(document)
+    return render_start(document)
+
+
+def render_proxy(document: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["target"],
+            row["concurrency"],
+            row["rps"],
+            row["p50_ms"],
+            row["p99_ms"],
+            row.get("added_p50_ms"),
+            row.get("added_p99_ms"),
+            row.get("server_cpu_ms_per_request"),
+            row.get("cpu_bound_rps_per_core"),
+            row["errors"],
+        ]
+        for row in document["results"]
+    ]
+    parts = [
+        markdown_table(
+            [
+                "path",
+                "concurrency",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "added p50 ms",
+                "added p99 ms",
+                "server CPU ms/req",
+                "req/s per core",
+                "errors",
+            ],
+            rows,
+        ),
+        "",
+        f"({document['config']['duration_s']:g} s per point after "
+        f"{document['config']['warmup_s']:g} s warm-up; {document['config']['pinning']}; "
+        "added = minus direct at the same concurrency; req/s per core = 1000 / server CPU "
+        "ms per request)",
+    ]
+    if document["targets"]:
+        parts += ["", _targets_table(document["targets"])]
+    for name, profile in document.get("profiles", {}).items():
+        parts += ["", _profile_text(name, profile)]
+    parts += [f"note: {note}" for note in document["notes"]]
+    return "\n".join(parts)
+
+
+def _targets_table(checks: list[dict[str, Any]]) -> str:
+    return markdown_table(
+        ["target", "measured", "wanted", "met"],
+        [[c["check"], c["value"], c["target"], "yes" if c["met"] else "NO"] for c in checks],
+    )
+
+
+def _profile_text(name: str, profile: dict[str, Any]) -> str:
+    busy = profile.get("event_loop_busy")
+    lines = [
+        f"profile of {name}: {profile['samples']} samples at {profile['rate_hz']} Hz, "
+        f"{profile['load']['rps_while_profiled']:.0f} req/s while profiled, event loop busy "
+        f"{busy:.0%} (stacks: {profile['collapsed_stacks']})",
+        "  event loop's own time by package: "
+        + ", ".join(f"{p['name']} {p['share']:.0%}" for p in profile["own_by_package"][:10]),
+    ]
+    return "\n".join(lines)
+
+
+def render_start(document: dict[str, Any]) -> str:
+    summary = document["summary"]
+    rows = []
+    for kind, label in (("orchestrator", "CreateJob (gRPC)"), ("raw", "raw docker SDK")):
+        first = summary[kind]["first_call_ms"]
+        api = summary[kind]["api_returned_ms"]
+        rows.append(
+            [
+                label,
+                len(document["samples"][kind]),
+                first["p50"],
+                first["mean"],
+                first["min"],
+                first["max"],
+                api["p50"],
+            ]
+        )
+    table = markdown_table(
+        ["start path", "n", "median ms", "mean ms", "min ms", "max ms", "API call returned ms"],
+        rows,
+    )
+    phases = markdown_table(
+        ["median of phase (ms)", "CreateJob (gRPC)", "raw docker SDK"],
+        [
+            [label, summary["orchestrator"][key]["p50"], summary["raw"][key]["p50"]]
+            for key, label in (
+                ("before_engine_ms", "request → engine create call"),
+                ("engine_create_start_ms", "engine create + start"),
+                ("started_to_first_call_ms", "started → first call arrives"),
+                ("first_call_ms", "total: request → first call"),
+            )
+        ],
+    )
+    target = document["target"]
+    same = document["same_container_config"]
+    config_line = (
+        "container configs identical (HostConfig, image, command, user, env names)"
+        if same.get("identical")
+        else f"container configs differ: {same}"
+    )
+    return "\n".join(
+        [
+            table,
+            "",
+            f"ratio of medians: {document['ratio_of_medians']:.3f} "
+            f"(target <= {target['max_ratio']:.2f}: {'met' if target['met'] else 'NOT met'}); "
+            f"median paired difference {document['median_paired_difference_ms']:+.1f} ms",
+            config_line,
+            "",
+            phases,
+        ]
+    )

@@ -1,0 +1,245 @@
+"""``ironclaw status``: is the orchestrator healthy, can it run jobs, and what is it doing?
+
+The control plane answers health and the job counts. The engine, the images and the budget
+defaults are checked from here, with the same environment ``ironclaw serve`` reads (the CLI
+runs next to the orchestrator: the control plane is bound to loopback by default). Every
+problem comes with its fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.cli.jobs import DEFAULT_TARGET, CliError, _AuthedStub, _channel
+
+PACKAGE = "ironclaw-orchestrator"
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--orchestrator",
+        default=os.environ.get("IRONCLAW_ORCHESTRATOR", DEFAULT_TARGET),
+        help="control plane address (default: $IRONCLAW_ORCHESTRATOR or localhost:50051)",
+    )
+
+
+def add_status_command(sub: Any) -> None:
+    status = sub.add_parser(
+        "status", help="orchestrator health, engine, images, jobs by state, budget defaults"
+    )
+    add_client_options(status)
+    status.add_argument("--json", action="store_true")
+
+
+def run_client(args: argparse.Namespace, action: Callable[[argparse.Namespace, Any], int]) -> int:
+    """Runs ``action(args, stub)`` against the control plane with the CLI's error reporting."""
+    import grpc
+
+    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+
+    try:
+        with _channel(args.orchestrator) as channel:
+            stub = _AuthedStub(
+                pb_grpc.JobServiceStub(channel), os.environ.get("ORCHESTRATOR_ADMIN_TOKEN")
+            )
+            return action(args, stub)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            print(
+                f"error: cannot reach the orchestrator at {args.orchestrator}: is `ironclaw "
+                "serve` running? (set --orchestrator or IRONCLAW_ORCHESTRATOR)",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {exc.details()} ({code.name})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+@dataclass
+class StatusReport:
+    version: str = "unknown"
+    health: str = "unknown"
+    docker: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs_by_state: dict[str, int] = field(default_factory=dict)
+    budget_defaults: dict[str, Any] = field(default_factory=dict)
+    problems: list[dict[str, str]] = field(default_factory=list)
+
+    def problem(self, what: str, fix: str) -> None:
+        self.problems.append({"problem": what, "fix": fix})
+
+
+def orchestrator_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def run_status(args: argparse.Namespace, stub: Any) -> int:
+    report = StatusReport(version=orchestrator_version())
+    _check_control_plane(args, stub, report)
+    settings = _settings(report)
+    if settings is not None:
+        asyncio.run(_check_engine(settings, report))
+        report.budget_defaults = {
+            "llm_token_budget": settings.job_llm_token_budget,
+            "llm_call_budget": settings.job_llm_call_budget,
+            "llm_max_tokens_per_call": settings.job_llm_max_tokens_per_call,
+            "llm_model_allowlist": list(settings.llm_model_allowlist),
+            "worker_timeout_s": settings.worker_timeout_s,
+            "claude_code_timeout_s": settings.claude_timeout_s,
+            "claude_code_max_turns": settings.claude_max_turns,
+        }
+    if args.json:
+        print(json.dumps(report.__dict__, indent=2))
+    else:
+        _print(report)
+    return 1 if report.problems else 0
+
+
+def _check_control_plane(args: argparse.Namespace, stub: Any, report: StatusReport) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from orchestrator.api.v1 import jobs_pb2 as pb
+    from orchestrator.cli.usage import fetch_jobs
+
+    with _channel(args.orchestrator) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+            report.health = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+        except grpc.RpcError as exc:
+            report.health = "unreachable"
+            report.problem(
+                f"the control plane at {args.orchestrator} does not answer ({exc.code().name})",
+                "start it with `ironclaw serve`, or point --orchestrator / "
+                "IRONCLAW_ORCHESTRATOR at it",
+            )
+            return
+    if report.health != "SERVING":
+        report.problem(
+            f"the orchestrator reports {report.health}",
+            "it is shutting down or starting: wait, or restart `ironclaw serve`",
+        )
+    try:
+        jobs = fetch_jobs(stub)
+    except grpc.RpcError as exc:
+        report.problem(
+            f"listing jobs failed: {exc.details()} ({exc.code().name})",
+            "set ORCHESTRATOR_ADMIN_TOKEN to the orchestrator's admin token"
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            else "see the orchestrator's log",
+        )
+        return
+    counts = {name.removeprefix("JOB_STATE_").lower(): 0 for name in pb.JobState.keys()[1:]}
+    for job in jobs:
+        state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+        counts[state] = counts.get(state, 0) + 1
+    report.jobs_by_state = counts
+
+
+def _settings(report: StatusReport) -> Any:
+    from orchestrator.errors import ConfigError
+    from orchestrator.settings import Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        report.problem(f"the configuration is invalid: {exc}", "fix that variable and retry")
+        return None
+
+
+async def _check_engine(settings: Any, report: StatusReport) -> None:
+    images = {"worker": settings.worker_image, "claude-code": settings.claude_image}
+    try:
+        from orchestrator.containers.docker_backend import DockerBackend
+    except ImportError:
+        report.docker = {"reachable": "unknown", "version": "unknown"}
+        for mode, image in images.items():
+            report.images[mode] = {"image": image, "present": "unknown"}
+        return
+    from orchestrator.errors import EngineUnavailable
+
+    backend = DockerBackend()
+    try:
+        report.docker = {
+            "reachable": True,
+            "version": await backend.engine_version(),
+            "address": backend.engine_address,
+        }
+    except EngineUnavailable as exc:
+        report.docker = {
+            "reachable": False,
+            "version": "unknown",
+            "address": backend.engine_address,
+        }
+        report.problem(
+            exc.message, "start the Docker daemon, or point DOCKER_HOST at a reachable engine"
+        )
+        for mode, image in images.items():
+            report.images[mode] = {"image": image, "present": "unknown"}
+        await backend.close()
+        return
+    try:
+        for mode, image in images.items():
+            present = await backend.image_exists(image)
+            report.images[mode] = {"image": image, "present": present}
+            if not present:
+                variable = "WORKER_IMAGE" if mode == "worker" else "CLAUDE_CODE_IMAGE"
+                report.problem(
+                    f"image {image} for {mode} jobs is missing",
+                    f"build it with `make images` (or set {variable} to an image that exists)",
+                )
+    finally:
+        await backend.close()
+
+
+def _print(report: StatusReport) -> None:
+    docker = report.docker
+    print(f"orchestrator  {report.version}  health: {report.health}")
+    if docker:
+        reachable = docker.get("reachable")
+        engine = (
+            f"{docker.get('version')} at {docker.get('address')}"
+            if reachable is True
+            else ("unreachable" if reachable is False else "unknown (docker SDK not installed)")
+        )
+        print(f"docker        {engine}")
+    for mode, image in report.images.items():
+        present = image["present"]
+        mark = "present" if present is True else ("MISSING" if present is False else "unknown")
+        print(f"image         {mode:12} {image['image']}  {mark}")
+    if report.jobs_by_state:
+        jobs = "  ".join(f"{state}={count}" for state, count in report.jobs_by_state.items())
+        print(f"jobs          {jobs}")
+    if report.budget_defaults:
+        b = report.budget_defaults
+        allow = ",".join(b["llm_model_allowlist"]) or "any"
+        print(
+            f"budgets       tokens={b['llm_token_budget']} calls={b['llm_call_budget']} "
+            f"max_tokens_per_call={b['llm_max_tokens_per_call']} models={allow}"
+        )
+    if report.problems:
+        print()
+        for item in report.problems:
+            print(f"problem: {item['problem']}\n    fix: {item['fix']}")
+    else:
+        print("\nno problems found")

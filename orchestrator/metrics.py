@@ -1,0 +1,269 @@
+"""Prometheus metrics: one :class:`Metrics` per orchestrator, on its own registry and port.
+
+Every label set is bounded: modes, states, terminal reasons, route patterns (never the raw
+path), HTTP codes, providers and the configured models. No metric carries a job id. The
+endpoint is served on ``METRICS_BIND:METRICS_PORT`` (loopback by default, like the control
+plane), never on the worker-API port that job containers reach.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from orchestrator.logging import get_logger
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JobCounts = Callable[[], Mapping[tuple[str, str], int]]
+
+# Job start (create → running) is seconds; a job's life is minutes to hours.
+START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0)
+LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
+OTHER = "other"
+
+
+class _JobStateCollector(Collector):
+    """``ironclaw_jobs{state,mode}``, read from the manager at scrape time."""
+
+    def __init__(self, counts: JobCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "ironclaw_jobs",
+            "Jobs the orchestrator knows, by state and mode",
+            labels=["state", "mode"],
+        )
+        for (state, mode), count in sorted(self._counts().items()):
+            family.add_metric([state.lower(), mode.lower()], count)
+        yield family
+
+
+class Metrics:
+    """The orchestrator's metrics; every recording method is cheap and never raises."""
+
+    def __init__(self, known_models: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._known_models = frozenset(m for m in known_models if m)
+        r = self.registry
+        self.jobs_created = Counter("ironclaw_jobs_created", "Jobs created", ["mode"], registry=r)
+        self.jobs_ended = Counter(
+            "ironclaw_jobs_ended",
+            "Jobs ended, by terminal reason (completed, failed, oom_killed, timed_out, "
+            "stopped_by_operator, budget_exceeded, ...)",
+            ["mode", "reason"],
+            registry=r,
+        )
+        self.job_start_seconds = Histogram(
+            "ironclaw_job_start_seconds",
+            "Time from a job's creation until its container runs",
+            ["mode"],
+            buckets=START_BUCKETS,
+            registry=r,
+        )
+        self.job_duration_seconds = Histogram(
+            "ironclaw_job_duration_seconds",
+            "Time from a job's creation until its terminal result",
+            ["mode", "reason"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.llm_calls = Counter(
+            "ironclaw_llm_calls", "LLM calls proxied for jobs", ["provider", "model"], registry=r
+        )
+        self.llm_tokens = Counter(
+            "ironclaw_llm_tokens",
+            "LLM tokens used by jobs",
+            ["provider", "model", "direction"],
+            registry=r,
+        )
+        self.llm_errors = Counter(
+            "ironclaw_llm_errors",
+            "LLM calls that failed or were refused",
+            ["provider", "model", "kind"],
+            registry=r,
+        )
+        self.llm_seconds = Histogram(
+            "ironclaw_llm_proxy_seconds",
+            "LLM proxy latency (request in → answer out)",
+            ["provider", "model"],
+            buckets=LLM_BUCKETS,
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "ironclaw_worker_api_requests",
+            "Worker API requests by route pattern, method and status code",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "ironclaw_worker_api_request_seconds",
+            "Worker API request latency by route pattern",
+            ["route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_passes = Counter(
+            "ironclaw_reconcile_passes",
+            "Reconciliation passes by outcome (ok, postponed, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconcile_actions = Counter(
+            "ironclaw_reconcile_actions",
+            "Decisions reconciliation took (adopted, removed_orphan, container_lost, timed_out, "
+            "exit_detected)",
+            ["action"],
+            registry=r,
+        )
+        self.docker_errors = Counter(
+            "ironclaw_docker_api_errors",
+            "Docker API calls that failed (unreachable, or api_<status>)",
+            ["kind"],
+            registry=r,
+        )
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Metrics:
+        """Metrics whose model labels are limited to the models the settings allow."""
+        models = [settings.llm_model, *settings.llm_model_allowlist]
+        models += [model for _, model in settings.claude_model_map]
+        return cls(models)
+
+    def watch_jobs(self, counts: JobCounts) -> None:
+        """Publishes ``ironclaw_jobs{state,mode}`` from ``counts`` at every scrape."""
+        self.registry.register(_JobStateCollector(counts))
+
+    def model_label(self, model: str) -> str:
+        """The model as a label value: a configured model, else ``other`` (bounded)."""
+        return model if model in self._known_models else OTHER
+
+    # ------------------------------------------------------------ jobs
+
+    def job_created(self, mode: str) -> None:
+        self.jobs_created.labels(mode).inc()
+
+    def job_started(self, mode: str, seconds: float) -> None:
+        self.job_start_seconds.labels(mode).observe(max(0.0, seconds))
+
+    def job_ended(self, mode: str, reason: str, seconds: float) -> None:
+        reason = reason.lower()
+        self.jobs_ended.labels(mode, reason).inc()
+        self.job_duration_seconds.labels(mode, reason).observe(max(0.0, seconds))
+
+    # ------------------------------------------------------------ LLM
+
+    def llm_call(
+        self, provider: str, model: str, seconds: float, input_tokens: int, output_tokens: int
+    ) -> None:
+        label = self.model_label(model)
+        provider = provider_label(provider)
+        self.llm_calls.labels(provider, label).inc()
+        self.llm_seconds.labels(provider, label).observe(max(0.0, seconds))
+        self.llm_tokens.labels(provider, label, "input").inc(max(0, input_tokens))
+        self.llm_tokens.labels(provider, label, "output").inc(max(0, output_tokens))
+
+    def llm_error(self, provider: str, model: str, kind: str) -> None:
+        self.llm_errors.labels(provider_label(provider), self.model_label(model), kind).inc()
+
+    # ------------------------------------------------------------ control loops
+
+    def reconcile_pass(self, outcome: str) -> None:
+        self.reconcile_passes.labels(outcome).inc()
+
+    def reconcile_action(self, action: str) -> None:
+        self.reconcile_actions.labels(action).inc()
+
+    def docker_error(self, kind: str) -> None:
+        self.docker_errors.labels(kind).inc()
+
+    # ------------------------------------------------------------ exposition
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+    def middleware(self) -> Middleware:
+        """aiohttp middleware counting worker-API requests by route pattern (outermost, so it
+        sees the status the error middleware chose)."""
+
+        @web.middleware
+        async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+            started = time.monotonic()
+            code = 500
+            try:
+                response = await handler(request)
+                code = response.status
+                return response
+            except web.HTTPException as exc:
+                code = exc.status
+                raise
+            finally:
+                route = _route_pattern(request)
+                self.http_requests.labels(route, request.method, str(code)).inc()
+                self.http_seconds.labels(route).observe(time.monotonic() - started)
+
+        return count_requests
+
+
+def provider_label(name: str) -> str:
+    """The provider's kind (``scripted (replays x.yaml)`` → ``scripted``): bounded."""
+    words = name.split()
+    return words[0] if words else "none"
+
+
+def _route_pattern(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+class MetricsServer:
+    """The ``/metrics`` endpoint on its own aiohttp site."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self.runner = runner
+        self.host = host
+        self.port = port
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_metrics_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
+    """Serves ``GET /metrics`` on host:port (0 picks a free port)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        response = web.Response(body=metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = int(sockets[0].getsockname()[1]) if sockets else port
+    return MetricsServer(runner, host, bound)
