@@ -1,7 +1,8 @@
-"""``python -m bench [proxy] [start] [--quick] [--json PATH] [--profile]``.
+"""``python -m bench [proxy] [start] [controlplane] [footprint] [burst] [--quick] [--json PATH]``.
 
-Runs the named benchmarks (default: both), prints a markdown table for each and writes the
-raw results as JSON: ``bench/results/<name>.json``, or all of them in one document at PATH.
+Runs the named benchmarks (default: proxy and start), prints a markdown table for each and
+writes the raw results as JSON: ``bench/results/<name>.json``, or all of them in one
+document at PATH.
 """
 
 from __future__ import annotations
@@ -14,17 +15,26 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.burst_bench import BurstOptions, run_burst_bench
+from bench.controlplane_bench import ControlPlaneOptions, run_controlplane_bench
+from bench.footprint_bench import FootprintOptions, run_footprint_bench
 from bench.procs import RESULTS_DIR, BenchError, code_version
 from bench.proxy_bench import ProxyOptions, run_proxy_bench
 from bench.start_bench import StartOptions, run_start_bench
 from bench.stats import markdown_table
 
-BENCHMARKS = ("proxy", "start")
+BENCHMARKS = ("proxy", "start", "controlplane", "footprint", "burst")
+DEFAULT_BENCHMARKS = ("proxy", "start")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmarks", nargs="*", metavar="{proxy,start}", help="default: both")
+    parser.add_argument(
+        "benchmarks",
+        nargs="*",
+        metavar="{proxy,start,controlplane,footprint,burst}",
+        help="default: proxy and start",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -61,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    selected = list(dict.fromkeys(args.benchmarks or BENCHMARKS))
+    selected = list(dict.fromkeys(args.benchmarks or DEFAULT_BENCHMARKS))
     documents: dict[str, dict[str, Any]] = {}
     failed = False
     for name in selected:
@@ -100,6 +110,18 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 concurrencies=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
             )
         )
+    if name == "controlplane":
+        if args.quick:
+            return run_controlplane_bench(
+                ControlPlaneOptions(rpc_rounds=500, warmup_rounds=100, events=20)
+            )
+        return run_controlplane_bench(ControlPlaneOptions())
+    if name == "footprint":
+        return run_footprint_bench(FootprintOptions(quick=args.quick))
+    if name == "burst":
+        if args.quick:
+            return run_burst_bench(BurstOptions(sizes=(20,), rounds=2))
+        return run_burst_bench(BurstOptions())
     samples = args.samples or (10 if args.quick else 15)
     return run_start_bench(StartOptions(samples=max(samples, 10), warmup=1))
 
@@ -126,6 +148,12 @@ def render(document: dict[str, Any]) -> str:
     """The markdown tables of one benchmark's results."""
     if document["benchmark"] == "proxy":
         return render_proxy(document)
+    if document["benchmark"] == "controlplane":
+        return render_controlplane(document)
+    if document["benchmark"] == "footprint":
+        return render_footprint(document)
+    if document["benchmark"] == "burst":
+        return render_burst(document)
     return render_start(document)
 
 
@@ -244,5 +272,151 @@ def render_start(document: dict[str, Any]) -> str:
             config_line,
             "",
             phases,
+        ]
+    )
+
+
+def render_controlplane(document: dict[str, Any]) -> str:
+    labels = {
+        "health": "Health/Check (floor)",
+        "get": "GetJob",
+        "list_first": "ListJobs(100), first page",
+        "list_last": "ListJobs(100), last page",
+    }
+    rpc = document["rpc_ms"]
+    rpc_rows = [
+        [
+            labels[kind],
+            rpc[kind]["p50"],
+            rpc[kind]["p90"],
+            rpc[kind]["p99"],
+            rpc[kind]["max"],
+            rpc[kind].get("added_p50"),
+            rpc[kind].get("added_p99"),
+        ]
+        for kind in ("health", "get", "list_first", "list_last")
+    ]
+    fan_rows = [
+        [
+            f"{row['watchers']} watcher(s), {row['client_processes']} client process(es)",
+            row["events"],
+            row["all_received_ms"]["p50"],
+            row["all_received_ms"]["p99"],
+            row["first_received_ms"]["p50"],
+            row["post_returned_ms"]["p50"],
+            row["server_cpu_ms_per_event"],
+            row["clients_cpu_ms_per_event"],
+        ]
+        for row in document["fanout"].values()
+    ]
+    config = document["config"]
+    return "\n".join(
+        [
+            f"{config['jobs_tracked']:,} jobs tracked; {config['rpc_rounds']} calls of each "
+            "kind, interleaved, blocking stub over loopback",
+            "",
+            markdown_table(
+                ["RPC", "p50 ms", "p90 ms", "p99 ms", "max ms", "added p50", "added p99"], rpc_rows
+            ),
+            "",
+            markdown_table(
+                [
+                    "WatchJob fan-out",
+                    "events",
+                    "all received p50 ms",
+                    "all received p99 ms",
+                    "first received p50 ms",
+                    "POST returned p50 ms",
+                    "server CPU ms/event",
+                    "watchers CPU ms/event",
+                ],
+                fan_rows,
+            ),
+            "",
+            _targets_table(document["targets"]),
+            *[f"note: {note}" for note in document["notes"]],
+            *[
+                _controlplane_profile(name, profile)
+                for name, profile in document.get("profiles", {}).items()
+            ],
+        ]
+    )
+
+
+def _controlplane_profile(name: str, profile: Any) -> str:
+    if not isinstance(profile, dict):
+        return f"profile {name}: {profile}"
+    lines = [
+        f"profile of the server during {name}: event loop busy "
+        f"{profile.get('event_loop_busy', 0):.0%} ({profile['collapsed_stacks']})",
+        "  own time by package: "
+        + ", ".join(f"{p['name']} {p['share']:.0%}" for p in profile["own_by_package"][:8]),
+        "  inclusive: "
+        + ", ".join(f"{p['name']} {p['share']:.0%}" for p in profile["inclusive_by_function"][:25]),
+    ]
+    return "\n".join(lines)
+
+
+def render_footprint(document: dict[str, Any]) -> str:
+    rss_rows = [
+        [row["label"], row["jobs_tracked"], row["rss_mib"], row.get("per_job_kib")]
+        for row in document["rss"]
+    ]
+    token_rows = [
+        [row["live_tokens"], row["valid_us"], row["invalid_us"], row.get("ratio_vs_smallest")]
+        for row in document["tokens"]
+    ]
+    return "\n".join(
+        [
+            markdown_table(
+                ["orchestrator process", "jobs tracked", "RSS MiB", "per job KiB (vs idle)"],
+                rss_rows,
+            ),
+            "",
+            markdown_table(
+                [
+                    "live tokens",
+                    "validate (valid) µs",
+                    "validate (wrong token) µs",
+                    "valid vs 10 tokens",
+                ],
+                token_rows,
+            ),
+            "",
+            _targets_table(document["targets"]),
+            *[f"note: {note}" for note in document["notes"]],
+        ]
+    )
+
+
+def render_burst(document: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"{row['kind']}, {row['size']} at once",
+            row["bursts"],
+            row["makespan_ms_median"],
+            row["throughput_per_s"],
+            row["first_call_p50_ms"],
+            row.get("throughput_vs_raw"),
+            row["lost"],
+        ]
+        for row in document["summary"]
+    ]
+    return "\n".join(
+        [
+            markdown_table(
+                [
+                    "burst",
+                    "bursts",
+                    "makespan ms (median)",
+                    "starts/s",
+                    "first call p50 ms",
+                    "throughput vs raw",
+                    "lost",
+                ],
+                rows,
+            ),
+            "",
+            _targets_table(document["targets"]),
         ]
     )

@@ -235,9 +235,21 @@ class _RawDocker:
 
     def run(self, options: StartOptions, keep: bool) -> tuple[dict[str, float], str]:
         job_id = str(uuid.uuid4())
+        t0, returned, container_id = self.launch(job_id)
+        message = self._server.wait_message(
+            lambda m: m.get("event") == "first_call" and m.get("job_id") == job_id,
+            options.first_call_timeout_s,
+        )
+        if not keep:
+            self._api.remove_container(container_id, force=True)
+        return _sample(t0, t0, returned, returned, int(message["t_ns"])), job_id
+
+    def launch(self, job_id: str, api: Any = None) -> tuple[int, int, str]:
+        """``create_container`` + ``start`` of the job's container; returns the monotonic ns
+        before and after, and the container id (``api``: another client's, for threads)."""
         spec = self.spec(job_id)
         labels = {**spec.labels, LABEL_INSTANCE: self._instance}
-        api = self._api
+        api = api or self._api
         t0 = time.monotonic_ns()
         # The same mapping of the spec to the engine's HostConfig as the Docker backend's.
         host_config = api.create_host_config(
@@ -270,13 +282,7 @@ class _RawDocker:
         )
         api.start(created["Id"])
         returned = time.monotonic_ns()
-        message = self._server.wait_message(
-            lambda m: m.get("event") == "first_call" and m.get("job_id") == job_id,
-            options.first_call_timeout_s,
-        )
-        if not keep:
-            api.remove_container(created["Id"], force=True)
-        return _sample(t0, t0, returned, returned, int(message["t_ns"])), job_id
+        return t0, returned, str(created["Id"])
 
 
 # HostConfig fields that differ by construction (the job's own project dir).

@@ -47,8 +47,9 @@ async def test_max_iterations_reached_fails_the_job(e2e: Any, docker_engine: Any
 
 async def test_job_past_its_deadline_is_failed_as_timed_out(e2e: Any, docker_engine: Any) -> None:
     run = await e2e("sleep_long.yaml")
+    # Whatever the job is doing when the deadline passes (on a loaded machine it may still be
+    # starting), it ends TIMED_OUT.
     job = await create(run.stub, "Wait for the build", limits=pb.JobLimits(timeout_seconds=2))
-    await wait_for_event(run.stub, job.job_id, "tool_use", "shell")
 
     final = await wait_terminal(run.stub, job.job_id, timeout=30)
 
