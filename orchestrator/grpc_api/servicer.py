@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -13,10 +15,12 @@ from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.errors import OrchestratorError
 from orchestrator.grpc_api import convert
 from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.jobs.models import JobSnapshot, JobUpdate
 from orchestrator.log_context import bind_request
 from orchestrator.logging import get_logger
 
 log = get_logger(__name__)
+_UPDATE_CACHE_SIZE = 4096
 T = TypeVar("T")
 
 Context = aio.ServicerContext[Any, Any]
@@ -32,6 +36,7 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     def __init__(self, manager: ContainerJobManager) -> None:
         self._manager = manager
+        self._update_cache: OrderedDict[tuple[str, int, datetime], pb.JobUpdate] = OrderedDict()
 
     async def _call(self, context: Context, fn: Callable[[], Awaitable[T]], job_id: str = "") -> T:
         # Each RPC runs in its own task: what is bound here stays with this RPC's log lines.
@@ -106,9 +111,24 @@ class JobServicer(pb_grpc.JobServiceServicer):
             async for item in self._manager.watch(
                 request.job_id, request.after_sequence, request.from_start
             ):
-                yield convert.update_to_pb(item)
+                yield self._encoded(request.job_id, item)
         except OrchestratorError as exc:
             await abort_for(context, exc)
+
+    def _encoded(self, job_id: str, item: JobSnapshot | JobUpdate) -> pb.JobUpdate:
+        # Every watcher of a job streams the same updates: convert each one once, not once per
+        # watcher (that conversion was a quarter of the server's time with 100 watchers).
+        if isinstance(item, JobSnapshot):
+            return convert.update_to_pb(item)
+        # The time makes the key unique even if a cleaned-up job id is ever reused.
+        key = (job_id, item.sequence, item.time)
+        message = self._update_cache.get(key)
+        if message is None:
+            message = convert.update_to_pb(item)
+            self._update_cache[key] = message
+            if len(self._update_cache) > _UPDATE_CACHE_SIZE:
+                self._update_cache.popitem(last=False)
+        return message
 
     async def StreamLogs(
         self, request: pb.StreamLogsRequest, context: Context
