@@ -34,6 +34,7 @@ from bench.docker_util import build_images, docker_client, remove_containers
 from bench.procs import Child, load_average, python_module
 from bench.stats import summarize
 from orchestrator.containers.backend import ContainerSpec
+from orchestrator.containers.docker_backend import host_config_arguments
 from orchestrator.containers.spec import LABEL_INSTANCE, build_container_spec
 from orchestrator.jobs.models import JobLimits, JobMode
 from orchestrator.jobs.projects import create_job_project_dir
@@ -252,23 +253,7 @@ class _RawDocker:
         api = api or self._api
         t0 = time.monotonic_ns()
         # The same mapping of the spec to the engine's HostConfig as the Docker backend's.
-        host_config = api.create_host_config(
-            binds={
-                m.host_path: {"bind": m.container_path, "mode": "ro" if m.read_only else "rw"}
-                for m in spec.mounts
-            },
-            mem_limit=spec.memory_bytes,
-            memswap_limit=spec.memory_swap_bytes,
-            cpu_shares=spec.cpu_shares,
-            pids_limit=spec.pids_limit,
-            tmpfs=dict(spec.tmpfs),
-            cap_drop=list(spec.cap_drop),
-            cap_add=list(spec.cap_add),
-            security_opt=list(spec.security_opt),
-            network_mode=spec.network,
-            extra_hosts=dict(spec.extra_hosts) or None,
-            runtime=spec.runtime,
-        )
+        host_config = api.create_host_config(**host_config_arguments(spec))
         created = api.create_container(
             image=spec.image,
             command=list(spec.command),

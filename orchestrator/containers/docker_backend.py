@@ -135,26 +135,7 @@ class DockerBackend(ContainerBackend):
 
     def _create_and_start(self, spec: ContainerSpec) -> str:
         api = self._api()
-        host_config = api.create_host_config(
-            binds={
-                m.host_path: {"bind": m.container_path, "mode": "ro" if m.read_only else "rw"}
-                for m in spec.mounts
-            },
-            mem_limit=spec.memory_bytes,
-            memswap_limit=spec.memory_swap_bytes,
-            cpu_shares=spec.cpu_shares,
-            pids_limit=spec.pids_limit,
-            tmpfs=dict(spec.tmpfs),
-            cap_drop=list(spec.cap_drop),
-            cap_add=list(spec.cap_add),
-            security_opt=list(spec.security_opt),
-            network_mode=spec.network,
-            extra_hosts=dict(spec.extra_hosts) or None,
-            runtime=spec.runtime,
-            # No docker-init: it would be PID 1 holding the token in a /proc/1/environ that the
-            # agent's tools (same uid) can read. The agent is PID 1, reaps orphans and is
-            # non-dumpable.
-        )
+        host_config = api.create_host_config(**host_config_arguments(spec))
         try:
             created = api.create_container(
                 image=spec.image,
@@ -385,6 +366,30 @@ class DockerBackend(ContainerBackend):
             with contextlib.suppress(Exception):
                 client.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def host_config_arguments(spec: ContainerSpec) -> dict[str, Any]:
+    """The engine's HostConfig for a spec (the keyword arguments of ``create_host_config``)."""
+    return dict(
+        binds={
+            m.host_path: {"bind": m.container_path, "mode": "ro" if m.read_only else "rw"}
+            for m in spec.mounts
+        },
+        mem_limit=spec.memory_bytes,
+        memswap_limit=spec.memory_swap_bytes,
+        cpu_shares=spec.cpu_shares,
+        pids_limit=spec.pids_limit,
+        tmpfs=dict(spec.tmpfs),
+        cap_drop=list(spec.cap_drop),
+        cap_add=list(spec.cap_add),
+        security_opt=list(spec.security_opt),
+        network_mode=spec.network,
+        extra_hosts=dict(spec.extra_hosts) or None,
+        runtime=spec.runtime,
+        # No docker-init: it would be PID 1 holding the token in a /proc/1/environ that the
+        # agent's tools (same uid) can read. The agent is PID 1, reaps orphans and is
+        # non-dumpable.
+    )
 
 
 async def _iterate_in_thread(
