@@ -25,7 +25,7 @@ from worker.main import (
     URL_VAR,
     WORKSPACE_VAR,
     UsageError,
-    _RedactingFormatter,
+    configure_logging,
     make_undumpable,
 )
 from worker.termination import Terminated, sigterm_raises_terminated
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ironclaw claude-bridge: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    _configure_logging(level, token)
+    # The bridge and the worker modules it uses (the client, credentials) log the same way.
+    configure_logging(level, token, ("bridge", "worker"))
     # The CLI and everything it runs get an explicit environment, but a child started any other
     # way would inherit os.environ: the token leaves it now.
     env.pop(TOKEN_VAR, None)
@@ -138,20 +139,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
-
-
-def _configure_logging(level: int, token: str) -> None:
-    # One handler for the bridge and the worker modules it uses (the client, credentials),
-    # with the worker's formatter, which masks the token and anything shaped like one.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter(token))
-    for name in ("bridge", "worker"):
-        logger = logging.getLogger(name)
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = False
 
 
 def _required(value: str | None, name: str) -> str:

@@ -40,6 +40,7 @@ from worker.agent import (
     EXIT_TOKEN_REJECTED,
     EXIT_USAGE,
     parse_deadline,
+    report_result,
 )
 from worker.client import (
     FollowUpPrompt,
@@ -499,22 +500,10 @@ class ClaudeBridge:
         )
 
     def _report(self, outcome: JobOutcome, exit_code: int) -> int:
-        log.info(
-            "reporting %s: %s",
-            "success" if outcome.success else "failure",
-            truncate_text(outcome.message, 200),
+        failed = report_result(
+            self._client, outcome.success, outcome.message, outcome.iterations, outcome.details
         )
-        try:
-            self._client.complete_job(
-                outcome.success, outcome.message, outcome.iterations, outcome.details
-            )
-        except TokenRejected as exc:
-            log.error("result not accepted: %s", exc)
-            return EXIT_TOKEN_REJECTED
-        except WorkerClientError as exc:
-            log.error("could not report the result: %s", exc)
-            return EXIT_CRASHED
-        return exit_code
+        return exit_code if failed is None else failed
 
     # -- worker API, best effort ----------------------------------------------------------
 

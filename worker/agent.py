@@ -135,6 +135,32 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def report_result(
+    client: WorkerApiClient,
+    success: bool,
+    message: str,
+    iterations: int | None,
+    details: Mapping[str, Any] | None,
+) -> int | None:
+    """Sends the job's one result (``/complete``); None when it was accepted, else the exit
+    code to end with. Shared by the worker and the Claude bridge."""
+    log.info(
+        "reporting %s after %s iteration(s): %s",
+        "success" if success else "failure",
+        iterations if iterations is not None else "?",
+        truncate_text(message, 200),
+    )
+    try:
+        client.complete_job(success, message, iterations, details)
+    except TokenRejected as exc:
+        log.error("result not accepted: %s", exc)
+        return EXIT_TOKEN_REJECTED
+    except WorkerClientError as exc:
+        log.error("could not report the result: %s", exc)
+        return EXIT_CRASHED
+    return None
+
+
 class Agent:
     """Runs one job to its single reported result.
 
@@ -175,23 +201,11 @@ class Agent:
         return self._report(result, crashed=crashed)
 
     def _report(self, result: JobResult, *, crashed: bool) -> int:
-        outcome = "success" if result.success else "failure"
-        log.info(
-            "reporting %s after %d iteration(s): %s",
-            outcome,
-            result.iterations,
-            truncate_text(result.message, 200),
+        failed = report_result(
+            self._client, result.success, result.message, result.iterations, result.details
         )
-        try:
-            self._client.complete_job(
-                result.success, result.message, result.iterations, result.details
-            )
-        except TokenRejected as exc:
-            log.error("result not accepted: %s", exc)
-            return EXIT_TOKEN_REJECTED
-        except WorkerClientError as exc:
-            log.error("could not report the result: %s", exc)
-            return EXIT_CRASHED
+        if failed is not None:
+            return failed
         if result.success:
             return EXIT_OK
         return EXIT_CRASHED if crashed else EXIT_JOB_FAILED

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ironclaw worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-    _configure_logging(level, token)
+    configure_logging(level, token)
     # Commands the tools start get an explicit allowlisted environment, but a child started any
     # other way would inherit os.environ: the token leaves it now.
     env.pop(TOKEN_VAR, None)
@@ -160,14 +160,18 @@ class _RedactingFormatter(logging.Formatter):
         return _TOKEN_PATTERN.sub("irc_***", text)
 
 
-def _configure_logging(level: int, token: str) -> None:
+def configure_logging(level: int, token: str, loggers: tuple[str, ...] = ("worker",)) -> None:
+    """One stderr handler for the given loggers, with a formatter that masks the token and
+    anything shaped like one (the Claude bridge passes its own logger name too)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter(token))
-    for old in list(log.handlers):
-        log.removeHandler(old)
-    log.addHandler(handler)
-    log.setLevel(level)
-    log.propagate = False
+    for name in loggers:
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def make_undumpable() -> None:
