@@ -5,7 +5,6 @@ really runs Bash in /workspace, sends the result back and finishes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Callable
@@ -221,7 +220,12 @@ async def test_stop_job_stops_the_cli_cleanly(claude: Any, docker_engine: Any) -
     )
     job = await create(running.stub, "Wait a long time", mode=CLAUDE)
     await wait_for_event(running.stub, job.job_id, "tool_use", "Bash", timeout=90)
-    await asyncio.sleep(1)  # the command is running
+
+    def command_running() -> bool:
+        top = docker_engine.api.top(job.container_name)
+        return any("time.sleep(120)" in " ".join(row) for row in top.get("Processes") or [])
+
+    await wait_for(command_running, timeout=30, what="the Bash command to run")
     stopped = (await running.stub.StopJob(pb.StopJobRequest(job_id=job.job_id))).job
     assert stopped.state == pb.JOB_STATE_STOPPED
     assert stopped.result.reason == pb.TERMINAL_REASON_STOPPED_BY_OPERATOR
