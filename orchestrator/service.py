@@ -56,11 +56,6 @@ class Orchestrator:
     def grpc_port(self) -> int:
         return self.control_plane.port
 
-    @property
-    def grpc_target(self) -> str:
-        host = self.settings.grpc_bind
-        return f"{host}:{self.grpc_port}"
-
     async def stop(self, drain: bool = False, grace: float = 5.0) -> None:
         """Health NOT_SERVING, no new jobs, in-flight RPCs finish; containers stay for the next
         start unless ``drain``."""

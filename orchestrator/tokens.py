@@ -139,9 +139,6 @@ class TokenStore:
             self._digests[job_id] = digest
             self._grants[job_id] = tuple(grants)
 
-    def digest_of(self, job_id: str) -> bytes | None:
-        return self._digests.get(job_id)
-
     def validate(self, job_id: str, token: str) -> bool:
         """True only if ``token`` is the live token of exactly ``job_id``."""
         expected = self._digests.get(job_id)
@@ -164,6 +161,3 @@ class TokenStore:
     def credentials_for(self, job_id: str) -> Mapping[str, str]:
         """``{name: value}`` of the job's grants, for the job's own token only."""
         return {grant.name: grant.value.reveal() for grant in self.grants(job_id)}
-
-    def live_count(self) -> int:
-        return len(self._digests)

@@ -26,7 +26,6 @@ from orchestrator.http_api import schemas
 from orchestrator.http_api.anthropic_route import add_anthropic_routes
 from orchestrator.http_api.openapi import build_openapi
 from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import JobState
 from orchestrator.llm.proxy import LlmProxy
 from orchestrator.log_context import job_log_context
 from orchestrator.logging import get_logger
@@ -309,6 +308,3 @@ async def start_worker_api(app: web.Application, host: str, port: int) -> tuple[
     sockets = getattr(server, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     return runner, int(bound)
-
-
-__all__ = ["JobState", "build_app", "start_worker_api"]

@@ -670,10 +670,6 @@ class ContainerJobManager:
                 log.warning("removing a job network without a live job", job_id=job_id)
                 await self._release_network(job_id)
 
-    async def reap_once(self) -> None:
-        """One reconciliation pass (kept as the reaper's name for callers)."""
-        await self.reconcile_once()
-
     async def run_reaper(self, interval: float = 2.0) -> None:
         """Reconciles every ``interval`` seconds; engine trouble only postpones decisions."""
         while True:
