@@ -1,4 +1,4 @@
-"""``python -m bench [proxy] [start] [--quick] [--json PATH] [--profile]``."""
+"""``python -m bench [NAME ...] [--quick] [--json PATH]``: see ``bench.cli``."""
 
 from bench.cli import main
 

@@ -1,8 +1,9 @@
-"""``python -m bench [proxy] [start] [controlplane] [footprint] [burst] [--quick] [--json PATH]``.
+"""``python -m bench [NAME ...] [--quick] [--json PATH]``.
 
-Runs the named benchmarks (default: proxy and start), prints a markdown table for each and
-writes the raw results as JSON: ``bench/results/<name>.json``, or all of them in one
-document at PATH.
+Runs the named benchmarks (default: all of them, in the order of ``BENCHMARKS``), prints a
+markdown table for each and, when more than one ran, a summary of every target; writes the raw
+results as JSON: ``bench/results/<name>.json`` (and ``bench/results/suite.json`` for a run of
+several), or all of them in one document at PATH.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from bench.procs import RESULTS_DIR, BenchError, code_version
 from bench.proxy_bench import ProxyOptions, run_proxy_bench
 from bench.start_bench import StartOptions, run_start_bench
 from bench.stats import markdown_table
+from bench.workerapi_bench import WorkerApiOptions, run_workerapi_bench
 
-BENCHMARKS = ("proxy", "start", "controlplane", "footprint", "burst")
-DEFAULT_BENCHMARKS = ("proxy", "start")
+# The suite's order: the bursts, which load the machine most, come last.
+BENCHMARKS = ("proxy", "start", "workerapi", "controlplane", "footprint", "burst")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,13 +34,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "benchmarks",
         nargs="*",
-        metavar="{proxy,start,controlplane,footprint,burst}",
-        help="default: proxy and start",
+        metavar="{" + ",".join(BENCHMARKS) + "}",
+        help="default: all of them",
     )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="proxy: 3 s per point instead of 10 s; start: 10 samples instead of 15",
+        help="shorter runs: proxy 3 s per point instead of 10 s, start 10 samples instead of "
+        "15, workerapi 4 s instead of 10 s, controlplane 500 calls and 20 events, footprint "
+        "without the 10,000-job store, burst 2 bursts of 20 only",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write all results here")
     parser.add_argument(
@@ -52,7 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="proxy: also measure bench-only variants of the proxy path (see README)",
     )
     parser.add_argument("--no-litellm", action="store_true", help="proxy: skip the LiteLLM column")
-    parser.add_argument("--no-pin", action="store_true", help="proxy: do not pin processes to CPUs")
+    parser.add_argument(
+        "--no-pin", action="store_true", help="proxy, workerapi: do not pin processes to CPUs"
+    )
     parser.add_argument("--duration", type=float, help="proxy: seconds measured per point")
     parser.add_argument(
         "--concurrency",
@@ -71,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    selected = list(dict.fromkeys(args.benchmarks or DEFAULT_BENCHMARKS))
+    selected = list(dict.fromkeys(args.benchmarks or BENCHMARKS))
     documents: dict[str, dict[str, Any]] = {}
     failed = False
     for name in selected:
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print()
         print(render(documents[name]))
+        print(flush=True)
+    if len(selected) > 1 and documents:
+        print(render_summary(documents, [name for name in selected if name not in documents]))
         print(flush=True)
     _write(documents, args.json)
     return 1 if failed else 0
@@ -122,6 +131,12 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if args.quick:
             return run_burst_bench(BurstOptions(sizes=(20,), rounds=2))
         return run_burst_bench(BurstOptions())
+    if name == "workerapi":
+        if args.quick:
+            return run_workerapi_bench(
+                WorkerApiOptions(duration_s=4.0, warmup_s=1.0, pin=not args.no_pin)
+            )
+        return run_workerapi_bench(WorkerApiOptions(pin=not args.no_pin))
     samples = args.samples or (10 if args.quick else 15)
     return run_start_bench(StartOptions(samples=max(samples, 10), warmup=1))
 
@@ -137,11 +152,70 @@ def _write(documents: dict[str, dict[str, Any]], path: Path | None) -> None:
         return
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    for name, document in documents.items():
+    outputs = dict(documents)
+    if len(documents) > 1:
+        outputs["suite"] = {"summary": summary(documents), **documents}
+    for name, document in outputs.items():
         target = RESULTS_DIR / f"{name}.json"
         target.write_text(json.dumps(document, indent=2) + "\n")
         (RESULTS_DIR / f"{name}-{stamp}.json").write_text(json.dumps(document, indent=2) + "\n")
         print(f"bench: results written to {target}")
+
+
+def targets_of(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """A benchmark's target checks, in one shape (the start benchmark has a single ratio)."""
+    if document["benchmark"] == "start":
+        target = document["target"]
+        return [
+            {
+                "check": "CreateJob → first call vs raw docker, ratio of medians",
+                "value": round(document["ratio_of_medians"], 3),
+                "target": f"<= {target['max_ratio']:.2f}",
+                "met": target["met"],
+            }
+        ]
+    checks: list[dict[str, Any]] = document.get("targets", [])
+    return checks
+
+
+def summary(documents: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every target of every benchmark that ran, with the machine's load average then."""
+    rows = []
+    for name, document in documents.items():
+        config = document.get("config", {})
+        load = (
+            config.get("load_average_before", [None])[0],
+            config.get("load_average_after", [None])[0],
+        )
+        for check in targets_of(document):
+            rows.append({"benchmark": name, **check, "load_average_1m": list(load)})
+    return rows
+
+
+def render_summary(documents: dict[str, dict[str, Any]], failed: list[str]) -> str:
+    """One table of every target over the benchmarks that ran."""
+    rows = [
+        [
+            row["benchmark"],
+            row["check"],
+            row["value"],
+            row["target"],
+            "yes" if row["met"] else "NO",
+            " → ".join("-" if v is None else f"{v:.1f}" for v in row["load_average_1m"]),
+        ]
+        for row in summary(documents)
+    ]
+    lines = [
+        "## Summary",
+        "",
+        markdown_table(
+            ["benchmark", "target", "measured", "wanted", "met", "load avg (before → after)"],
+            rows,
+        ),
+    ]
+    if failed:
+        lines += ["", f"not run (failed): {', '.join(failed)}"]
+    return "\n".join(lines)
 
 
 def render(document: dict[str, Any]) -> str:
@@ -154,6 +228,8 @@ def render(document: dict[str, Any]) -> str:
         return render_footprint(document)
     if document["benchmark"] == "burst":
         return render_burst(document)
+    if document["benchmark"] == "workerapi":
+        return render_workerapi(document)
     return render_start(document)
 
 
@@ -418,5 +494,78 @@ def render_burst(document: dict[str, Any]) -> str:
             ),
             "",
             _targets_table(document["targets"]),
+        ]
+    )
+
+
+def render_workerapi(document: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["route"],
+            row["connections"],
+            row["rps"],
+            row.get("p50_ms"),
+            row.get("p99_ms"),
+            row.get("added_p50_ms"),
+            row.get("added_p99_ms"),
+            row.get("server_cpu_ms_per_request"),
+            row["errors"],
+        ]
+        for row in document["results"]
+    ]
+    config = document["config"]
+    verification = [
+        [
+            where,
+            result["checked_status"],
+            result["checked_events"],
+            result["checked_llm_calls"],
+            result["lost"],
+            result["duplicated"],
+            result["out_of_order"],
+            result["unexpected"] + result["sequence_gaps"],
+        ]
+        for where, result in (
+            ("WatchJob from_start", document["verification"]["live"]),
+            ("store, after the stop", document["verification"]["store"]),
+        )
+    ]
+    return "\n".join(
+        [
+            f"{config['jobs']} jobs, {config['connections_per_route']} connections per route, "
+            f"{config['duration_s']:g} s after {config['warmup_s']:g} s warm-up; "
+            f"{config['pinning']}; baseline: {config['baseline']}; added = minus the baseline",
+            "",
+            markdown_table(
+                [
+                    "route",
+                    "connections",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "added p50 ms",
+                    "added p99 ms",
+                    "server CPU ms/req",
+                    "errors",
+                ],
+                rows,
+            ),
+            "",
+            markdown_table(
+                [
+                    "read back",
+                    "status lines",
+                    "events",
+                    "LLM calls",
+                    "lost",
+                    "duplicated",
+                    "out of order",
+                    "unexpected / gaps",
+                ],
+                verification,
+            ),
+            "",
+            _targets_table(document["targets"]),
+            *[f"note: {note}" for note in document["notes"]],
         ]
     )

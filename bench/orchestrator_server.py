@@ -11,10 +11,11 @@ Docker backend, and prints ``READY {"grpc_port", "http_port", "http_host", ...}`
   ``container_begin`` and ``container_end`` around the Docker backend's ``create_and_start``.
 * ``--provider sdk-post|aiohttp`` replaces the configured LLM provider with one of
   ``bench.experimental_providers`` (the proxy benchmark's ``--experiments``).
-* ``--sleep-job`` creates one job in-process (task ``sleep``: the test agent calls ``GET /job``
-  and then sleeps) and adds its ``job_id`` and token to READY once its container's first call
-  has arrived, for the proxy benchmark to send LLM calls with. The first-call hook is removed
-  then, so the measured path is the product's own.
+* ``--sleep-job`` creates one job in-process (task ``sleep``: the test agent calls ``GET /job``,
+  posts one status line and then sleeps) and adds its ``job_id`` and token to READY once that
+  status has arrived, for the proxy benchmark to send LLM calls with; ``--sleep-jobs N``
+  creates N such jobs at once and adds them all as ``jobs`` (``[{"job_id", "token"}]``). The
+  first-call hook is not installed then, so the measured path is the product's own.
 
 SIGTERM stops the orchestrator with ``drain``: every job container is stopped and removed.
 """
@@ -34,23 +35,22 @@ from orchestrator.containers.backend import ContainerBackend, ContainerSpec
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.spec import LABEL_JOB_ID
 from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import CreateJobRequest
+from orchestrator.jobs.models import CreateJobRequest, JobSnapshot, UpdateKind
 from orchestrator.jobs.record import JobRecord
 from orchestrator.logging import configure_logging
 from orchestrator.service import Orchestrator, start_orchestrator
 from orchestrator.settings import Settings
 
 
-def report_first_calls(manager: ContainerJobManager) -> asyncio.Event:
+def report_first_calls(manager: ContainerJobManager) -> None:
     """Wraps the manager's token check to report each job's first authenticated call.
 
     The worker API calls ``manager.authenticate`` at the start of every ``/worker/{id}/...``
     handler, so the time taken there is when the call has arrived and been parsed, as the raw
-    baseline's server takes it in its handler. Returns an event set on the first call of all.
+    baseline's server takes it in its handler.
     """
     original = manager.authenticate
     seen: set[str] = set()
-    first = asyncio.Event()
 
     def authenticate(job_id: str, token: str) -> JobRecord:
         job = original(job_id, token)
@@ -58,11 +58,9 @@ def report_first_calls(manager: ContainerJobManager) -> asyncio.Event:
             now = time.monotonic_ns()
             seen.add(job_id)
             emit({"event": "first_call", "job_id": job_id, "t_ns": now})
-            first.set()
         return job
 
     manager.authenticate = authenticate  # type: ignore[method-assign]
-    return first
 
 
 def report_container_starts(backend: ContainerBackend) -> None:
@@ -81,12 +79,7 @@ def report_container_starts(backend: ContainerBackend) -> None:
     backend.create_and_start = create_and_start  # type: ignore[method-assign]
 
 
-def stop_reporting_first_calls(manager: ContainerJobManager) -> None:
-    # The instance attribute shadowed the method; without it the class's own method serves.
-    vars(manager).pop("authenticate", None)
-
-
-async def run(sleep_job: bool, job_wait_s: float, provider_kind: str) -> None:
+async def run(sleep_jobs: int, job_wait_s: float, provider_kind: str) -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     provider = (
@@ -97,47 +90,65 @@ async def run(sleep_job: bool, job_wait_s: float, provider_kind: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     backend = DockerBackend()
-    if not sleep_job:
+    if not sleep_jobs:
         report_container_starts(backend)
     orch = await start_orchestrator(settings, backend=backend, provider=provider)
     try:
-        first_call = report_first_calls(orch.manager)
         ready: dict[str, Any] = {
             "grpc_port": orch.grpc_port,
             "http_port": orch.http_port,
             "http_host": orch.http_host,
             "pid": os.getpid(),
         }
-        if sleep_job:
-            ready.update(await _start_sleep_job(orch, first_call, job_wait_s))
-            stop_reporting_first_calls(orch.manager)
+        if sleep_jobs:
+            jobs = await _start_sleep_jobs(orch, sleep_jobs, job_wait_s)
+            ready.update({**jobs[0], "jobs": jobs})
+        else:
+            report_first_calls(orch.manager)
         announce_ready(ready)
         await stop.wait()
     finally:
         await orch.stop(drain=True, grace=2)
 
 
-async def _start_sleep_job(
-    orch: Orchestrator, first_call: asyncio.Event, wait_s: float
-) -> dict[str, Any]:
+async def _start_sleep_jobs(orch: Orchestrator, count: int, wait_s: float) -> list[dict[str, str]]:
+    """Creates ``count`` sleep jobs at once; returns them once each one's agent has posted
+    its status line (after its ``GET /job``), so no call of theirs lands in a measurement."""
     if orch.settings.worker_network == "host":
         # A host-network container reaches the worker API on loopback, where it listens.
         orch.manager.set_orchestrator_url(f"http://{orch.http_host}:{orch.http_port}")
-    created = await orch.manager.create_job(CreateJobRequest(task="sleep"))
-    try:
-        await asyncio.wait_for(first_call.wait(), wait_s)
-    except TimeoutError:
-        tail = await orch.backend.logs_tail(orch.manager.container_id(created.job.job_id) or "", 20)
-        raise RuntimeError(
-            f"the sleep job's container never called the worker API:\n{tail}"
-        ) from None
-    return {"job_id": created.job.job_id, "token": created.token}
+    created = await asyncio.gather(
+        *(orch.manager.create_job(CreateJobRequest(task="sleep")) for _ in range(count))
+    )
+    for job in created:
+        try:
+            await asyncio.wait_for(_agent_settled(orch.manager, job.job.job_id), wait_s)
+        except TimeoutError:
+            container = orch.manager.container_id(job.job.job_id) or ""
+            tail = await orch.backend.logs_tail(container, 20)
+            raise RuntimeError(
+                f"the sleep job's container never posted its status:\n{tail}"
+            ) from None
+    return [{"job_id": job.job.job_id, "token": job.token or ""} for job in created]
+
+
+async def _agent_settled(manager: ContainerJobManager, job_id: str) -> None:
+    async for item in manager.watch(job_id):
+        if isinstance(item, JobSnapshot):
+            if item.status_message:
+                return
+            if item.state.is_terminal:
+                break
+        elif item.kind is UpdateKind.STATUS:
+            return
+    raise RuntimeError(f"sleep job {job_id} ended before its agent reported")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sleep-job", action="store_true")
-    parser.add_argument("--job-wait", type=float, default=60.0)
+    parser.add_argument("--sleep-job", action="store_true", help="same as --sleep-jobs 1")
+    parser.add_argument("--sleep-jobs", type=int, default=0, metavar="N")
+    parser.add_argument("--job-wait", type=float, default=120.0)
     parser.add_argument(
         "--provider",
         choices=("product", *EXPERIMENTAL_PROVIDERS),
@@ -145,7 +156,8 @@ def main() -> None:
         help="product: the one LLM_PROVIDER configures; else a bench experiment",
     )
     args = parser.parse_args()
-    asyncio.run(run(args.sleep_job, args.job_wait, args.provider))
+    sleep_jobs = max(args.sleep_jobs, 1 if args.sleep_job else 0)
+    asyncio.run(run(sleep_jobs, args.job_wait, args.provider))
 
 
 if __name__ == "__main__":
