@@ -40,6 +40,7 @@ from orchestrator.jobs.models import (
     TerminalReason,
     UpdateKind,
 )
+from orchestrator.jobs.order_index import CreationOrderIndex
 from orchestrator.jobs.projects import (
     check_writable_by_sandbox,
     create_job_project_dir,
@@ -117,6 +118,7 @@ class ContainerJobManager:
         self._orchestrator_url = orchestrator_url
         self._llm_provider_name = llm_provider_name
         self._jobs: dict[str, JobRecord] = {}
+        self._by_order = CreationOrderIndex(self._jobs)
         self._order = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._accepting = True
@@ -344,7 +346,8 @@ class ContainerJobManager:
         page_size: int = 0,
         page_token: str = "",
     ) -> JobPage:
-        """Jobs in creation order, optionally filtered by state, one page at a time."""
+        """Jobs in creation order, optionally filtered by state, one page at a time. The page
+        token is the last order returned; the next page starts there by bisection."""
         size = page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size {size} exceeds the maximum of {MAX_PAGE_SIZE}")
@@ -356,8 +359,8 @@ class ContainerJobManager:
         page: list[JobSnapshot] = []
         last_order = 0
         more = False
-        for job in self._jobs.values():
-            if job.order <= after or (states and job.state not in states):
+        for job in self._by_order.after(after):
+            if states and job.state not in states:
                 continue
             if len(page) == size:
                 more = True

@@ -1,0 +1,229 @@
+"""ListJobs paging: the creation-order index that finds a page token by bisection, on its own
+against a plain list model, and through the manager with jobs restored from a real store."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from orchestrator.containers.backend import ContainerBackend
+from orchestrator.errors import InvalidArgument
+from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.jobs.models import (
+    JobLimits,
+    JobMode,
+    JobResult,
+    JobState,
+    JobUpdate,
+    TerminalReason,
+    UpdateKind,
+)
+from orchestrator.jobs.order_index import CreationOrderIndex
+from orchestrator.jobs.record import JobRecord, utcnow
+from orchestrator.settings import Settings
+from orchestrator.store.codec import record_to_json
+from orchestrator.store.sqlite_store import SqliteJobStore
+from orchestrator.tokens import TokenStore
+
+
+@dataclass
+class Job:
+    order: int
+
+
+def _orders(jobs: Any) -> list[int]:
+    return [job.order for job in jobs]
+
+
+def test_after_returns_the_jobs_created_after_the_token_oldest_first() -> None:
+    jobs = {f"j{order}": Job(order) for order in (1, 2, 5, 9, 10)}
+    index = CreationOrderIndex(jobs)
+    assert _orders(index.after(0)) == [1, 2, 5, 9, 10]
+    assert _orders(index.after(2)) == [5, 9, 10]
+    assert _orders(index.after(3)) == [5, 9, 10]  # a token whose job is gone
+    assert _orders(index.after(10)) == []
+    assert _orders(index.after(99)) == []
+    assert _orders(CreationOrderIndex({}).after(0)) == []
+
+
+def test_the_index_follows_appends_and_removals() -> None:
+    jobs = {f"j{order}": Job(order) for order in range(1, 6)}
+    index = CreationOrderIndex(jobs)
+    assert _orders(index.after(0)) == [1, 2, 3, 4, 5]
+    jobs["j6"] = Job(6)
+    jobs["j7"] = Job(7)
+    assert _orders(index.after(4)) == [5, 6, 7]
+    del jobs["j3"]
+    assert _orders(index.after(0)) == [1, 2, 4, 5, 6, 7]
+    # The last one goes and a new one comes: same size, a different last job.
+    del jobs["j7"]
+    jobs["j8"] = Job(8)
+    assert _orders(index.after(5)) == [6, 8]
+    # One comes and goes again: nothing changed.
+    jobs["j9"] = Job(9)
+    del jobs["j9"]
+    assert _orders(index.after(0)) == [1, 2, 4, 5, 6, 8]
+    # An older job goes while a newer one comes.
+    del jobs["j1"]
+    jobs["j10"] = Job(10)
+    assert _orders(index.after(0)) == [2, 4, 5, 6, 8, 10]
+    jobs.clear()
+    assert _orders(index.after(0)) == []
+    jobs["j11"] = Job(11)
+    assert _orders(index.after(0)) == [11]
+
+
+def test_the_index_agrees_with_a_full_scan_under_random_changes() -> None:
+    rng = random.Random(8)
+    jobs: dict[str, Job] = {}
+    index = CreationOrderIndex(jobs)
+    next_order = 1
+    for _ in range(3000):
+        roll = rng.random()
+        if roll < 0.5 or not jobs:
+            for _ in range(rng.randint(1, 3)):
+                jobs[f"j{next_order}"] = Job(next_order)
+                next_order += 1
+        elif roll < 0.7:
+            del jobs[rng.choice(list(jobs))]
+        else:
+            after = rng.randint(0, next_order)
+            expected = [job.order for job in jobs.values() if job.order > after]
+            assert _orders(index.after(after)) == expected
+
+
+def test_jobs_out_of_creation_order_are_still_served_sorted() -> None:
+    jobs = {"a": Job(3), "b": Job(1)}
+    index = CreationOrderIndex(jobs)
+    assert _orders(index.after(0)) == [1, 3]
+    jobs["c"] = Job(2)
+    assert _orders(index.after(1)) == [2, 3]
+
+
+# ------------------------------------------------------------------ through the manager
+
+LIMITS = JobLimits(
+    max_iterations=5,
+    timeout_seconds=60,
+    memory_mb=256,
+    llm_token_budget=0,
+    llm_call_budget=0,
+    llm_max_tokens_per_call=1024,
+    claude_max_turns=5,
+    claude_model="",
+)
+
+
+def _ended_job(order: int, state: JobState) -> tuple[JobRecord, list[JobUpdate]]:
+    created = utcnow() - timedelta(hours=1) + timedelta(seconds=order)
+    reason = TerminalReason.COMPLETED if state is JobState.STOPPED else TerminalReason.FAILED
+    result = JobResult(
+        success=state is JobState.STOPPED,
+        reason=reason,
+        message="done",
+        finished_at=created + timedelta(seconds=1),
+    )
+    job_id = str(uuid.uuid4())
+    job = JobRecord(
+        job_id=job_id,
+        order=order,
+        task=f"job {order}",
+        mode=JobMode.WORKER,
+        project_dir=f"/nowhere/{job_id}",
+        container_name=f"ironclaw-worker-{job_id[:8]}",
+        created_at=created,
+        limits=LIMITS,
+        deadline=created + timedelta(seconds=60),
+        labels={},
+        credential_names=(),
+        llm_provider="none",
+        wait_for_prompts=False,
+        history_limit=10,
+        state=state,
+        finished_at=result.finished_at,
+        result=result,
+        sequence=1,
+    )
+    update = JobUpdate(sequence=1, time=created, kind=UpdateKind.RESULT, payload={"result": result})
+    return job, [update]
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[ContainerJobManager]:
+    """A manager restored from a store of 250 ended jobs (every seventh one failed)."""
+    store = SqliteJobStore(tmp_path / "orchestrator.db")
+    for order in range(1, 251):
+        state = JobState.FAILED if order % 7 == 0 else JobState.STOPPED
+        job, updates = _ended_job(order, state)
+        store.save_job(record_to_json(job))
+        for update in updates:
+            store.append_update(job.job_id, update)
+    await store.flush()
+    settings = Settings.from_env({"IRONCLAW_BASE_DIR": str(tmp_path), "METRICS_PORT": "0"})
+    # Restoring and listing ended jobs without containers never reaches the engine.
+    manager = ContainerJobManager(
+        settings, cast(ContainerBackend, object()), TokenStore(), store=store
+    )
+    manager.restore()
+    yield manager
+    await store.close()
+
+
+def _walk(manager: ContainerJobManager, size: int, states: frozenset[JobState]) -> list[str]:
+    tasks: list[str] = []
+    token = ""
+    while True:
+        page = manager.list_jobs(states, size, token)
+        assert len(page.jobs) <= size
+        tasks += [job.task for job in page.jobs]
+        token = page.next_page_token
+        if not token:
+            return tasks
+
+
+async def test_pages_of_a_restored_history_cover_every_job_once_in_order(
+    manager: ContainerJobManager,
+) -> None:
+    everything = [f"job {order}" for order in range(1, 251)]
+    assert _walk(manager, 100, frozenset()) == everything
+    assert _walk(manager, 7, frozenset()) == everything
+    first = manager.list_jobs(frozenset(), 100)
+    assert first.next_page_token == "100"
+    last = manager.list_jobs(frozenset(), 100, "200")
+    assert [job.task for job in last.jobs] == everything[200:]
+    assert last.next_page_token == ""
+    assert manager.list_jobs(frozenset(), 100, "250").jobs == []
+
+
+async def test_state_filter_pages_only_through_matching_jobs(manager: ContainerJobManager) -> None:
+    failed = [f"job {order}" for order in range(7, 251, 7)]
+    assert _walk(manager, 10, frozenset({JobState.FAILED})) == failed
+    page = manager.list_jobs(frozenset({JobState.FAILED}), 10, "70")
+    assert page.jobs[0].task == "job 77"
+
+
+async def test_cleaned_up_jobs_leave_the_pages_without_shifting_the_others(
+    manager: ContainerJobManager,
+) -> None:
+    first = manager.list_jobs(frozenset(), 100)
+    gone = [first.jobs[-1].job_id, first.jobs[0].job_id]
+    second = manager.list_jobs(frozenset(), 100, first.next_page_token)
+    gone.append(second.jobs[0].job_id)
+    for job_id in gone:
+        await manager.cleanup_job(job_id)
+    again = manager.list_jobs(frozenset(), 100, first.next_page_token)
+    assert [job.task for job in again.jobs][:2] == ["job 102", "job 103"]
+    remaining = [f"job {order}" for order in range(1, 251) if order not in (1, 100, 101)]
+    assert _walk(manager, 100, frozenset()) == remaining
+
+
+def test_a_malformed_page_token_is_invalid_argument(manager: ContainerJobManager) -> None:
+    with pytest.raises(InvalidArgument):
+        manager.list_jobs(frozenset(), 100, "not-a-number")
