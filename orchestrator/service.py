@@ -27,6 +27,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.sealing import GrantSealer
 from orchestrator.store.sqlite_store import SqliteJobStore
 from orchestrator.tokens import TokenStore
+from orchestrator.tool_catalog import ToolCatalog
 
 log = get_logger(__name__)
 
@@ -113,6 +114,15 @@ async def start_orchestrator(
         log.error("container engine unreachable at start; will keep retrying", error=exc.message)
     if provider is None:
         provider = build_provider(settings)
+    catalog = ToolCatalog(settings.base_dir)
+    mcp_servers, wasm_tools = catalog.check()  # a broken catalogue stops the start
+    log.info(
+        "custom tool catalogues",
+        mcp_catalog=str(catalog.mcp_path),
+        mcp_servers=mcp_servers,
+        wasm_tools_dir=str(catalog.wasm_dir),
+        wasm_tools=wasm_tools,
+    )
     http_host = await resolve_http_bind(settings, backend)
     if isinstance(backend, DockerBackend):
         await verify_projects_dir_on_host(settings.projects_dir)
@@ -126,6 +136,7 @@ async def start_orchestrator(
         store=store,
         sealer=sealer,
         metrics=metrics,
+        catalog=catalog,
     )
     manager.restore()
     proxy = LlmProxy(settings, provider, manager, metrics=metrics)

@@ -26,7 +26,8 @@ from worker.client import (
     truncate_text,
 )
 from worker.credentials import credential_env, with_env_names
-from worker.tools import ToolContext, ToolRegistry, tool_environment
+from worker.tools import ToolContext, ToolRegistry, default_tools, tool_environment
+from worker.tools.custom import load_custom_tools
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,9 @@ class _Call:
 
 def build_system_prompt(workspace: Path, registry: ToolRegistry, credentials: list[str]) -> str:
     """The system message: where the agent works, its tools, and how to finish."""
-    tools = "\n".join(f"- {spec['name']}: {spec['description']}" for spec in registry.specs())
+    tools = "\n".join(
+        f"- {spec['name']}: {_summary(spec['description'])}" for spec in registry.specs()
+    )
     granted = (
         "Credentials granted to this job are set as environment variables for shell commands: "
         f"{', '.join(sorted(credentials))}. Use them through the environment; never print them.\n"
@@ -129,6 +132,13 @@ def build_system_prompt(workspace: Path, registry: ToolRegistry, credentials: li
         "When the task is done (or cannot be done), reply without calling any tool: a short "
         "summary of what you did and the outcome. That reply ends the job."
     )
+
+
+def _summary(description: str, limit: int = 200) -> str:
+    """The first line of a tool's description, short: the full text is in the tool's spec."""
+    lines = description.strip().splitlines()
+    first = lines[0] if lines else ""
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _utcnow() -> datetime:
@@ -213,28 +223,44 @@ class Agent:
     def _execute(self) -> JobResult:
         raw_job = self._client.get_job()
         job = JobSpec.from_api(raw_job)
-        limit = job.max_iterations or self._config.max_iterations
-        credentials = credential_env(
-            with_env_names(self._client.get_credentials(), raw_job.get("credential_env"))
-        )
+        granted = self._client.get_credentials()
+        credentials = credential_env(with_env_names(granted, raw_job.get("credential_env")))
         context = ToolContext(
             workspace=self._config.workspace,
             env=tool_environment(self._config.base_env, credentials),
             secrets=tuple(credentials.values()),
         )
-        registry = ToolRegistry(context)
+        builtin = default_tools()
+        custom = load_custom_tools(
+            self._client.get_tools(),
+            context.workspace,
+            {name: value for name, value in granted.items() if isinstance(value, str)},
+            reserved_names=[tool.name for tool in builtin],
+        )
+        try:
+            for note in custom.notes:
+                self._event("status", {"message": note})
+            registry = ToolRegistry(context, [*builtin, *custom.tools])
+            return self._converse(job, registry, list(credentials))
+        finally:
+            custom.close()
+
+    def _converse(self, job: JobSpec, registry: ToolRegistry, credentials: list[str]) -> JobResult:
+        """The model ↔ tools loop, until a final answer or a limit."""
+        limit = job.max_iterations or self._config.max_iterations
         specs = registry.specs()
         log.info(
-            "job %s: at most %d iterations, deadline %s, credentials: %s",
+            "job %s: at most %d iterations, deadline %s, credentials: %s, tools: %s",
             job.job_id or self._client.job_id,
             limit,
             job.deadline.isoformat() if job.deadline else "none",
             ", ".join(sorted(credentials)) or "none",
+            ", ".join(registry.names),
         )
         messages: list[dict[str, Any]] = [
             {
                 "role": "system",
-                "content": build_system_prompt(context.workspace, registry, list(credentials)),
+                "content": build_system_prompt(registry.context.workspace, registry, credentials),
             },
             {"role": "user", "content": job.task},
         ]

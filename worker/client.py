@@ -209,6 +209,16 @@ class WorkerApiClient:
         """``GET /credentials``: the job's granted credentials (grant name → value)."""
         return _expect_object(self.request("GET", "credentials"), "credentials")
 
+    def get_tools(self) -> dict[str, Any]:
+        """``GET /tools``: the custom tools granted to the job (MCP server entries, WASM tools
+        with their modules); empty when the orchestrator predates custom tools (404)."""
+        try:
+            return _expect_object(self.request("GET", "tools"), "tools")
+        except WorkerApiError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+
     def complete(
         self,
         messages: Sequence[Mapping[str, Any]],

@@ -2,7 +2,8 @@
 # Build Python wheels on the host, for images that cannot reach PyPI while building.
 #
 # usage: build-wheels.sh [--server] [--claude] [OUT_DIR]   (OUT_DIR defaults to build/wheels)
-#   always:    the project's own wheel (no dependencies: that is all the worker image needs)
+#   always:    the project's wheel and every wheel of .[worker] (the mcp SDK and wasmtime, for
+#              custom tools), for the worker image
 #   --server:  also every wheel of .[server], for the orchestrator image
 #   --claude:  also the claude-agent-sdk wheel pinned in Dockerfile.claude (it bundles the
 #              Claude Code CLI binary), downloaded unless already there
@@ -11,7 +12,7 @@
 # Python (3.11, glibc): the images are Debian bookworm with Python 3.11 as well.
 set -euo pipefail
 
-usage() { sed -n '4,8s/^# \{0,1\}//p' "$0" >&2; }
+usage() { sed -n '4,9s/^# \{0,1\}//p' "$0" >&2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -68,15 +69,15 @@ printf 'build-wheels: project wheel -> %s\n' "$out" >&2
 "${pip[@]}" wheel --quiet --no-deps "${isolation[@]}" --wheel-dir "$out" "$src" >&2
 project_wheel=$(ls "$out"/ironclaw_orchestrator-*.whl)
 
-if [[ $server -eq 1 ]]; then
-    printf 'build-wheels: server dependency wheels -> %s\n' "$out" >&2
-    # Offline first: wheels from an earlier run usually satisfy everything. The project is
-    # named by its wheel file, so an index can never substitute another package for it.
-    if ! "${pip[@]}" wheel --quiet --no-index --find-links "$out" --wheel-dir "$out" \
-        "${project_wheel}[server]" >/dev/null 2>&1; then
-        "${pip[@]}" wheel --quiet --find-links "$out" --wheel-dir "$out" \
-            "${project_wheel}[server]" >&2
-    fi
+extras=worker
+[[ $server -eq 1 ]] && extras=worker,server
+printf 'build-wheels: dependency wheels of [%s] -> %s\n' "$extras" "$out" >&2
+# Offline first: wheels from an earlier run usually satisfy everything. The project is named by
+# its wheel file, so an index can never substitute another package for it.
+if ! "${pip[@]}" wheel --quiet --no-index --find-links "$out" --wheel-dir "$out" \
+    "${project_wheel}[$extras]" >/dev/null 2>&1; then
+    "${pip[@]}" wheel --quiet --find-links "$out" --wheel-dir "$out" \
+        "${project_wheel}[$extras]" >&2
 fi
 
 if [[ $claude -eq 1 ]]; then

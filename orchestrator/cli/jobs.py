@@ -36,6 +36,20 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
     create.add_argument("--max-iterations", type=int, default=0)
     create.add_argument("--timeout", type=int, default=0, help="deadline in seconds")
     create.add_argument("--wait-for-prompts", action="store_true")
+    create.add_argument(
+        "--mcp-server",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="offer the tools of this MCP server from <base>/mcp-servers.json (repeatable)",
+    )
+    create.add_argument(
+        "--wasm-tool",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="offer this WASM tool from <base>/wasm-tools/NAME.json (repeatable)",
+    )
     create.add_argument("--wait", action="store_true", help="follow the job until it ends")
     create.add_argument("--json", action="store_true")
 
@@ -157,6 +171,8 @@ def _dispatch(args: argparse.Namespace, channel: Any) -> int:
             labels=_pairs(args.label, "--label"),
             job_id=args.job_id,
             wait_for_prompts=args.wait_for_prompts,
+            mcp_servers=args.mcp_server,
+            wasm_tools=args.wasm_tool,
             limits=pb.JobLimits(max_iterations=args.max_iterations, timeout_seconds=args.timeout),
         )
         response = stub.CreateJob(request, timeout=120)
@@ -291,6 +307,9 @@ def _print_job(job: Any, as_json: bool, verb: str = "") -> None:
         f"  llm:      {job.llm_provider}  calls={job.usage.calls} "
         f"in={job.usage.input_tokens} out={job.usage.output_tokens}"
     )
+    custom = [f"mcp:{name}" for name in job.mcp_servers] + [f"wasm:{n}" for n in job.wasm_tools]
+    if custom:
+        print(f"  tools:    {', '.join(custom)}")
     if job.status_message:
         print(f"  status:   {_one_line(job.status_message, 100)}")
     if job.HasField("result"):

@@ -76,6 +76,7 @@ class StatusReport:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs_by_state: dict[str, int] = field(default_factory=dict)
     budget_defaults: dict[str, Any] = field(default_factory=dict)
+    custom_tools: dict[str, Any] = field(default_factory=dict)
     problems: list[dict[str, str]] = field(default_factory=list)
 
     def problem(self, what: str, fix: str) -> None:
@@ -106,6 +107,7 @@ def run_status(args: argparse.Namespace, stub: Any) -> int:
             "claude_code_timeout_s": settings.claude_timeout_s,
             "claude_code_max_turns": settings.claude_max_turns,
         }
+        _check_catalogues(settings, report)
     if args.json:
         print(json.dumps(report.__dict__, indent=2))
     else:
@@ -165,6 +167,28 @@ def _settings(report: StatusReport) -> Any:
     except ConfigError as exc:
         report.problem(f"the configuration is invalid: {exc}", "fix that variable and retry")
         return None
+
+
+def _check_catalogues(settings: Any, report: StatusReport) -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.tool_catalog import ToolCatalog
+
+    catalog = ToolCatalog(settings.base_dir)
+    report.custom_tools = {
+        "mcp_catalog": str(catalog.mcp_path),
+        "wasm_tools_dir": str(catalog.wasm_dir),
+        "wasm_tools": catalog.wasm_tool_names(),
+    }
+    try:
+        catalog.check()
+    except ConfigError as exc:
+        report.problem(
+            str(exc),
+            "fix that file: `ironclaw serve` refuses to start with it, and jobs that name its "
+            "tools are refused",
+        )
+        return
+    report.custom_tools["mcp_servers"] = sorted(catalog.mcp_servers())
 
 
 async def _check_engine(settings: Any, report: StatusReport) -> None:
@@ -236,6 +260,14 @@ def _print(report: StatusReport) -> None:
         print(
             f"budgets       tokens={b['llm_token_budget']} calls={b['llm_call_budget']} "
             f"max_tokens_per_call={b['llm_max_tokens_per_call']} models={allow}"
+        )
+    tools = report.custom_tools
+    if "mcp_servers" in tools:
+        print(
+            f"mcp servers   {', '.join(tools['mcp_servers']) or 'none'}  ({tools['mcp_catalog']})"
+        )
+        print(
+            f"wasm tools    {', '.join(tools['wasm_tools']) or 'none'}  ({tools['wasm_tools_dir']})"
         )
     if report.problems:
         print()

@@ -94,6 +94,8 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
         labels=dict(request.labels),
         job_id=request.job_id or None,
         wait_for_prompts=request.wait_for_prompts,
+        mcp_servers=tuple(request.mcp_servers),
+        wasm_tools=tuple(request.wasm_tools),
     )
 
 
@@ -159,6 +161,8 @@ def job_to_pb(job: JobSnapshot) -> pb.Job:
         deadline=timestamp(job.deadline),
         limits=limits_to_pb(job.limits),
         last_sequence=job.last_sequence,
+        mcp_servers=list(job.mcp_servers),
+        wasm_tools=list(job.wasm_tools),
     )
 
 

@@ -175,6 +175,10 @@ class WorkerApi:
         job_id = authenticate(request)
         return web.json_response(dict(self._manager.tokens.credentials_for(job_id)))
 
+    async def tools(self, request: web.Request) -> web.Response:
+        job_id = authenticate(request)
+        return web.json_response(self._manager.served_tools(job_id))
+
     async def status(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
         body = await parse_body(request, schemas.StatusRequest)
@@ -288,6 +292,7 @@ def build_app(
     app.router.add_get("/openapi.json", api.openapi)
     app.router.add_get(f"{prefix}/job", api.get_job)
     app.router.add_get(f"{prefix}/credentials", api.credentials)
+    app.router.add_get(f"{prefix}/tools", api.tools)
     app.router.add_post(f"{prefix}/status", api.status)
     app.router.add_post(f"{prefix}/event", api.event)
     app.router.add_get(f"{prefix}/prompt", api.prompt)

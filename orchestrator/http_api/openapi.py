@@ -75,6 +75,7 @@ def build_openapi() -> dict[str, Any]:
         schemas.ErrorBody,
         schemas.OkBody,
         schemas.JobInfo,
+        schemas.ToolsInfo,
         schemas.CompleteRequest,
         schemas.CompleteWithToolsRequest,
         schemas.CompletionBody,
@@ -108,6 +109,9 @@ def build_openapi() -> dict[str, Any]:
                     "Granted credentials (name → value)",
                     {"type": "object", "additionalProperties": {"type": "string"}},
                 )
+            },
+            "/worker/{job_id}/tools": {
+                "get": _operation("Custom tools granted to the job (MCP, WASM)", schemas.ToolsInfo)
             },
             "/worker/{job_id}/status": {
                 "post": _operation("Report status", schemas.OkBody, schemas.StatusRequest)

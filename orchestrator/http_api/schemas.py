@@ -54,6 +54,51 @@ class JobInfo(_Strict):
     claude_allowed_tools: list[str] | None = None
 
 
+class McpServerInfo(_Strict):
+    """An MCP server granted to the job (the catalogue entry, no secrets in it)."""
+
+    name: str
+    type: Literal["stdio", "http"]
+    command: str | None = None
+    args: list[str] | None = None
+    env: dict[str, str] | None = Field(
+        default=None, description="values may hold ${credential:<grant>} references"
+    )
+    url: str | None = None
+    headers: dict[str, str] | None = Field(
+        default=None, description="values may hold ${credential:<grant>} references"
+    )
+    startup_timeout_s: float
+    call_timeout_s: float
+    description: str | None = None
+
+
+class WasmLimitsInfo(_Strict):
+    fuel: int
+    memory_mb: int
+    timeout_s: float
+    max_output_bytes: int
+
+
+class WasmToolInfo(_Strict):
+    """A WASM tool granted to the job, with its module (binary or WAT text), base64."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    workspace: Literal["none", "read-only", "read-write"]
+    limits: WasmLimitsInfo
+    module_base64: str
+
+
+class ToolsInfo(_Strict):
+    mcp_servers: list[McpServerInfo]
+    wasm_tools: list[WasmToolInfo]
+    unavailable: list[str] = Field(
+        default_factory=list, description="granted tools that cannot be served, and why"
+    )
+
+
 class ToolCallModel(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     id: str = Field(min_length=1, max_length=256)

@@ -27,9 +27,11 @@ from orchestrator.errors import (
 )
 from orchestrator.jobs.isolation import job_network_request
 from orchestrator.jobs.models import (
+    NO_TOOLS,
     CreateJobRequest,
     CredentialGrant,
     FollowUpPrompt,
+    GrantedTools,
     JobLimitOverrides,
     JobLimits,
     JobMode,
@@ -55,6 +57,7 @@ from orchestrator.store.base import JobStore
 from orchestrator.store.codec import record_from_json, record_to_json
 from orchestrator.store.sealing import GrantSealer
 from orchestrator.tokens import TokenStore, token_digest, validate_grants
+from orchestrator.tool_catalog import ToolCatalog
 
 if TYPE_CHECKING:
     from orchestrator.metrics import Metrics
@@ -108,8 +111,10 @@ class ContainerJobManager:
         store: JobStore | None = None,
         sealer: GrantSealer | None = None,
         metrics: Metrics | None = None,
+        catalog: ToolCatalog | None = None,
     ) -> None:
         self._settings = settings
+        self._catalog = catalog or ToolCatalog(settings.base_dir)
         self._metrics = metrics
         self._store = store
         self._sealer = sealer
@@ -186,6 +191,7 @@ class ContainerJobManager:
             )
         labels = _validate_labels(request.labels)
         grants = validate_grants(request.credentials)
+        tools = self._grant_tools(request, grants)
         limits = self._effective_limits(request.mode, request.limits)
         if request.project_dir:
             project = validate_bind_mount_path(request.project_dir, self._settings.projects_dir)
@@ -214,6 +220,7 @@ class ContainerJobManager:
             llm_provider=self._llm_provider_name,
             wait_for_prompts=request.wait_for_prompts,
             history_limit=HISTORY_LIMIT,
+            tools=tools,
         )
         self._jobs[job_id] = job
         if self._metrics is not None:
@@ -280,6 +287,29 @@ class ContainerJobManager:
             # Stopped or died while starting: make sure its container goes too.
             self._spawn(self._teardown(job))
         return CreatedJob(job.snapshot(), token, already_existed=False)
+
+    def _grant_tools(
+        self, request: CreateJobRequest, grants: tuple[CredentialGrant, ...]
+    ) -> GrantedTools:
+        if not request.mcp_servers and not request.wasm_tools:
+            return NO_TOOLS
+        if request.mode is not JobMode.WORKER:
+            raise InvalidArgument(
+                "MCP servers and WASM tools are offered to worker-mode jobs only; Claude Code "
+                "jobs use the CLI's own tools"
+            )
+        return self._catalog.grant(
+            request.mcp_servers, request.wasm_tools, (grant.name for grant in grants)
+        )
+
+    @property
+    def catalog(self) -> ToolCatalog:
+        """The operator's catalogues of MCP servers and WASM tools."""
+        return self._catalog
+
+    def served_tools(self, job_id: str) -> dict[str, Any]:
+        """What ``GET /worker/{id}/tools`` answers: the job's granted custom tools."""
+        return self._catalog.served_tools(self._get(job_id).tools)
 
     def _effective_limits(self, mode: JobMode, o: JobLimitOverrides) -> JobLimits:
         s = self._settings

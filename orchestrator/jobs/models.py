@@ -99,6 +99,27 @@ class JobLimitOverrides:
 
 
 @dataclass(frozen=True)
+class GrantedTools:
+    """The custom tools a job was granted from the operator's catalogues, as the worker API
+    serves them: MCP server entries (no secrets: credentials are referenced by grant name) and
+    WASM tool manifests with the SHA-256 of the module granted."""
+
+    mcp_servers: tuple[Mapping[str, Any], ...] = ()
+    wasm_tools: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def mcp_server_names(self) -> tuple[str, ...]:
+        return tuple(str(entry["name"]) for entry in self.mcp_servers)
+
+    @property
+    def wasm_tool_names(self) -> tuple[str, ...]:
+        return tuple(str(tool["name"]) for tool in self.wasm_tools)
+
+
+NO_TOOLS = GrantedTools()
+
+
+@dataclass(frozen=True)
 class CreateJobRequest:
     """A validated-shape request to create a job (values are checked by the manager)."""
 
@@ -110,6 +131,8 @@ class CreateJobRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     job_id: str | None = None
     wait_for_prompts: bool = False
+    mcp_servers: tuple[str, ...] = ()
+    wasm_tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,6 +193,8 @@ class JobSnapshot:
     usage: LlmUsage = field(default_factory=LlmUsage)
     log_tail: str = ""
     last_sequence: int = 0
+    mcp_servers: tuple[str, ...] = ()
+    wasm_tools: tuple[str, ...] = ()
 
 
 class UpdateKind(enum.Enum):

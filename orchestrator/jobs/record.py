@@ -12,7 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.jobs.models import (
+    NO_TOOLS,
     FollowUpPrompt,
+    GrantedTools,
     JobLimits,
     JobMode,
     JobResult,
@@ -46,6 +48,7 @@ class JobRecord:
     llm_provider: str
     wait_for_prompts: bool
     history_limit: int
+    tools: GrantedTools = NO_TOOLS  # shared: most jobs have none
     state: JobState = JobState.CREATING
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -117,4 +120,6 @@ class JobRecord:
             usage=replace(self.usage),
             log_tail=self.log_tail,
             last_sequence=self.sequence,
+            mcp_servers=self.tools.mcp_server_names,
+            wasm_tools=self.tools.wasm_tool_names,
         )

@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.jobs.models import (
+    NO_TOOLS,
+    GrantedTools,
     JobLimits,
     JobMode,
     JobResult,
@@ -98,7 +100,27 @@ def record_to_json(job: JobRecord) -> dict[str, Any]:
         "container_id": job.container_id,
         "budget_refused": job.budget_refused,
         "sequence": job.sequence,
+        "tools": _tools_json(job.tools),
     }
+
+
+def _tools_json(tools: GrantedTools) -> dict[str, Any] | None:
+    if not tools.mcp_servers and not tools.wasm_tools:
+        return None
+    return {
+        "mcp_servers": [dict(entry) for entry in tools.mcp_servers],
+        "wasm_tools": [dict(tool) for tool in tools.wasm_tools],
+    }
+
+
+def _tools_from_json(data: dict[str, Any] | None) -> GrantedTools:
+    # Records written before custom tools existed have no "tools" key.
+    if not data:
+        return NO_TOOLS
+    return GrantedTools(
+        mcp_servers=tuple(data.get("mcp_servers", ())),
+        wasm_tools=tuple(data.get("wasm_tools", ())),
+    )
 
 
 def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
@@ -132,6 +154,7 @@ def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
         container_id=data["container_id"],
         budget_refused=data["budget_refused"],
         sequence=data["sequence"],
+        tools=_tools_from_json(data.get("tools")),
     )
     return job
 

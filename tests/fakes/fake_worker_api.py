@@ -84,6 +84,8 @@ class FakeWorkerApi:
     max_iterations: int | None = None
     deadline: str | None = None
     credentials: dict[str, Any] = field(default_factory=dict)
+    # The body of GET /tools; None answers 404, as an orchestrator without custom tools would.
+    tools: dict[str, Any] | None = None
     script: list[ModelStep] = field(default_factory=list)
     prompts: deque[dict[str, Any]] = field(default_factory=deque)
     job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -232,6 +234,7 @@ class FakeWorkerApi:
         return {
             ("GET", "job"): self._job,
             ("GET", "credentials"): self._credentials,
+            ("GET", "tools"): self._tools,
             ("POST", "llm/complete"): self._llm,
             ("POST", "llm/complete_with_tools"): self._llm,
             ("POST", "status"): self._status,
@@ -268,6 +271,11 @@ class FakeWorkerApi:
 
     async def _credentials(self, _: Any) -> web.Response:
         return web.json_response(self.credentials)
+
+    async def _tools(self, body: Any) -> web.Response:
+        if self.tools is None:
+            return _error(404, "not_found", "no route tools")
+        return web.json_response(self.tools)
 
     async def _llm(self, body: dict[str, Any]) -> web.Response:
         if not isinstance(body.get("messages"), list) or not body["messages"]:

@@ -172,6 +172,41 @@ async def test_status_reports_a_missing_image_with_the_fix(
     assert "no problems found" in out
 
 
+async def test_status_lists_the_tool_catalogues_and_explains_a_broken_one(
+    start_orch: Any, make_settings: Any, base_dir: Path, test_agent_image: str
+) -> None:
+    orch = await start_orch(make_settings(WORKER_IMAGE=test_agent_image))
+    env = {
+        "IRONCLAW_ORCHESTRATOR": f"127.0.0.1:{orch.grpc_port}",
+        "IRONCLAW_BASE_DIR": str(base_dir),
+        "WORKER_IMAGE": test_agent_image,
+        "CLAUDE_CODE_IMAGE": test_agent_image,
+    }
+    catalogue = base_dir / "mcp-servers.json"
+    catalogue.write_text(json.dumps({"mcpServers": {"files": {"command": "files-mcp"}}}))
+    code, out, err = await _run(IRONCLAW, "status", env=env)
+    assert code == 0, out + err
+    assert f"mcp servers   files  ({catalogue})" in out
+
+    catalogue.write_text(
+        json.dumps({"mcpServers": {"files": {"command": "x", "env": {"API_TOKEN": "clear"}}}})
+    )
+    code, out, err = await _run(IRONCLAW, "status", "--json", env=env)
+    assert code == 1, err
+    [problem] = json.loads(out)["problems"]
+    assert "env API_TOKEN holds a value in clear" in problem["problem"]
+    assert "refuses to start" in problem["fix"]
+
+    # And the orchestrator indeed refuses to start with it: one line naming the problem.
+    serve_env = {**env, "ORCHESTRATOR_PORT": "0", "ORCHESTRATOR_HTTP_PORT": "0"}
+    serve_env |= {"METRICS_ENABLED": "0", "ORCHESTRATOR_PERSIST": "0", "LLM_PROVIDER": "none"}
+    code, out, err = await _run(IRONCLAW, "serve", env=serve_env)
+    assert code == 2, out + err
+    assert "configuration error" in err
+    assert "API_TOKEN holds a value in clear" in err
+    assert "Traceback" not in err
+
+
 async def test_status_explains_an_unreachable_control_plane() -> None:
     code, out, _ = await _run(IRONCLAW, "status", env={"IRONCLAW_ORCHESTRATOR": "127.0.0.1:1"})
     assert code == 1

@@ -205,6 +205,8 @@ class CreateJobRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     JOB_ID_FIELD_NUMBER: _builtins.int
     WAIT_FOR_PROMPTS_FIELD_NUMBER: _builtins.int
+    MCP_SERVERS_FIELD_NUMBER: _builtins.int
+    WASM_TOOLS_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     project_dir: _builtins.str
     """Optional; must lie under <IRONCLAW_BASE_DIR>/projects. Empty: <base>/projects/<job_id>."""
@@ -219,6 +221,19 @@ class CreateJobRequest(_message.Message):
     def limits(self) -> Global___JobLimits: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def mcp_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Worker mode: MCP servers from the operator's catalogue (<IRONCLAW_BASE_DIR>/mcp-servers.json)
+        whose tools this job's agent may use, by name. Each must be in the catalogue; credentials its
+        entry references must be granted to the job in `credentials`.
+        """
+
+    @_builtins.property
+    def wasm_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Worker mode: WebAssembly tools from the operator's catalogue
+        (<IRONCLAW_BASE_DIR>/wasm-tools/<name>.json) this job's agent may run, by name.
+        """
+
     def __init__(
         self,
         *,
@@ -230,10 +245,12 @@ class CreateJobRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         job_id: _builtins.str = ...,
         wait_for_prompts: _builtins.bool = ...,
+        mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
+        wasm_tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mode", b"mode", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -348,6 +365,8 @@ class Job(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MCP_SERVERS_FIELD_NUMBER: _builtins.int
+    WASM_TOOLS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     task: _builtins.str
     mode: Global___JobMode.ValueType
@@ -386,6 +405,14 @@ class Job(_message.Message):
     def limits(self) -> Global___JobLimits:
         """the effective limits"""
 
+    @_builtins.property
+    def mcp_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the catalogue MCP servers granted to the job"""
+
+    @_builtins.property
+    def wasm_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the catalogue WASM tools granted to the job"""
+
     def __init__(
         self,
         *,
@@ -409,10 +436,12 @@ class Job(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         limits: Global___JobLimits | None = ...,
         last_sequence: _builtins.int = ...,
+        mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
+        wasm_tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "finished_at", b"finished_at", "limits", b"limits", "result", b"result", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_name", b"container_name", "created_at", b"created_at", "credential_names", b"credential_names", "deadline", b"deadline", "finished_at", b"finished_at", "iteration", b"iteration", "job_id", b"job_id", "labels", b"labels", "last_sequence", b"last_sequence", "limits", b"limits", "llm_provider", b"llm_provider", "log_tail", b"log_tail", "mode", b"mode", "project_dir", b"project_dir", "result", b"result", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "task", b"task", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_name", b"container_name", "created_at", b"created_at", "credential_names", b"credential_names", "deadline", b"deadline", "finished_at", b"finished_at", "iteration", b"iteration", "job_id", b"job_id", "labels", b"labels", "last_sequence", b"last_sequence", "limits", b"limits", "llm_provider", b"llm_provider", "log_tail", b"log_tail", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "result", b"result", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "task", b"task", "usage", b"usage", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
