@@ -40,6 +40,12 @@ NAMESPACE_SEPARATOR = "__"
 _MODULE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\.(?:wasm|wat)")
 _WASM_MAGIC = b"\0asm"
 
+# The worker's built-in tools (worker.tools.registry.default_tools; a test keeps the two equal):
+# a WASM tool cannot take one of their names.
+BUILTIN_TOOL_NAMES = frozenset(
+    {"shell", "read_file", "write_file", "edit_file", "list_dir", "glob", "grep"}
+)
+
 MAX_DESCRIPTION_CHARS = 1024
 MAX_MODULE_BYTES = 8 * 1024 * 1024
 # The base64 text of a module at the limit; anything longer is refused before it is decoded.
@@ -184,6 +190,8 @@ def check_tool_name(name: object, where: str) -> str:
             f"{where}: name {str(name)[:40]!r} must be 1-32 letters, digits, '-' or '_' "
             "(no '__'), starting with a letter or digit"
         )
+    if name in BUILTIN_TOOL_NAMES:
+        raise WasmManifestError(f"{where}: name {name!r} is a built-in tool's: choose another")
     return name
 
 
