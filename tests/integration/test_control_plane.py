@@ -172,6 +172,46 @@ async def test_cli_creates_waits_lists_and_reports_json(orch: Any, base_dir: Pat
     assert "UNSET_VAR_X is not set" in err
 
 
+async def test_cli_grants_catalogue_tools_and_explains_unknown_ones(
+    orch: Any, base_dir: Path
+) -> None:
+    (base_dir / "mcp-servers.json").write_text(
+        json.dumps({"mcpServers": {"local": {"command": "local-mcp"}}})
+    )
+    (base_dir / "wasm-tools").mkdir()
+    (base_dir / "wasm-tools" / "noop.wat").write_text('(module (func (export "_start")))')
+    (base_dir / "wasm-tools" / "noop.json").write_text(
+        json.dumps({"description": "does nothing", "module": "noop.wat"})
+    )
+    env = {"IRONCLAW_ORCHESTRATOR": f"127.0.0.1:{orch.grpc_port}"}
+    ironclaw = str(Path(sys.executable).parent / "ironclaw")
+    code, out, err = await _run(
+        ironclaw,
+        "job",
+        "create",
+        "--mcp-server",
+        "local",
+        "--wasm-tool",
+        "noop",
+        "--json",
+        "complete OK tools granted",
+        env=env,
+    )
+    assert code == 0, err
+    created = json.loads(out)
+    assert (created["mcp_servers"], created["wasm_tools"]) == (["local"], ["noop"])
+    code, out, err = await _run(ironclaw, "job", "get", created["job_id"], env=env)
+    assert code == 0, err
+    assert "tools:    mcp:local, wasm:noop" in out
+
+    code, _, err = await _run(ironclaw, "job", "create", "--mcp-server", "nope", "x", env=env)
+    assert code == 1
+    assert "MCP server 'nope' is not in the catalogue" in err
+    assert "known: local" in err
+    assert "INVALID_ARGUMENT" in err
+    assert "Traceback" not in err
+
+
 async def test_cli_explains_an_unreachable_orchestrator() -> None:
     ironclaw = str(Path(sys.executable).parent / "ironclaw")
     code, _, err = await _run(ironclaw, "job", "list", env={"IRONCLAW_ORCHESTRATOR": "127.0.0.1:1"})

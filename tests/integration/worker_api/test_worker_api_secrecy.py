@@ -34,6 +34,9 @@ def production_logging() -> Iterator[None]:
     sys.stderr = open(2, "w", closefd=False, buffering=1, encoding="utf-8")  # noqa: SIM115
     try:
         configure_logging("DEBUG", "json")
+        # Loggers that cached this configuration would keep it after the test, past
+        # reset_defaults(), and later tests' capture_logs would never see their lines.
+        structlog.configure(cache_logger_on_first_use=False)
     finally:
         sys.stderr = saved_stderr
     try:
