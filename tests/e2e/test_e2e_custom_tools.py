@@ -28,6 +28,7 @@ pytestmark = pytest.mark.docker
 
 DEMO_SERVER = ROOT / "tests" / "fixtures" / "mcp" / "demo_server.py"
 EXAMPLE_TOOLS = ROOT / "deploy" / "wasm-tools"
+WASM_FIXTURES = ROOT / "tests" / "fixtures" / "wasm"
 DEMO_VALUE = "demo-credential-e2e-0123456789"
 PYTHON = "/opt/ironclaw/bin/python"  # the worker image's venv, which carries the mcp SDK
 
@@ -46,6 +47,15 @@ def install_catalogues(base: Path) -> None:
     }
     (base / "mcp-servers.json").write_text(json.dumps(catalogue))
     shutil.copytree(EXAMPLE_TOOLS, base / "wasm-tools")
+    for name, workspace in (("spin", "none"), ("escape", "read-only")):
+        shutil.copy(WASM_FIXTURES / f"{name}.wat", base / "wasm-tools" / f"{name}.wat")
+        manifest = {
+            "description": f"the {name} test module",
+            "module": f"{name}.wat",
+            "workspace": workspace,
+            "limits": {"timeout_s": 1, "fuel": 10**12},
+        }
+        (base / "wasm-tools" / f"{name}.json").write_text(json.dumps(manifest))
 
 
 async def test_mcp_and_wasm_tools_run_in_the_container_and_reach_the_model(
@@ -66,10 +76,10 @@ async def test_mcp_and_wasm_tools_run_in_the_container_and_reach_the_model(
             pb.CredentialGrant(name="demo", credential_type="api_token", value=DEMO_VALUE)
         ],
         mcp_servers=["demo", "broken"],
-        wasm_tools=["word-count"],
+        wasm_tools=["word-count", "spin", "escape"],
     )
     assert list(job.mcp_servers) == ["demo", "broken"]
-    assert list(job.wasm_tools) == ["word-count"]
+    assert list(job.wasm_tools) == ["word-count", "spin", "escape"]
     final = await wait_terminal(run.stub, job.job_id, timeout=120)
 
     assert final.state == pb.JOB_STATE_STOPPED, (final.result.message, final.log_tail)
@@ -84,7 +94,7 @@ async def test_mcp_and_wasm_tools_run_in_the_container_and_reach_the_model(
     # Custom tools show up in the event stream like the built-in ones.
     assert tool_events(updates) == [
         (kind, name)
-        for name in ("demo__add", "demo__where", "demo__read_env", "word-count")
+        for name in ("demo__add", "demo__where", "demo__read_env", "word-count", "spin", "escape")
         for kind in ("tool_use", "tool_result")
     ]
     results = {r["tool_name"]: r for r in tool_results(updates)}
@@ -93,7 +103,14 @@ async def test_mcp_and_wasm_tools_run_in_the_container_and_reach_the_model(
     # The server got the granted credential; like every tool output, its value is masked.
     assert results["demo__read_env"]["output"] == "***"
     assert json.loads(results["word-count"]["output"]) == {"lines": 2, "words": 5, "chars": 24}
-    assert not any(r["is_error"] for r in results.values()), results
+    # The endless loop is stopped by its time limit, and the job goes on.
+    assert results["spin"]["is_error"]
+    assert "[timed out after 1 s]" in results["spin"]["output"]
+    # Nothing outside the preopened /workspace opens, whatever the path.
+    assert results["escape"]["is_error"]  # exit 1: every escape failed, as it should
+    assert "escapes=0" in results["escape"]["output"]
+    assert "root:x:" not in results["escape"]["output"]
+    assert not any(results[name]["is_error"] for name in results if name not in ("spin", "escape"))
 
     first, second = provider.requests
     offered = {tool.name for tool in first.tools}
