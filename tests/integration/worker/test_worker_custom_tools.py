@@ -12,6 +12,7 @@ from typing import Any
 from tests.conftest import ROOT
 from tests.fakes.fake_worker_api import FakeWorkerApi, text_answer, tool_answer, tool_call
 from worker.tools.mcp_config import parse_entry
+from worker.tools.registry import default_tools
 from worker.tools.wasm_manifest import parse_wasm_manifest
 
 DEMO_SERVER = ROOT / "tests" / "fixtures" / "mcp" / "demo_server.py"
@@ -72,15 +73,8 @@ async def test_granted_custom_tools_are_offered_called_and_stopped(
     assert any(n.startswith("MCP server 'demo' started") for n in notes)
     first, second = fake_api.llm_requests
     offered = [tool["name"] for tool in first["tools"]]
-    assert offered[:7] == [
-        "shell",
-        "read_file",
-        "write_file",
-        "edit_file",
-        "list_dir",
-        "glob",
-        "grep",
-    ]
+    builtin = [tool.name for tool in default_tools()]
+    assert offered[: len(builtin)] == builtin  # the built-in tools come first
     assert {"demo__add", "demo__pid", "word-count"} <= set(offered)
     assert "demo__add" in first["messages"][0]["content"]  # listed in the system prompt too
     results = [m["content"] for m in second["messages"] if m["role"] == "tool"]
