@@ -12,12 +12,14 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.tools.base import Tool
-from worker.tools.mcp import McpHost
 from worker.tools.mcp_config import McpConfigError, McpServerEntry
 from worker.tools.wasm_manifest import WasmToolManifest
+
+if TYPE_CHECKING:
+    from worker.tools.mcp import McpHost
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,10 @@ def load_custom_tools(
             for entry in entries
         )
     elif entries:
+        # Imported only when a job has MCP servers: asyncio and the rest cost start-up time
+        # before the worker's first call.
+        from worker.tools.mcp import McpHost
+
         custom.host = McpHost(workspace, credentials, secrets=credentials.values())
         custom.notes.extend(report.message for report in custom.host.start(entries))
         tools.extend(custom.host.tools)
