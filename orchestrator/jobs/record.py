@@ -1,6 +1,8 @@
 """The mutable in-memory record of one job and its ordered update history.
 
 Only the job manager mutates a record, always on the event loop; readers get frozen snapshots.
+Most records are of ended jobs that nobody waits on, so the synchronisation objects a live job
+needs (lock, prompt queue, change signal) are made on first use.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from orchestrator.jobs.models import (
     LlmUsage,
     UpdateKind,
 )
+from orchestrator.jobs.once_flag import OnceFlag
+from orchestrator.jobs.update_history import UpdateHistory
 
 
 def utcnow() -> datetime:
@@ -60,42 +64,51 @@ class JobRecord:
     container_id: str | None = None
     budget_refused: str | None = None  # the last budget refusal, to type a later failure
     sequence: int = 0
-    history: deque[JobUpdate] = field(init=False)
-    prompts: deque[FollowUpPrompt] = field(default_factory=deque)
-    # Serializes container lifecycle work (create/start vs. stop/teardown) for this job.
-    lifecycle_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    torn_down: asyncio.Event = field(default_factory=asyncio.Event)
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    history: UpdateHistory = field(init=False, repr=False)
+    torn_down: OnceFlag = field(default_factory=OnceFlag, repr=False)
+    _prompts: deque[FollowUpPrompt] | None = field(default=None, init=False, repr=False)
+    _lifecycle_lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
+    _changed: asyncio.Event | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.history = deque(maxlen=self.history_limit)
+        self.history = UpdateHistory(self.history_limit)
+
+    @property
+    def prompts(self) -> deque[FollowUpPrompt]:
+        """Follow-up prompts queued for the job's agent."""
+        if self._prompts is None:
+            self._prompts = deque()
+        return self._prompts
+
+    @property
+    def lifecycle_lock(self) -> asyncio.Lock:
+        """Serializes container lifecycle work (create/start vs. stop/teardown) for this job."""
+        if self._lifecycle_lock is None:
+            self._lifecycle_lock = asyncio.Lock()
+        return self._lifecycle_lock
 
     def publish(self, kind: UpdateKind, payload: dict[str, Any]) -> JobUpdate:
         """Appends one update and wakes every watcher."""
         self.sequence += 1
         update = JobUpdate(sequence=self.sequence, time=utcnow(), kind=kind, payload=payload)
         self.history.append(update)
-        # Swap the event so watchers that wake up wait on a fresh one: no lost wake-ups and no
-        # per-watcher queues to fan out to.
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        changed = self._changed
+        if changed is not None:
+            # Watchers that wake up ask for a fresh signal: no lost wake-ups and no per-watcher
+            # queues to fan out to (and no signal at all while nobody watches).
+            self._changed = None
+            changed.set()
         return update
 
     def change_signal(self) -> asyncio.Event:
+        """Set by the next :meth:`publish`: take it before reading the history, then wait."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
         return self._changed
 
     def updates_after(self, sequence: int) -> list[JobUpdate]:
         """Retained updates with a larger sequence number, oldest first."""
-        history = self.history
-        if not history or sequence >= history[-1].sequence:
-            return []
-        first = history[0].sequence
-        if history[-1].sequence - first == len(history) - 1:
-            # Contiguous (the usual case): index directly instead of scanning.
-            start = max(0, sequence + 1 - first)
-            return [history[i] for i in range(start, len(history))]
-        # History restored from the store keeps transitions older than the retained window.
-        return [update for update in history if update.sequence > sequence]
+        return self.history.after(sequence)
 
     def snapshot(self) -> JobSnapshot:
         return JobSnapshot(
