@@ -374,7 +374,8 @@ def render_controlplane(document: dict[str, Any]) -> str:
     ]
     fan_rows = [
         [
-            f"{row['watchers']} watcher(s), {row['client_processes']} client process(es)",
+            f"{row['watchers']} watcher(s), {row['client_processes']} client process(es)"
+            + (", grpc.aio floor" if row.get("floor") else ""),
             row["events"],
             row["all_received_ms"]["p50"],
             row["all_received_ms"]["p99"],

@@ -11,7 +11,9 @@
 * **WatchJob fan-out**: W streams on the live job in a separate process
   (``bench.watchers``); the driver posts an event through the worker API with the job's token
   (``POST /worker/{id}/event``) and takes the time from just before the request until the last
-  (and first) stream received it. Baseline: the same with a single stream.
+  (and first) stream received it. Baselines: the same with a single stream, and the same 100
+  streams on ``bench.fanout_floor``: grpc.aio and aiohttp with nothing else, each event
+  serialized once (what the transport alone costs on this machine).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def run_controlplane_bench(options: ControlPlaneOptions) -> dict[str, Any]:
                 for count, procs in ((1, 1), (options.watchers, 1), (options.watchers, 4))
             }
             profiles = _profiles(ready, target, options, pid) if options.profile else {}
+        fanout[f"{options.watchers}x1-floor"] = _floor(options)
     finally:
         remove_containers(instance)
         shutil.rmtree(base_dir, ignore_errors=True)
@@ -214,6 +217,15 @@ def _fanout(
     }
 
 
+def _floor(options: ControlPlaneOptions) -> dict[str, Any]:
+    """The fan-out to the same watchers from ``bench.fanout_floor``."""
+    with Child("fanout-floor", python_module("bench.fanout_floor"), ready_timeout_s=60) as floor:
+        ready = floor.ready
+        target = f"127.0.0.1:{ready['grpc_port']}"
+        result = _fanout(ready, target, options.watchers, 1, options, int(ready["pid"]))
+    return {**result, "floor": True}
+
+
 def _is_fanout(i: int) -> Callable[[dict[str, Any]], bool]:
     return lambda m: m.get("event") == "fanout" and m.get("i") == i
 
@@ -269,6 +281,15 @@ def _document(
         summary[kind]["added_p50"] = summary[kind]["p50"] - floor["p50"]
         summary[kind]["added_p99"] = summary[kind]["p99"] - floor["p99"]
     many = fanout[f"{options.watchers}x1"]["all_received_ms"]
+    floor_run = fanout.get(f"{options.watchers}x1-floor")
+    if floor_run is not None:
+        received = floor_run["all_received_ms"]
+        notes.append(
+            f"fan-out floor (bench.fanout_floor: grpc.aio + aiohttp alone, each event serialized "
+            f"once) to the same {options.watchers} watchers: p50 {received['p50']:.2f} ms, p99 "
+            f"{received['p99']:.2f} ms, server CPU {floor_run['server_cpu_ms_per_event']:.2f} "
+            "ms/event"
+        )
     targets = [
         {
             "check": f"{kind} p99 ({total_jobs} jobs tracked)",
