@@ -11,7 +11,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,9 @@ MAX_QUEUED_PROMPTS = 100
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 HISTORY_LIMIT = 2000
+SIGKILL_EXIT_CODE = 137  # 128 + SIGKILL: how an OOM kill looks until the engine flags it
+OOM_CONFIRM_S = 2.0
+OOM_CONFIRM_INTERVAL_S = 0.2
 
 
 def parse_job_id(raw: str) -> str:
@@ -576,6 +579,10 @@ class ContainerJobManager:
         job = self._jobs.get(event.job_id)
         if job is None or job.state.is_terminal:
             return
+        if event.exit_code == SIGKILL_EXIT_CODE and not event.oom_killed:
+            event = await self._confirm_oom(event)
+            if job.state.is_terminal:
+                return
         if event.oom_killed:
             reason = TerminalReason.OOM_KILLED
             message = f"container was OOM-killed (memory limit {job.limits.memory_mb} MiB)"
@@ -586,6 +593,25 @@ class ContainerJobManager:
             "job container died", job_id=job.job_id, reason=reason.value, exit_code=event.exit_code
         )
         self._finish(job, reason, message, exit_code=event.exit_code)
+
+    async def _confirm_oom(self, event: ContainerExit) -> ContainerExit:
+        """A SIGKILL exit may be an OOM kill that the engine flags a moment later (under load
+        its ``oom`` event can trail the ``die`` event and the inspected flag can lag): look
+        again, briefly, before calling it a plain exit."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OOM_CONFIRM_S
+        while True:
+            try:
+                detail = await self._backend.inspect(event.container_id)
+            except Exception:
+                return event
+            if detail is None:
+                return event
+            if detail.oom_killed:
+                return replace(event, oom_killed=True)
+            if loop.time() >= deadline:
+                return event
+            await asyncio.sleep(OOM_CONFIRM_INTERVAL_S)
 
     async def watch_container_exits(self) -> None:
         """Consumes the backend's exit notifications until cancelled."""
