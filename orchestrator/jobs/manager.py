@@ -73,8 +73,8 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 HISTORY_LIMIT = 2000
 SIGKILL_EXIT_CODE = 137  # 128 + SIGKILL: how an OOM kill looks until the engine flags it
-OOM_CONFIRM_S = 2.0
-OOM_CONFIRM_INTERVAL_S = 0.2
+OOM_CONFIRM_S = 1.0
+OOM_CONFIRM_INTERVAL_S = 0.1
 
 
 def parse_job_id(raw: str) -> str:
