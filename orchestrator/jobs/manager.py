@@ -419,18 +419,26 @@ class ContainerJobManager:
             yield snapshot
             if snapshot.state.is_terminal:
                 return
+        # One future per wake-up on a loop looked up once: with many watchers per job, an
+        # asyncio.Event's per-waiter loop lookup and bookkeeping were a tenth of the fan-out.
+        loop = asyncio.get_running_loop()
         while True:
-            signal = job.change_signal()
-            for update in job.updates_after(cursor):
-                cursor = update.sequence
-                yield update
-                if update.kind is UpdateKind.RESULT:
+            waiter: asyncio.Future[None] = loop.create_future()
+            job.wake_on_change(waiter)
+            try:
+                for update in job.updates_after(cursor):
+                    cursor = update.sequence
+                    yield update
+                    if update.kind is UpdateKind.RESULT:
+                        return
+                if job.state.is_terminal and cursor >= job.sequence:
                     return
-            if job.state.is_terminal and cursor >= job.sequence:
-                return
-            if self._jobs.get(job.job_id) is not job:
-                return  # cleaned up
-            await signal.wait()
+                if self._jobs.get(job.job_id) is not job:
+                    return  # cleaned up
+                await waiter
+            finally:
+                if waiter.cancelled() or not waiter.done():
+                    job.forget_waiter(waiter)  # this watcher stopped: no waiter left behind
 
     # ---------------------------------------------------------------- worker-side calls
 

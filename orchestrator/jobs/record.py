@@ -2,7 +2,7 @@
 
 Only the job manager mutates a record, always on the event loop; readers get frozen snapshots.
 Most records are of ended jobs that nobody waits on, so the synchronisation objects a live job
-needs (lock, prompt queue, change signal) are made on first use.
+needs (lock, prompt queue, watchers' waiters) are made on first use.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class JobRecord:
     torn_down: OnceFlag = field(default_factory=OnceFlag, repr=False)
     _prompts: deque[FollowUpPrompt] | None = field(default=None, init=False, repr=False)
     _lifecycle_lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
-    _changed: asyncio.Event | None = field(default=None, init=False, repr=False)
+    _waiters: list[asyncio.Future[None]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.history = UpdateHistory(self.history_limit)
@@ -92,19 +92,27 @@ class JobRecord:
         self.sequence += 1
         update = JobUpdate(sequence=self.sequence, time=utcnow(), kind=kind, payload=payload)
         self.history.append(update)
-        changed = self._changed
-        if changed is not None:
-            # Watchers that wake up ask for a fresh signal: no lost wake-ups and no per-watcher
-            # queues to fan out to (and no signal at all while nobody watches).
-            self._changed = None
-            changed.set()
+        waiters = self._waiters
+        if waiters:
+            # Each watcher brings its own future and registers it again after waking: no lost
+            # wake-ups, no per-watcher queues, and nothing to clean up behind the woken ones.
+            self._waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         return update
 
-    def change_signal(self) -> asyncio.Event:
-        """Set by the next :meth:`publish`: take it before reading the history, then wait."""
-        if self._changed is None:
-            self._changed = asyncio.Event()
-        return self._changed
+    def wake_on_change(self, waiter: asyncio.Future[None]) -> None:
+        """Resolves ``waiter`` at the next :meth:`publish`. Register it before reading the
+        history, then await it; :meth:`forget_waiter` if it is given up."""
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+
+    def forget_waiter(self, waiter: asyncio.Future[None]) -> None:
+        """Drops a waiter that will not be awaited (its watcher stopped)."""
+        if self._waiters and waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def updates_after(self, sequence: int) -> list[JobUpdate]:
         """Retained updates with a larger sequence number, oldest first."""

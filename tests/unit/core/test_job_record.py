@@ -109,21 +109,24 @@ def test_an_ended_job_record_holds_no_synchronisation_objects() -> None:
     # Nothing asked for a lock, a prompt queue or a change signal: none was made.
     assert job._lifecycle_lock is None
     assert job._prompts is None
-    assert job._changed is None
+    assert job._waiters is None
     assert job.torn_down.is_set()
 
 
-async def test_a_watcher_taking_the_signal_is_woken_by_the_next_publish() -> None:
+async def test_waiters_are_woken_by_the_next_publish_and_can_be_forgotten() -> None:
     job = _record()
-    signal = job.change_signal()
-    assert job.change_signal() is signal  # the same one until something is published
-    woken = asyncio.create_task(signal.wait())
-    await asyncio.sleep(0)
-    assert not woken.done()
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+    forgotten: asyncio.Future[None] = loop.create_future()
+    job.wake_on_change(woken)
+    job.wake_on_change(forgotten)
+    job.forget_waiter(forgotten)
     update = job.publish(UpdateKind.STATUS, {"message": "x", "iteration": 0})
-    assert await asyncio.wait_for(woken, 5)
-    assert job.change_signal() is not signal
+    assert woken.done()
+    assert not forgotten.done()
     assert job.updates_after(0) == [update]
+    # Woken waiters are not kept: the next publish has nobody to wake.
+    assert job._waiters is None
 
 
 def test_prompts_and_lock_are_made_once_on_first_use() -> None:

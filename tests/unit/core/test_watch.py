@@ -1,0 +1,115 @@
+"""ContainerJobManager.watch on a live job restored from a real store: every watcher gets every
+update in order, and a watcher that goes away leaves nothing behind on the job."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from orchestrator.containers.backend import ContainerBackend
+from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.jobs.models import JobLimits, JobMode, JobSnapshot, JobState, JobUpdate
+from orchestrator.jobs.record import JobRecord, utcnow
+from orchestrator.settings import Settings
+from orchestrator.store.codec import record_to_json
+from orchestrator.store.sqlite_store import SqliteJobStore
+from orchestrator.tokens import TokenStore, token_digest
+
+LIMITS = JobLimits(
+    max_iterations=5,
+    timeout_seconds=600,
+    memory_mb=256,
+    llm_token_budget=0,
+    llm_call_budget=0,
+    llm_max_tokens_per_call=1024,
+    claude_max_turns=5,
+    claude_model="",
+)
+JOB_ID = str(uuid.UUID(int=7))
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[ContainerJobManager]:
+    """A manager holding one running job, restored from its store (no engine involved)."""
+    store = SqliteJobStore(tmp_path / "orchestrator.db")
+    now = utcnow()
+    job = JobRecord(
+        job_id=JOB_ID,
+        order=1,
+        task="watch me",
+        mode=JobMode.WORKER,
+        project_dir=f"/nowhere/{JOB_ID}",
+        container_name="ironclaw-worker-watch",
+        created_at=now,
+        limits=LIMITS,
+        deadline=now + timedelta(seconds=600),
+        labels={},
+        credential_names=(),
+        llm_provider="none",
+        wait_for_prompts=False,
+        history_limit=2000,
+        state=JobState.RUNNING,
+        container_id="c0ffee",
+    )
+    store.save_job(record_to_json(job), token_digest("irc_watch"))
+    await store.flush()
+    settings = Settings.from_env({"IRONCLAW_BASE_DIR": str(tmp_path), "METRICS_PORT": "0"})
+    backend = cast(ContainerBackend, object())  # never reached: no container work here
+    manager = ContainerJobManager(settings, backend, TokenStore(), store=store)
+    assert manager.restore() == 1
+    yield manager
+    await store.close()
+
+
+async def _collect(
+    manager: ContainerJobManager, into: list[JobSnapshot | JobUpdate], count: int
+) -> None:
+    async for item in manager.watch(JOB_ID):
+        into.append(item)
+        if len(into) == count:
+            return
+
+
+def _waiters(manager: ContainerJobManager) -> Any:
+    # The record's pending waiters: what a watcher leaves behind when it goes away.
+    return manager._jobs[JOB_ID]._waiters
+
+
+async def test_every_watcher_gets_every_update_in_order(manager: ContainerJobManager) -> None:
+    received: list[list[JobSnapshot | JobUpdate]] = [[] for _ in range(20)]
+    watchers = [asyncio.create_task(_collect(manager, into, 31)) for into in received]
+    # Each watcher has its snapshot before anything is published.
+    await asyncio.wait_for(_until(lambda: all(received)), 5)
+    for i in range(30):
+        manager.record_event(JOB_ID, "message", {"i": i})
+        if i % 7 == 0:
+            await asyncio.sleep(0)  # some updates arrive while watchers are still busy
+    await asyncio.wait_for(asyncio.gather(*watchers), 5)
+    for items in received:
+        assert isinstance(items[0], JobSnapshot)
+        events = [u.payload["data"]["i"] for u in items[1:] if isinstance(u, JobUpdate)]
+        assert events == list(range(30))
+    assert not _waiters(manager)
+
+
+async def test_a_watcher_that_goes_away_leaves_no_waiter(manager: ContainerJobManager) -> None:
+    received: list[JobSnapshot | JobUpdate] = []
+    watcher = asyncio.create_task(_collect(manager, received, 100))
+    await asyncio.wait_for(_until(lambda: received and _waiters(manager)), 5)
+    watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watcher
+    assert not _waiters(manager)
+    manager.record_event(JOB_ID, "message", {"i": 0})  # nobody to wake, nothing to fail
+
+
+async def _until(condition: Any) -> None:
+    """Yields to the loop until ``condition()`` holds (callers put a deadline around it)."""
+    while not condition():
+        await asyncio.sleep(0)
