@@ -25,8 +25,8 @@ from bench.start_bench import StartOptions, run_start_bench
 from bench.stats import markdown_table
 from bench.workerapi_bench import WorkerApiOptions, run_workerapi_bench
 
-# The suite's order: the bursts, which load the machine most, come last.
-BENCHMARKS = ("proxy", "start", "workerapi", "controlplane", "footprint", "burst")
+# The suite's order: the two that start 50 containers, which load the machine most, come last.
+BENCHMARKS = ("proxy", "start", "controlplane", "footprint", "workerapi", "burst")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="proxy: also profile the orchestrator under load with py-spy (pip install py-spy)",
+        help="proxy, workerapi: also profile the orchestrator under load with py-spy "
+        "(pip install py-spy)",
     )
     parser.add_argument(
         "--experiments",
@@ -134,9 +135,11 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "workerapi":
         if args.quick:
             return run_workerapi_bench(
-                WorkerApiOptions(duration_s=4.0, warmup_s=1.0, pin=not args.no_pin)
+                WorkerApiOptions(
+                    duration_s=4.0, warmup_s=1.0, pin=not args.no_pin, profile=args.profile
+                )
             )
-        return run_workerapi_bench(WorkerApiOptions(pin=not args.no_pin))
+        return run_workerapi_bench(WorkerApiOptions(pin=not args.no_pin, profile=args.profile))
     samples = args.samples or (10 if args.quick else 15)
     return run_start_bench(StartOptions(samples=max(samples, 10), warmup=1))
 
@@ -211,6 +214,7 @@ def render_summary(documents: dict[str, dict[str, Any]], failed: list[str]) -> s
         markdown_table(
             ["benchmark", "target", "measured", "wanted", "met", "load avg (before → after)"],
             rows,
+            left=2,
         ),
     ]
     if failed:
@@ -568,5 +572,9 @@ def render_workerapi(document: dict[str, Any]) -> str:
             "",
             _targets_table(document["targets"]),
             *[f"note: {note}" for note in document["notes"]],
+            *[
+                _controlplane_profile(name, profile)
+                for name, profile in document.get("profiles", {}).items()
+            ],
         ]
     )

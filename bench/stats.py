@@ -35,19 +35,21 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub markdown table; the first column left-aligned, the others right-aligned."""
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> str:
+    """A GitHub markdown table; the first ``left`` columns left-aligned, the others
+    right-aligned."""
     cells = [[str(h) for h in header], *[[_cell(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
         padded = [
-            row[i].ljust(widths[i]) if i == 0 else row[i].rjust(widths[i]) for i in range(len(row))
+            row[i].ljust(widths[i]) if i < left else row[i].rjust(widths[i])
+            for i in range(len(row))
         ]
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join(
-        ("-" * (w + 2)) if i == 0 else ("-" * (w + 1) + ":") for i, w in enumerate(widths)
+        ("-" * (w + 2)) if i < left else ("-" * (w + 1) + ":") for i, w in enumerate(widths)
     )
     return "\n".join([line(cells[0]), rule + "|", *(line(row) for row in cells[1:])])
 

@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -36,7 +37,16 @@ from typing import Any
 
 from bench.docker_util import build_images, remove_containers
 from bench.loadgen import COUNTER, SPEC_VARIABLE, ConnectionSpec, MixSpec
-from bench.procs import BenchError, Child, cpu_seconds, load_average, python_module, usable_cpus
+from bench.procs import (
+    LOG_DIR,
+    BenchError,
+    Child,
+    cpu_seconds,
+    load_average,
+    python_module,
+    usable_cpus,
+)
+from bench.profiling import profile_process
 from bench.proxy_bench import MAX_TOKENS, MESSAGES, cpu_plan, orchestrator_env
 
 ROUTES = ("status", "event", "llm/complete")
@@ -52,6 +62,8 @@ class WorkerApiOptions:
     duration_s: float = 10.0
     warmup_s: float = 2.0
     pin: bool = True
+    profile: bool = False
+    profile_s: float = 6.0
 
 
 @dataclass
@@ -72,6 +84,7 @@ def run_workerapi_bench(options: WorkerApiOptions) -> dict[str, Any]:
     instance = f"bench-wa-{uuid.uuid4().hex[:10]}"
     base_dir = Path(tempfile.mkdtemp(prefix="ironclaw-bench-wa-"))
     notes: list[str] = []
+    profile: dict[str, Any] | None = None
     try:
         with ExitStack() as stack:
             upstream = stack.enter_context(
@@ -108,6 +121,9 @@ def run_workerapi_bench(options: WorkerApiOptions) -> dict[str, Any]:
                 server.pid,
                 harness_cpus,
             )
+            if options.profile:
+                # Before the measured run, whose updates are the ones read back afterwards.
+                profile = _profile(host, port, jobs, options, server.pid, harness_cpus, notes)
             before = _last_sequences(grpc_target, jobs)
             mixed = _measure(
                 MixSpec(host, port, _mixed_connections(jobs), options.warmup_s, options.duration_s),
@@ -148,8 +164,30 @@ def run_workerapi_bench(options: WorkerApiOptions) -> dict[str, Any]:
         },
         "verification": verification,
         "targets": _targets(rows, verification),
+        "profiles": {"mixed": profile} if profile is not None else {},
         "notes": notes,
     }
+
+
+def _profile(
+    host: str,
+    port: int,
+    jobs: list[dict[str, str]],
+    options: WorkerApiOptions,
+    server_pid: int,
+    cpus: set[int] | None,
+    notes: list[str],
+) -> dict[str, Any] | None:
+    """py-spy on the orchestrator under the mixed load (not during the measured run)."""
+    spec = MixSpec(host, port, _mixed_connections(jobs), 1.0, options.profile_s)
+    output = LOG_DIR.parent / "workerapi-profile-mixed.collapsed"
+    try:
+        with profile_process(server_pid, options.profile_s + 1.0, output) as finished:
+            _measure(spec, "profile", server_pid, cpus)
+        return finished()
+    except (BenchError, FileNotFoundError, subprocess.SubprocessError) as exc:
+        notes.append(f"profile skipped: {exc}")
+        return None
 
 
 def _mixed_connections(jobs: list[dict[str, str]]) -> list[ConnectionSpec]:
