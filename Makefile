@@ -11,7 +11,7 @@ help:
 	@echo "make demo    run the orchestrator and a real job in a real container, to completion"
 	@echo "make test    lint, type-check and run every test (needs a Docker engine)"
 	@echo "make images  build the job images offline (worker, claude)"
-	@echo "make bench   run the whole benchmark suite (~15 min; make bench-quick: ~7 min)"
+	@echo "make bench   run the whole benchmark suite (~10 min; make bench-quick: ~4 min)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

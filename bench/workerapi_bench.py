@@ -140,7 +140,8 @@ def run_workerapi_bench(options: WorkerApiOptions) -> dict[str, Any]:
         remove_containers(instance)
         shutil.rmtree(base_dir, ignore_errors=True)
     rows = _rows(baseline, mixed)
-    verification = {"live": live, "store": stored}
+    unanswered = sum(len(c["unanswered"]) for c in mixed["load"]["per_connection"])
+    verification = {"live": live, "store": stored, "unanswered_requests": unanswered}
     return {
         "benchmark": "workerapi",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
