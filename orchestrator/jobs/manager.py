@@ -126,6 +126,9 @@ class ContainerJobManager:
         self._orchestrator_url = orchestrator_url
         self._llm_provider_name = llm_provider_name
         self._jobs: dict[str, JobRecord] = {}
+        # The jobs not yet ended: what reconciliation and the reaper look at, every pass, without
+        # walking a long history of ended ones.
+        self._live: dict[str, JobRecord] = {}
         self._by_order = CreationOrderIndex(self._jobs)
         self._order = 0
         self._background: set[asyncio.Task[Any]] = set()
@@ -226,6 +229,7 @@ class ContainerJobManager:
             tools=tools,
         )
         self._jobs[job_id] = job
+        self._live[job_id] = job
         if self._metrics is not None:
             self._metrics.job_created(request.mode.value)
         token = self._tokens.create_token(job_id, grants)
@@ -651,6 +655,7 @@ class ContainerJobManager:
                     self._spawn(self._teardown(job))
                 continue
             live += 1
+            self._live[job.job_id] = job
             grants: tuple[CredentialGrant, ...] | None = ()
             if job.credential_names:
                 grants = None
@@ -678,7 +683,7 @@ class ContainerJobManager:
 
         Raises EngineUnavailable when the engine cannot be listed: then nothing is decided."""
         now = utcnow()
-        for overdue in [j for j in self._jobs.values() if not j.state.is_terminal]:
+        for overdue in list(self._live.values()):
             if now >= overdue.deadline:
                 self._count_reconcile("timed_out")
                 self._finish(
@@ -725,7 +730,7 @@ class ContainerJobManager:
                         oom_killed=bool(detail and detail.oom_killed),
                     )
                 )
-        for live in [j for j in self._jobs.values() if not j.state.is_terminal]:
+        for live in list(self._live.values()):
             # A job created after the listing began cannot be judged by it.
             if live.job_id in seen or live.lifecycle_lock.locked() or live.created_at >= listed_at:
                 continue
@@ -757,7 +762,7 @@ class ContainerJobManager:
         """Stops accepting jobs; with ``drain`` stops every live job. Waits for teardowns."""
         self._accepting = False
         if drain:
-            for job in list(self._jobs.values()):
+            for job in list(self._live.values()):
                 if not job.state.is_terminal:
                     self._finish(job, TerminalReason.STOPPED_BY_OPERATOR, "orchestrator drained")
         if self._background:
@@ -802,6 +807,7 @@ class ContainerJobManager:
         if job.state.is_terminal:
             return
         target = reason.terminal_state
+        self._live.pop(job.job_id, None)
         self._tokens.revoke(job.job_id)
         now = utcnow()
         job.result = JobResult(
