@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from datetime import timedelta
 
-from orchestrator.jobs.models import FollowUpPrompt, JobLimits, JobMode, JobUpdate, UpdateKind
+from orchestrator.jobs.models import FollowUpPrompt, JobUpdate, UpdateKind
 from orchestrator.jobs.once_flag import OnceFlag
 from orchestrator.jobs.record import JobRecord, utcnow
 from orchestrator.jobs.update_history import UpdateHistory
-
-LIMITS = JobLimits(
-    max_iterations=5,
-    timeout_seconds=60,
-    memory_mb=256,
-    llm_token_budget=0,
-    llm_call_budget=0,
-    llm_max_tokens_per_call=1024,
-    claude_max_turns=5,
-    claude_model="",
-)
+from tests.helpers import job_record
 
 
 def _update(sequence: int) -> JobUpdate:
@@ -29,23 +18,7 @@ def _update(sequence: int) -> JobUpdate:
 
 
 def _record(history_limit: int = 2000) -> JobRecord:
-    now = utcnow()
-    return JobRecord(
-        job_id="6f1c1f7e-4a57-4d0e-9c55-0d6c5a3f0b11",
-        order=1,
-        task="t",
-        mode=JobMode.WORKER,
-        project_dir="/p",
-        container_name="c",
-        created_at=now,
-        limits=LIMITS,
-        deadline=now + timedelta(seconds=60),
-        labels={},
-        credential_names=(),
-        llm_provider="none",
-        wait_for_prompts=False,
-        history_limit=history_limit,
-    )
+    return job_record("6f1c1f7e-4a57-4d0e-9c55-0d6c5a3f0b11", history_limit=history_limit)
 
 
 def _sequences(updates: Iterable[JobUpdate]) -> list[int]:

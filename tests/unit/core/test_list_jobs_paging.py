@@ -4,7 +4,6 @@ against a plain list model, and through the manager with jobs restored from a re
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,8 +16,6 @@ from orchestrator.containers.backend import ContainerBackend
 from orchestrator.errors import InvalidArgument
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.models import (
-    JobLimits,
-    JobMode,
     JobResult,
     JobState,
     JobUpdate,
@@ -31,6 +28,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.codec import record_to_json
 from orchestrator.store.sqlite_store import SqliteJobStore
 from orchestrator.tokens import TokenStore
+from tests.helpers import job_record
 
 
 @dataclass
@@ -109,17 +107,6 @@ def test_jobs_out_of_creation_order_are_still_served_sorted() -> None:
 
 # ------------------------------------------------------------------ through the manager
 
-LIMITS = JobLimits(
-    max_iterations=5,
-    timeout_seconds=60,
-    memory_mb=256,
-    llm_token_budget=0,
-    llm_call_budget=0,
-    llm_max_tokens_per_call=1024,
-    claude_max_turns=5,
-    claude_model="",
-)
-
 
 def _ended_job(order: int, state: JobState) -> tuple[JobRecord, list[JobUpdate]]:
     created = utcnow() - timedelta(hours=1) + timedelta(seconds=order)
@@ -130,21 +117,9 @@ def _ended_job(order: int, state: JobState) -> tuple[JobRecord, list[JobUpdate]]
         message="done",
         finished_at=created + timedelta(seconds=1),
     )
-    job_id = str(uuid.uuid4())
-    job = JobRecord(
-        job_id=job_id,
+    job = job_record(
         order=order,
-        task=f"job {order}",
-        mode=JobMode.WORKER,
-        project_dir=f"/nowhere/{job_id}",
-        container_name=f"ironclaw-worker-{job_id[:8]}",
         created_at=created,
-        limits=LIMITS,
-        deadline=created + timedelta(seconds=60),
-        labels={},
-        credential_names=(),
-        llm_provider="none",
-        wait_for_prompts=False,
         history_limit=10,
         state=state,
         finished_at=result.finished_at,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,23 +13,13 @@ import pytest
 
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import JobLimits, JobMode, JobSnapshot, JobState, JobUpdate
-from orchestrator.jobs.record import JobRecord, utcnow
+from orchestrator.jobs.models import JobSnapshot, JobState, JobUpdate
 from orchestrator.settings import Settings
 from orchestrator.store.codec import record_to_json
 from orchestrator.store.sqlite_store import SqliteJobStore
 from orchestrator.tokens import TokenStore, token_digest
+from tests.helpers import job_record
 
-LIMITS = JobLimits(
-    max_iterations=5,
-    timeout_seconds=600,
-    memory_mb=256,
-    llm_token_budget=0,
-    llm_call_budget=0,
-    llm_max_tokens_per_call=1024,
-    claude_max_turns=5,
-    claude_model="",
-)
 JOB_ID = str(uuid.UUID(int=7))
 
 
@@ -38,22 +27,10 @@ JOB_ID = str(uuid.UUID(int=7))
 async def manager(tmp_path: Path) -> AsyncIterator[ContainerJobManager]:
     """A manager holding one running job, restored from its store (no engine involved)."""
     store = SqliteJobStore(tmp_path / "orchestrator.db")
-    now = utcnow()
-    job = JobRecord(
-        job_id=JOB_ID,
-        order=1,
+    job = job_record(
+        JOB_ID,
         task="watch me",
-        mode=JobMode.WORKER,
-        project_dir=f"/nowhere/{JOB_ID}",
         container_name="ironclaw-worker-watch",
-        created_at=now,
-        limits=LIMITS,
-        deadline=now + timedelta(seconds=600),
-        labels={},
-        credential_names=(),
-        llm_provider="none",
-        wait_for_prompts=False,
-        history_limit=2000,
         state=JobState.RUNNING,
         container_id="c0ffee",
     )
