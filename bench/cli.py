@@ -414,14 +414,18 @@ def render_controlplane(document: dict[str, Any]) -> str:
                 fan_rows,
             ),
             "",
-            _targets_table(document["targets"]),
-            *[f"note: {note}" for note in document["notes"]],
-            *[
-                _controlplane_profile(name, profile)
-                for name, profile in document.get("profiles", {}).items()
-            ],
+            *_targets_notes_profiles(document),
         ]
     )
+
+
+def _targets_notes_profiles(document: dict[str, Any]) -> list[str]:
+    """The closing blocks of a benchmark's output: target checks, notes, profile summaries."""
+    return [
+        _targets_table(document["targets"]),
+        *[f"note: {note}" for note in document["notes"]],
+        *[_controlplane_profile(name, p) for name, p in document.get("profiles", {}).items()],
+    ]
 
 
 def _controlplane_profile(name: str, profile: Any) -> str:
@@ -570,11 +574,6 @@ def render_workerapi(document: dict[str, Any]) -> str:
                 verification,
             ),
             "",
-            _targets_table(document["targets"]),
-            *[f"note: {note}" for note in document["notes"]],
-            *[
-                _controlplane_profile(name, profile)
-                for name, profile in document.get("profiles", {}).items()
-            ],
+            *_targets_notes_profiles(document),
         ]
     )
