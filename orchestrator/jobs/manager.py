@@ -309,11 +309,6 @@ class ContainerJobManager:
             request.mcp_servers, request.wasm_tools, (grant.name for grant in grants)
         )
 
-    @property
-    def catalog(self) -> ToolCatalog:
-        """The operator's catalogues of MCP servers and WASM tools."""
-        return self._catalog
-
     def served_tools(self, job_id: str) -> dict[str, Any]:
         """What ``GET /worker/{id}/tools`` answers: the job's granted custom tools."""
         return self._catalog.served_tools(self._get(job_id).tools)

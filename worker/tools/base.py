@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,25 @@ class ToolContext:
         except ValueError:
             return str(path)
         return str(relative) if relative.parts else "."
+
+
+# Shorter values are too likely to occur by chance to be masked in outputs.
+MIN_SECRET_CHARS = 6
+
+
+class SecretMask:
+    """Replaces granted values with ``***`` in text shown to the model or reported as an
+    event; the longest first, so a value that contains another is masked whole."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = sorted(
+            {s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True
+        )
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 ToolHandler = Callable[[ToolContext, Mapping[str, Any]], str | ToolResult]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from worker.tools.base import Tool, ToolContext, ToolResult
+from worker.tools.base import SecretMask, Tool, ToolContext, ToolResult
 from worker.tools.mcp_config import (
     NAMESPACE_SEPARATOR,
     McpConfigError,
@@ -52,7 +52,6 @@ class ServerReport:
     name: str
     started: bool
     message: str
-    tools: tuple[str, ...] = ()
 
 
 @dataclass
@@ -80,7 +79,7 @@ class McpHost:
     ) -> None:
         self._workspace = workspace
         self._credentials = dict(credentials)
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._mask = SecretMask(secrets)
         self._servers: dict[str, _Server] = {}
         self._tools: list[Tool] = []
         self._loop = asyncio.new_event_loop()
@@ -172,7 +171,7 @@ class McpHost:
                     "MCP server %s failed: %s", server.entry.name, self._mask(server.failure)
                 )
         finally:
-            if server.ready.done() and server.failure is None and not server.stop.is_set():
+            if server.client is not None and server.failure is None and not server.stop.is_set():
                 server.failure = "the server closed the connection"
 
     async def _transport(self, server: _Server, stack: contextlib.AsyncExitStack) -> Any:
@@ -310,9 +309,8 @@ class McpHost:
         if not report.started:
             return report
         prefix = f"{report.name}{NAMESPACE_SEPARATOR}"
-        names = tuple(t.name for t in self._tools if t.name.startswith(prefix))
-        listed = ", ".join(names) if names else "none"
-        return ServerReport(report.name, True, f"{report.message}: {listed}", names)
+        names = [t.name for t in self._tools if t.name.startswith(prefix)]
+        return ServerReport(report.name, True, f"{report.message}: {', '.join(names) or 'none'}")
 
     def _failed(self, name: str, reason: str, server: _Server | None = None) -> str:
         message = f"MCP server {name!r} left out: {reason}"
@@ -322,11 +320,6 @@ class McpHost:
         if tail:
             message += f"\nits stderr ends with:\n{tail}"
         return self._mask(message)
-
-    def _mask(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
 
 def namespaced_tool_name(server: str, tool: str) -> str:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from worker.tools.base import Tool, ToolContext, ToolError, ToolResult, head_tail
+from worker.tools.base import SecretMask, Tool, ToolContext, ToolError, ToolResult, head_tail
 from worker.tools.files import EDIT_FILE, LIST_DIR, READ_FILE, WRITE_FILE
 from worker.tools.search import GLOB, GREP
 from worker.tools.shell import SHELL
@@ -16,8 +16,6 @@ log = logging.getLogger(__name__)
 
 # A last bound on what any tool hands back to the model; each tool has its own, smaller caps.
 MAX_RESULT_CHARS = 60_000
-# Shorter values are too likely to occur by chance to be masked in outputs.
-_MIN_SECRET_CHARS = 6
 
 
 def default_tools() -> list[Tool]:
@@ -40,9 +38,7 @@ class ToolRegistry:
             if tool.name in self._tools:
                 raise ValueError(f"duplicate tool name {tool.name!r}")
             self._tools[tool.name] = tool
-        self._secrets = sorted(
-            {s for s in context.secrets if len(s) >= _MIN_SECRET_CHARS}, key=len, reverse=True
-        )
+        self._mask = SecretMask(context.secrets)
 
     @property
     def context(self) -> ToolContext:
@@ -77,9 +73,7 @@ class ToolRegistry:
         return ToolResult(self._sanitise(result.output), result.is_error)
 
     def _sanitise(self, output: str) -> str:
-        for secret in self._secrets:
-            output = output.replace(secret, "***")
-        return head_tail(output, MAX_RESULT_CHARS)
+        return head_tail(self._mask(output), MAX_RESULT_CHARS)
 
 
 def _decode_arguments(arguments: Mapping[str, Any] | str | None) -> Mapping[str, Any]:
