@@ -6,6 +6,7 @@ Protobuf stops at the gRPC servicer; HTTP models stop at the worker API.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -107,11 +108,12 @@ class GrantedTools:
     mcp_servers: tuple[Mapping[str, Any], ...] = ()
     wasm_tools: tuple[Mapping[str, Any], ...] = ()
 
-    @property
+    # Cached: every snapshot (a page of ListJobs makes 100) reads them.
+    @functools.cached_property
     def mcp_server_names(self) -> tuple[str, ...]:
         return tuple(str(entry["name"]) for entry in self.mcp_servers)
 
-    @property
+    @functools.cached_property
     def wasm_tool_names(self) -> tuple[str, ...]:
         return tuple(str(tool["name"]) for tool in self.wasm_tools)
 
