@@ -48,6 +48,10 @@ def test_stop_ends_a_child_that_ignores_sigterm_and_its_detached_commands(tmp_pa
     assert next(process.lines()) == "started"
     detached = int(pid_file.read_text())
     assert detached in descendants(process.pid)
+    # `$!` is known as soon as the shell forks, before the child has run setsid(1): wait for it.
+    deadline = time.monotonic() + 5
+    while os.getsid(detached) == os.getsid(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert os.getsid(detached) != os.getsid(process.pid)
 
     started = time.monotonic()
