@@ -13,10 +13,13 @@ help:
 	@echo "make images  build the job images offline (worker, claude)"
 	@echo "make bench   run the whole benchmark suite (~10 min; make bench-quick: ~4 min)"
 
-$(STAMP): pyproject.toml
+DISTS := contract orchestrator worker bridge
+PACKAGES := -p ironclaw_contract -p orchestrator -p worker -p bridge
+
+$(STAMP): requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -35,7 +38,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy orchestrator worker bridge
+	$(VENV)/bin/mypy $(PACKAGES)
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit -q

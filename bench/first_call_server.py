@@ -5,7 +5,7 @@ Docker bridge gateway (where the orchestrator's worker API listens) and prints
 ``READY {"port": N}``. Each job's first request is reported as
 ``{"event": "first_call", "job_id", "t_ns"}`` with ``time.monotonic_ns()``, taken in the
 handler as the orchestrator's time is. The answer is the worker API's 401, so
-``ironclaw worker`` stops at once (token rejected) after exactly the call being timed.
+``ironclaw-worker`` stops at once (token rejected) after exactly the call being timed.
 It is aiohttp, as the worker API is, so both sides parse the request the same way.
 """
 

@@ -8,7 +8,7 @@ environment, making the same call.
 * ``raw docker``: the driver calls the docker SDK directly with the container spec the
   orchestrator would build (the same pure function), pointed at a tiny aiohttp server on the
   bridge gateway that reports the same first ``GET /worker/{id}/job`` and answers 401, after
-  which ``ironclaw worker`` exits.
+  which ``ironclaw-worker`` exits.
 
 Both clocks are CLOCK_MONOTONIC (``time.monotonic_ns``), one clock for all processes on the
 host. Samples alternate (orchestrator first in even rounds, raw first in odd ones) so drift in

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Regenerates the Python code for protos/ into the package tree. The proto path mirrors the
+# Regenerates the Python code for protos/ into the orchestrator distribution's src/ tree. The proto path mirrors the
 # module path, so the generated imports work unchanged. Output is committed; a test fails when it
 # is stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
-out=${1:-.}
+out=${1:-orchestrator/src}
 "$python" -m grpc_tools.protoc -Iprotos \
   --python_out="$out" --mypy_out="$out" \
   --grpc_python_out="$out" --mypy_grpc_out="$out" \

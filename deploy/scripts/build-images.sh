@@ -9,8 +9,7 @@
 #   --force       rebuild even when the image is up to date
 #
 # An image is up to date when its label ironclaw.source-hash matches the sha256 over the files
-# that go into it (orchestrator/ worker/ bridge/ pyproject.toml .dockerignore and its
-# Dockerfile) and its layers start with those of the current base image. Anything else
+# that go into it (the distributions it installs, .dockerignore and its Dockerfile) and its layers start with those of the current base image. Anything else
 # triggers a rebuild, so callers (tests, make) can run this every time; an unchanged image
 # costs a few `docker image inspect` calls. Base image: bootstrap-base-image.sh.
 set -euo pipefail
@@ -98,16 +97,19 @@ build() {
 BASE=$("$SCRIPTS/bootstrap-base-image.sh" | tail -n 1)
 log "base image: $BASE"
 
-SOURCES=(orchestrator worker bridge pyproject.toml .dockerignore)
+# What each image installs: job images the contract and the worker (the Claude image also the
+# bridge), the service image the contract and the orchestrator.
+JOB_SOURCES=(contract worker .dockerignore)
+SERVICE_SOURCES=(contract orchestrator .dockerignore)
 
 # Decide first, so wheels are built only when an image that installs them is rebuilt.
 build_worker=0 build_orchestrator=0
 if (( want_worker || want_claude )); then
-    worker_hash=$(source_hash "${SOURCES[@]}" Dockerfile.worker)
+    worker_hash=$(source_hash "${JOB_SOURCES[@]}" Dockerfile.worker)
     needs_build ironclaw-worker:latest "$worker_hash" "$BASE" && build_worker=1
 fi
 if (( want_orchestrator )); then
-    orchestrator_hash=$(source_hash "${SOURCES[@]}" Dockerfile.orchestrator)
+    orchestrator_hash=$(source_hash "${SERVICE_SOURCES[@]}" Dockerfile.orchestrator)
     needs_build ironclaw-orchestrator:latest "$orchestrator_hash" "$BASE" \
         && build_orchestrator=1
 fi
@@ -130,7 +132,7 @@ fi
 
 if (( want_claude )); then
     if [[ -f Dockerfile.claude ]]; then
-        claude_hash=$(source_hash "${SOURCES[@]}" Dockerfile.claude)
+        claude_hash=$(source_hash "${JOB_SOURCES[@]}" bridge Dockerfile.claude)
         if needs_build ironclaw-claude:latest "$claude_hash" ironclaw-worker:latest; then
             # The pinned claude-agent-sdk wheel (the CLI), downloaded once into build/wheels.
             "$SCRIPTS/build-wheels.sh" --claude build/wheels >/dev/null

@@ -2,9 +2,10 @@
 # Build Python wheels on the host, for images that cannot reach PyPI while building.
 #
 # usage: build-wheels.sh [--server] [--claude] [OUT_DIR]   (OUT_DIR defaults to build/wheels)
-#   always:    the project's wheel and every wheel of .[worker] (the mcp SDK and wasmtime, for
-#              custom tools), for the worker image
-#   --server:  also every wheel of .[server], for the orchestrator image
+#   always:    the wheels of the repository's four distributions (contract, worker, bridge,
+#              orchestrator) and every wheel ironclaw-worker[custom-tools] needs (the mcp SDK
+#              and wasmtime), for the job images
+#   --server:  also every wheel ironclaw-orchestrator needs, for the orchestrator image
 #   --claude:  also the claude-agent-sdk wheel pinned in Dockerfile.claude (it bundles the
 #              Claude Code CLI binary), downloaded unless already there
 #
@@ -12,7 +13,7 @@
 # Python (3.11, glibc): the images are Debian bookworm with Python 3.11 as well.
 set -euo pipefail
 
-usage() { sed -n '4,9s/^# \{0,1\}//p' "$0" >&2; }
+usage() { sed -n '4,11s/^# \{0,1\}//p' "$0" >&2; }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -42,42 +43,67 @@ if [[ "$pyver" != "3.11" ]]; then
         "$PYTHON" "$pyver" >&2
 fi
 
-# Concurrent runs would delete each other's project wheel: serialize on the output dir.
+# Concurrent runs would delete each other's project wheels: serialize on the output dir.
 exec 9>"$out/.lock"
 flock 9
 
-# The version number does not change between edits: drop old project wheels so pip can only
-# find the one built from the current source.
-rm -f "$out"/ironclaw_orchestrator-*.whl
+DISTS=(contract worker bridge orchestrator)
+# The version numbers do not change between edits: drop old project wheels so pip can only
+# find the ones built from the current source.
+rm -f "$out"/ironclaw_contract-*.whl "$out"/ironclaw_worker-*.whl \
+    "$out"/ironclaw_claude_bridge-*.whl "$out"/ironclaw_orchestrator-*.whl
 
-# Build from a clean copy of the source: an in-tree build reuses build/lib, where modules that
+# Build from a clean copy of each source: an in-tree build reuses build/lib, where modules that
 # were deleted from the source would survive into the wheel, and concurrent builds collide.
 src=$(mktemp -d "${TMPDIR:-/tmp}/ironclaw-src.XXXXXX")
 trap 'rm -rf "$src"' EXIT
-# The package list mirrors [tool.setuptools.packages.find] in pyproject.toml.
-tar -C "$ROOT" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' -cf - \
-    pyproject.toml README.md orchestrator worker bridge | tar -C "$src" -xf -
+tar -C "$ROOT" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' \
+    --exclude='build' -cf - "${DISTS[@]}" | tar -C "$src" -xf -
 
-# The venv's own setuptools builds the wheel when it can (no download, works offline);
-# otherwise pip fetches the build backend declared in pyproject.toml.
+# The venv's own setuptools builds the wheels when it can (no download, works offline);
+# otherwise pip fetches the build backend declared in each pyproject.toml.
 isolation=()
-if "$PYTHON" -c 'import setuptools, wheel, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 68)' \
+if "$PYTHON" -c 'import setuptools, wheel, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' \
     2>/dev/null; then
     isolation=(--no-build-isolation)
 fi
-printf 'build-wheels: project wheel -> %s\n' "$out" >&2
-"${pip[@]}" wheel --quiet --no-deps "${isolation[@]}" --wheel-dir "$out" "$src" >&2
-project_wheel=$(ls "$out"/ironclaw_orchestrator-*.whl)
+printf 'build-wheels: project wheels -> %s\n' "$out" >&2
+for dist in "${DISTS[@]}"; do
+    "${pip[@]}" wheel --quiet --no-deps "${isolation[@]}" --wheel-dir "$out" "$src/$dist" >&2
+done
+wheel_of() { ls "$out"/"$1"-*.whl; }
 
-extras=worker
-[[ $server -eq 1 ]] && extras=worker,server
-printf 'build-wheels: dependency wheels of [%s] -> %s\n' "$extras" "$out" >&2
-# Offline first: wheels from an earlier run usually satisfy everything. The project is named by
-# its wheel file, so an index can never substitute another package for it.
+# What the job images install, and (with --server) what the orchestrator image installs: the
+# third-party requirements of the project wheels, read from their metadata. The projects
+# themselves never come from an index, so no package of the same name can stand in for them.
+wheels=("$(wheel_of ironclaw_contract)" "$(wheel_of ironclaw_worker)" "$(wheel_of ironclaw_claude_bridge)")
+[[ $server -eq 1 ]] && wheels+=("$(wheel_of ironclaw_orchestrator)")
+requirements="$src/requirements.txt"
+"$PYTHON" - "$requirements" "${wheels[@]}" <<'PY'
+import re, sys, zipfile
+out, *wheels = sys.argv[1:]
+wanted_extras = {"custom-tools"}
+lines = []
+for path in wheels:
+    with zipfile.ZipFile(path) as wheel:
+        meta = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+        for line in wheel.read(meta).decode().splitlines():
+            if not line.startswith("Requires-Dist:"):
+                continue
+            requirement, _, marker = line.split(":", 1)[1].strip().partition(";")
+            extra = re.search(r"extra\s*==\s*[\"']([^\"']+)", marker)
+            if extra and extra.group(1) not in wanted_extras:
+                continue
+            if re.match(r"ironclaw[-_]", requirement.strip(), re.I):
+                continue
+            lines.append(requirement.strip())
+open(out, "w").write("\n".join(sorted(set(lines))) + "\n")
+PY
+printf 'build-wheels: dependency wheels -> %s\n' "$out" >&2
+# Offline first: wheels from an earlier run usually satisfy everything.
 if ! "${pip[@]}" wheel --quiet --no-index --find-links "$out" --wheel-dir "$out" \
-    "${project_wheel}[$extras]" >/dev/null 2>&1; then
-    "${pip[@]}" wheel --quiet --find-links "$out" --wheel-dir "$out" \
-        "${project_wheel}[$extras]" >&2
+    -r "$requirements" >/dev/null 2>&1; then
+    "${pip[@]}" wheel --quiet --find-links "$out" --wheel-dir "$out" -r "$requirements" >&2
 fi
 
 if [[ $claude -eq 1 ]]; then
@@ -96,4 +122,4 @@ if [[ $claude -eq 1 ]]; then
     fi
 fi
 
-printf '%s\n' "$project_wheel"
+printf '%s\n' "$out"

@@ -104,7 +104,7 @@ async def test_granted_credentials_reach_the_shell_and_the_worker_token_does_not
     expected = hashlib.sha256(GITHUB_VALUE.encode()).hexdigest()
     assert digest["output"].startswith(expected)  # the tool saw the real value
     # The worker is PID 1 and non-dumpable: its initial environment (token included) is unreadable.
-    assert "ironclaw worker" in pid1["output"]
+    assert "ironclaw-worker" in pid1["output"]
     assert environ["is_error"]
     assert "Permission denied" in environ["output"]
     everything = str(updates)

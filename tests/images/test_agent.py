@@ -33,8 +33,8 @@ def call(method, path, body=None):
 
 def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if len(sys.argv) > 1 and sys.argv[1] not in ("worker", "claude-bridge"):
-        print("usage: ironclaw worker", file=sys.stderr)
+    if len(sys.argv) > 1:
+        print("usage: ironclaw-worker (everything else comes from GET /job)", file=sys.stderr)
         return 2
     job = call("GET", "/job")
     words = job["task_description"].split()

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from ironclaw_contract.mcp_catalog import McpServerEntry, parse_entry
 from tests.conftest import ROOT
 from worker.tools.mcp import McpHost, namespaced_tool_name
-from worker.tools.mcp_config import McpServerEntry, parse_entry
 
 DEMO_SERVER = ROOT / "tests" / "fixtures" / "mcp" / "demo_server.py"
 SECRET = "s3cr3t-granted-value"

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ironclaw_contract.mcp_catalog import parse_entry
+from ironclaw_contract.wasm_catalog import parse_wasm_manifest
 from tests.conftest import ROOT
 from tests.fakes.fake_worker_api import FakeWorkerApi, text_answer, tool_answer, tool_call
-from worker.tools.mcp_config import parse_entry
 from worker.tools.registry import default_tools
-from worker.tools.wasm_manifest import parse_wasm_manifest
 
 DEMO_SERVER = ROOT / "tests" / "fixtures" / "mcp" / "demo_server.py"
 EXAMPLES = ROOT / "deploy" / "wasm-tools"

@@ -18,7 +18,12 @@ from bridge.runner import (
     writable_home,
 )
 from bridge.stream import SessionResult
-from bridge.tools import CLAUDE_TOOL_NAMES, UnknownToolError, map_tool_names, parse_tool_list
+from ironclaw_contract.claude import (
+    CLAUDE_TOOL_NAMES,
+    UnknownToolError,
+    map_tool_names,
+    parse_tool_list,
+)
 from orchestrator.settings import CLAUDE_TOOL_NAMES as ORCHESTRATOR_TOOL_NAMES
 
 # -- allowed tools ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_worker_container_is_hardened() -> None:
     assert spec.name == "ironclaw-worker-8c5c1f3e-0000-4000-8000-000000000001"
     s = spec
     assert s.image == "ironclaw-worker:latest"
-    assert s.command == ("worker",)
+    assert s.command == ()  # the image's entrypoint, ironclaw-worker
     assert s.cap_drop == ("ALL",)
     assert s.cap_add == ("CHOWN",)
     assert s.security_opt == ("no-new-privileges:true",)
@@ -86,7 +86,7 @@ def test_claude_container_gets_the_orchestrator_route_and_the_job_token_as_key()
     env = spec.env
     assert spec.name.startswith("ironclaw-claude-")
     assert spec.image == "ironclaw-claude:latest"
-    assert spec.command[0] == "claude-bridge"
+    assert spec.command[0] == "--job-id"
     assert env["ANTHROPIC_BASE_URL"] == (
         "http://host.docker.internal:50052/worker/8c5c1f3e-0000-4000-8000-000000000001/anthropic"
     )

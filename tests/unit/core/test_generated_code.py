@@ -18,5 +18,5 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     )
     for name in GENERATED:
         fresh = (tmp_path / "orchestrator/api/v1" / name).read_text()
-        committed = (ROOT / "orchestrator/api/v1" / name).read_text()
+        committed = (ROOT / "orchestrator/src/orchestrator/api/v1" / name).read_text()
         assert fresh == committed, f"orchestrator/api/v1/{name} is stale: run `make protos`"

@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, ROOT
-from worker.tools import ToolContext, ToolRegistry, default_tools, tool_environment
-from worker.tools import wasm as wasm_module
-from worker.tools.wasm import WasmOutcome, WasmToolRunner, build_wasm_tools, compile_wasm_tools
-from worker.tools.wasm_manifest import (
+from ironclaw_contract.wasm_catalog import (
     WasmLimits,
     WasmToolManifest,
     WorkspaceAccess,
     parse_wasm_manifest,
 )
+from tests.conftest import IN_CI, ROOT
+from worker.tools import ToolContext, ToolRegistry, default_tools, tool_environment
+from worker.tools import wasm as wasm_module
+from worker.tools.wasm import WasmOutcome, WasmToolRunner, build_wasm_tools, compile_wasm_tools
 
 FIXTURES = ROOT / "tests" / "fixtures" / "wasm"
 WORD_COUNT_MANIFEST = ROOT / "deploy" / "wasm-tools" / "word-count.json"

@@ -1,4 +1,4 @@
-"""`ironclaw worker` configuration, and the job metadata the agent relies on."""
+"""`ironclaw-worker` configuration, and the job metadata the agent relies on."""
 
 from __future__ import annotations
 

@@ -1,0 +1,145 @@
+"""The worker HTTP API as both sides see it: paths, the JSON shapes, the bounds, the codes.
+
+The orchestrator serves these routes (and validates their bodies with pydantic models that a
+test holds equal to the shapes here); the worker and the bridge call them. Every refusal that
+the caller must act on carries a machine-readable ``refusal`` code in the error body, so no side
+ever matches the other's English.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, Literal, NotRequired, TypedDict
+
+# ---- paths --------------------------------------------------------------------------------
+
+HEALTH: Final = "/health"
+OPENAPI: Final = "/openapi.json"
+JOB_PREFIX: Final = "/worker/{job_id}"
+
+JOB: Final = "job"
+CREDENTIALS: Final = "credentials"
+TOOLS: Final = "tools"
+STATUS: Final = "status"
+EVENT: Final = "event"
+PROMPT: Final = "prompt"
+COMPLETE: Final = "complete"
+LLM_COMPLETE: Final = "llm/complete"
+LLM_COMPLETE_WITH_TOOLS: Final = "llm/complete_with_tools"
+# The Anthropic Messages API of a Claude Code job (the CLI's ANTHROPIC_BASE_URL).
+ANTHROPIC: Final = "anthropic"
+ANTHROPIC_MESSAGES: Final = "anthropic/v1/messages"
+ANTHROPIC_COUNT_TOKENS: Final = "anthropic/v1/messages/count_tokens"
+
+
+def job_route(job_id: str, route: str) -> str:
+    """The path of one of a job's routes: ``job_route(id, STATUS)`` → ``/worker/<id>/status``."""
+    return f"/worker/{job_id}/{route}"
+
+
+# ---- bounds both sides apply (the client before sending, the server on receipt) -----------
+
+MAX_STATUS_CHARS: Final = 10_000
+MAX_EVENT_STRING_CHARS: Final = 16_000
+# The whole event (its JSON), and the details of /complete: bytes, not only string lengths.
+MAX_EVENT_JSON_BYTES: Final = 64_000
+MAX_COMPLETE_DETAILS_BYTES: Final = 64_000
+MAX_COMPLETE_MESSAGE_CHARS: Final = 64_000
+MAX_JSON_DEPTH: Final = 64
+
+EventType = Literal["message", "tool_use", "tool_result", "reasoning", "status"]
+EVENT_TYPES: Final = ("message", "tool_use", "tool_result", "reasoning", "status")
+
+# ---- errors -------------------------------------------------------------------------------
+
+
+class Refusal(enum.StrEnum):
+    """Why the orchestrator refused a call it understood: the ``refusal`` field of an error
+    body (and, for LLM calls, of ``GET /job``'s ``llm_refusal`` once one happened)."""
+
+    CALL_BUDGET = "call_budget_exhausted"
+    TOKEN_BUDGET = "token_budget_exhausted"  # noqa: S105 - a code, not a secret
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    # Too many status lines or events in a short time: wait (Retry-After) and send again.
+    RATE_LIMITED = "rate_limited"
+
+
+# Refusals that end an agent's work: it cannot make another model call.
+LLM_REFUSALS: Final = frozenset(
+    {Refusal.CALL_BUDGET, Refusal.TOKEN_BUDGET, Refusal.MODEL_NOT_ALLOWED}
+)
+
+
+class ErrorBody(TypedDict):
+    """Every error answer: ``{"error": <code>, "message": <for a person>, "refusal"?}``."""
+
+    error: str
+    message: str
+    refusal: NotRequired[str]
+
+
+class FailureReason(enum.StrEnum):
+    """``details.reason`` of a failed ``/complete``: how the agent says why it gave up. The
+    orchestrator types the job's end from it (``budget_exceeded`` → BUDGET_EXCEEDED,
+    ``deadline`` → TIMED_OUT, anything else → FAILED)."""
+
+    BUDGET_EXCEEDED = "budget_exceeded"
+    DEADLINE = "deadline"
+    MAX_ITERATIONS = "max_iterations"
+    MAX_TURNS = "max_turns"
+    TOKEN_REJECTED = "token_rejected"  # noqa: S105 - a code, not a secret
+    ORCHESTRATOR_UNREACHABLE = "orchestrator_unreachable"
+    CLAUDE_ERROR = "claude_error"
+    CLAUDE_EXIT = "claude_exit"
+    INVALID_CONFIG = "invalid_config"
+    CRASH = "crash"
+
+
+# ---- GET /job: everything about the job but its identity ---------------------------------
+
+
+class JobLimitsInfo(TypedDict):
+    max_iterations: int
+    timeout_seconds: int
+    memory_mb: int
+    llm_token_budget: int  # 0: unlimited
+    llm_call_budget: int  # 0: unlimited
+    llm_max_tokens_per_call: int
+
+
+class ClaudeInfo(TypedDict):
+    """How a Claude Code job's CLI runs: flags, and the Anthropic endpoint it talks to."""
+
+    model: str
+    max_turns: int
+    allowed_tools: list[str]
+    # alias → model id, exported as ANTHROPIC_DEFAULT_<ALIAS>_MODEL for the CLI.
+    model_aliases: dict[str, str]
+    # ANTHROPIC_BASE_URL of the CLI: the job's own route on the worker API (or, when the
+    # operator opted into the key in the container, the upstream's, None for Anthropic's).
+    base_url: str | None
+    # ANTHROPIC_API_KEY of the CLI: a per-job key that opens only the job's LLM routes (or the
+    # operator's own credential, when opted in).
+    api_key: str | None
+    oauth_token: str | None
+
+
+class JobInfo(TypedDict):
+    job_id: str
+    task_description: str
+    project_dir: str
+    mode: Literal["worker", "claude-code"]
+    max_iterations: int
+    deadline: str | None  # ISO 8601, UTC
+    wait_for_prompts: bool
+    # grant name → the env name the tools see it under.
+    credential_env: dict[str, str]
+    claude_max_turns: int | None
+    claude_model: str | None
+    claude_allowed_tools: list[str] | None
+    limits: JobLimitsInfo
+    claude: ClaudeInfo | None
+    mcp_servers: list[str]
+    wasm_tools: list[str]
+    # The last LLM refusal of the job (a Refusal value), or None.
+    llm_refusal: str | None

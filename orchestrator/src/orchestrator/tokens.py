@@ -1,0 +1,136 @@
+"""Per-job bearer tokens and the credentials granted to each job.
+
+A token is ``irc_`` + 32 bytes from the OS CSPRNG, URL-safe. Only its SHA-256 digest is kept, in
+a dict keyed by job id: validation is one dict lookup (O(1) however many jobs are live) and one
+constant-time comparison of digests, and the token is bound to its job by construction (a token
+of job A checked against job B compares against B's digest and fails).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+from collections.abc import Iterable, Mapping
+
+from ironclaw_contract.env_names import GRANT_NAME_PATTERN, default_env_name, env_name_problem
+from orchestrator.errors import InvalidArgument
+from orchestrator.jobs.models import CredentialGrant
+from orchestrator.secrets import Secret
+
+TOKEN_PREFIX = "irc_"  # noqa: S105 - a prefix, not a secret
+_TOKEN_BYTES = 32
+# A credential is a token, a key or a small file (a kubeconfig, a PEM key): 64 KiB is ample.
+MAX_CREDENTIAL_BYTES = 64 * 1024
+CREDENTIAL_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+
+
+def token_digest(token: str) -> bytes:
+    """The SHA-256 digest under which a token is stored (and persisted)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def validate_grant(name: str, credential_type: str, value: str, env_name: str) -> CredentialGrant:
+    """Checks a grant's names and returns it with its env name filled in.
+
+    Raises InvalidArgument; the message names the grant, never its value.
+    """
+    if not GRANT_NAME_PATTERN.fullmatch(name):
+        raise InvalidArgument(
+            f"credential name {name[:64]!r} is invalid: use lowercase letters, digits, '_' or '-'"
+            " (start with a letter, at most 64)"
+        )
+    if not value:
+        raise InvalidArgument(f"credential {name!r} has an empty value")
+    if "\x00" in value:
+        raise InvalidArgument(f"credential {name!r}: its value holds a NUL byte")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_CREDENTIAL_BYTES:
+        raise InvalidArgument(
+            f"credential {name!r}: its value is longer than {MAX_CREDENTIAL_BYTES} bytes"
+        )
+    if credential_type and not CREDENTIAL_TYPE_PATTERN.fullmatch(credential_type):
+        raise InvalidArgument(
+            f"credential {name!r}: type {credential_type[:64]!r} must be 1-64 lowercase "
+            "letters, digits, '_', '.' or '-'"
+        )
+    env = env_name or default_env_name(name)
+    problem = env_name_problem(env)
+    if problem:
+        raise InvalidArgument(f"credential {name!r}: env name {env[:128]!r} {problem}")
+    return CredentialGrant(
+        name=name, credential_type=credential_type or "api_token", value=Secret(value), env_name=env
+    )
+
+
+def validate_grants(grants: Iterable[CredentialGrant]) -> tuple[CredentialGrant, ...]:
+    """Validates every grant and refuses duplicate names or env names."""
+    checked: list[CredentialGrant] = []
+    names: set[str] = set()
+    envs: set[str] = set()
+    for grant in grants:
+        valid = validate_grant(
+            grant.name, grant.credential_type, grant.value.reveal(), grant.env_name
+        )
+        if valid.name in names:
+            raise InvalidArgument(f"credential {valid.name!r} is granted twice")
+        if valid.env_name in envs:
+            raise InvalidArgument(f"env name {valid.env_name} is used by two credentials")
+        names.add(valid.name)
+        envs.add(valid.env_name)
+        checked.append(valid)
+    return tuple(checked)
+
+
+class TokenStore:
+    """Issues, validates and revokes per-job tokens, and holds each job's credential grants."""
+
+    def __init__(self) -> None:
+        self._digests: dict[str, bytes] = {}
+        self._grants: dict[str, tuple[CredentialGrant, ...]] = {}
+        # The HTTP API validates on the event loop while the manager may revoke from callbacks;
+        # dict operations are atomic, the lock only keeps create/revoke pairs consistent.
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TokenStore(live_tokens={len(self._digests)})"
+
+    def create_token(self, job_id: str, grants: Iterable[CredentialGrant] = ()) -> str:
+        """Mints the job's token (replacing any earlier one) and stores its grants."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
+        with self._lock:
+            self._digests[job_id] = token_digest(token)
+            self._grants[job_id] = tuple(grants)
+        return token
+
+    def adopt_digest(
+        self, job_id: str, digest: bytes, grants: Iterable[CredentialGrant] = ()
+    ) -> None:
+        """Restores a job's token from its stored digest (after an orchestrator restart)."""
+        with self._lock:
+            self._digests[job_id] = digest
+            self._grants[job_id] = tuple(grants)
+
+    def validate(self, job_id: str, token: str) -> bool:
+        """True only if ``token`` is the live token of exactly ``job_id``."""
+        expected = self._digests.get(job_id)
+        if expected is None or not token.startswith(TOKEN_PREFIX):
+            return False
+        return hmac.compare_digest(expected, token_digest(token))
+
+    def revoke(self, job_id: str) -> bool:
+        """Kills the job's token and forgets its grants at once; True if one was live."""
+        with self._lock:
+            self._grants.pop(job_id, None)
+            return self._digests.pop(job_id, None) is not None
+
+    def is_live(self, job_id: str) -> bool:
+        return job_id in self._digests
+
+    def grants(self, job_id: str) -> tuple[CredentialGrant, ...]:
+        return self._grants.get(job_id, ())
+
+    def credentials_for(self, job_id: str) -> Mapping[str, str]:
+        """``{name: value}`` of the job's grants, for the job's own token only."""
+        return {grant.name: grant.value.reveal() for grant in self.grants(job_id)}
