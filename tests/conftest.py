@@ -25,6 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # several sessions share the engine.
 TEST_INSTANCE_PREFIX = f"test-{uuid.uuid4().hex[:8]}-"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The tag of every image the tests build and run (deploy/scripts/build-images.sh reads it too):
+# checkouts sharing one engine never run each other's images.
+IMAGE_TAG = os.environ.get("IRONCLAW_IMAGE_TAG", "latest")
+_IMAGE_REPOSITORIES = {
+    "worker": "ironclaw-worker",
+    "claude": "ironclaw-claude",
+    "orchestrator": "ironclaw-orchestrator",
+    "test": "ironclaw-test-agent",
+}
+
+
+def image_name(target: str) -> str:
+    """The image build-images.sh makes for ``target`` (worker, claude, orchestrator, test)."""
+    return f"{_IMAGE_REPOSITORIES[target]}:{IMAGE_TAG}"
 
 
 def _docker_client() -> Any:
@@ -73,13 +87,13 @@ def build_image(target: str) -> None:
 @pytest.fixture(scope="session")
 def test_agent_image(docker_engine: Any) -> str:
     build_image("test")
-    return "ironclaw-test-agent:latest"
+    return image_name("test")
 
 
 @pytest.fixture(scope="session")
 def worker_image(docker_engine: Any) -> str:
     build_image("worker")
-    return "ironclaw-worker:latest"
+    return image_name("worker")
 
 
 @pytest.fixture
@@ -106,6 +120,8 @@ def make_settings(base_dir: Path, test_instance: str) -> Callable[..., Any]:
             "STOP_GRACE_S": "2",
             "LOG_FORMAT": "console",
             "METRICS_PORT": "0",  # a free port: tests run side by side
+            "WORKER_IMAGE": image_name("worker"),
+            "CLAUDE_CODE_IMAGE": image_name("claude"),
         }
         env.update({k: v for k, v in overrides.items() if k.isupper()})
         settings = Settings.from_env(env)

@@ -8,13 +8,16 @@
 #   test          ironclaw-test-agent:latest    tests/images/Dockerfile.test-agent
 #   --force       rebuild even when the image is up to date
 #
+# IRONCLAW_IMAGE_TAG (default latest) replaces the tag of every image: several checkouts that
+# share one engine (a test run of each) then never run each other's images.
+#
 # An image is up to date when its label ironclaw.source-hash matches the sha256 over the files
 # that go into it (the distributions it installs, .dockerignore and its Dockerfile) and its layers start with those of the current base image. Anything else
 # triggers a rebuild, so callers (tests, make) can run this every time; an unchanged image
 # costs a few `docker image inspect` calls. Base image: bootstrap-base-image.sh.
 set -euo pipefail
 
-usage() { sed -n '4,10s/^# \{0,1\}//p' "$0" >&2; }
+usage() { sed -n '4,13s/^# \{0,1\}//p' "$0" >&2; }
 
 SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$SCRIPTS/../.." && pwd)
@@ -94,6 +97,14 @@ build() {
     docker image prune --force --filter "label=ironclaw.build-stage" >/dev/null 2>&1 || true
 }
 
+TAG=${IRONCLAW_IMAGE_TAG:-latest}
+if [[ ! "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
+    log "IRONCLAW_IMAGE_TAG=$TAG is not a valid image tag"
+    exit 2
+fi
+WORKER=ironclaw-worker:$TAG CLAUDE=ironclaw-claude:$TAG
+ORCHESTRATOR=ironclaw-orchestrator:$TAG TEST_AGENT=ironclaw-test-agent:$TAG
+
 BASE=$("$SCRIPTS/bootstrap-base-image.sh" | tail -n 1)
 log "base image: $BASE"
 
@@ -106,11 +117,11 @@ SERVICE_SOURCES=(contract orchestrator .dockerignore)
 build_worker=0 build_orchestrator=0
 if (( want_worker || want_claude )); then
     worker_hash=$(source_hash "${JOB_SOURCES[@]}" Dockerfile.worker)
-    needs_build ironclaw-worker:latest "$worker_hash" "$BASE" && build_worker=1
+    needs_build $WORKER "$worker_hash" "$BASE" && build_worker=1
 fi
 if (( want_orchestrator )); then
     orchestrator_hash=$(source_hash "${SERVICE_SOURCES[@]}" Dockerfile.orchestrator)
-    needs_build ironclaw-orchestrator:latest "$orchestrator_hash" "$BASE" \
+    needs_build $ORCHESTRATOR "$orchestrator_hash" "$BASE" \
         && build_orchestrator=1
 fi
 
@@ -123,23 +134,23 @@ fi
 # The Claude Code image is built FROM the worker image, so the worker comes first.
 if (( want_worker || want_claude )); then
     if (( build_worker )); then
-        build ironclaw-worker:latest Dockerfile.worker "$worker_hash" \
+        build $WORKER Dockerfile.worker "$worker_hash" \
             --build-arg "BASE_IMAGE=$BASE"
     else
-        log "ironclaw-worker:latest is up to date"
+        log "$WORKER is up to date"
     fi
 fi
 
 if (( want_claude )); then
     if [[ -f Dockerfile.claude ]]; then
         claude_hash=$(source_hash "${JOB_SOURCES[@]}" bridge Dockerfile.claude)
-        if needs_build ironclaw-claude:latest "$claude_hash" ironclaw-worker:latest; then
+        if needs_build $CLAUDE "$claude_hash" $WORKER; then
             # The pinned claude-agent-sdk wheel (the CLI), downloaded once into build/wheels.
             "$SCRIPTS/build-wheels.sh" --claude build/wheels >/dev/null
-            build ironclaw-claude:latest Dockerfile.claude "$claude_hash" \
-                --build-arg "BASE_IMAGE=$BASE" --build-arg "WORKER_IMAGE=ironclaw-worker:latest"
+            build $CLAUDE Dockerfile.claude "$claude_hash" \
+                --build-arg "BASE_IMAGE=$BASE" --build-arg "WORKER_IMAGE=$WORKER"
         else
-            log "ironclaw-claude:latest is up to date"
+            log "$CLAUDE is up to date"
         fi
     else
         log "Claude Code image: not built by this script yet (no Dockerfile.claude)"
@@ -148,19 +159,19 @@ fi
 
 if (( want_orchestrator )); then
     if (( build_orchestrator )); then
-        build ironclaw-orchestrator:latest Dockerfile.orchestrator "$orchestrator_hash" \
+        build $ORCHESTRATOR Dockerfile.orchestrator "$orchestrator_hash" \
             --build-arg "BASE_IMAGE=$BASE"
     else
-        log "ironclaw-orchestrator:latest is up to date"
+        log "$ORCHESTRATOR is up to date"
     fi
 fi
 
 if (( want_test )); then
     test_hash=$(source_hash tests/images/Dockerfile.test-agent tests/images/test_agent.py)
-    if needs_build ironclaw-test-agent:latest "$test_hash" "$BASE"; then
-        build ironclaw-test-agent:latest tests/images/Dockerfile.test-agent "$test_hash" \
+    if needs_build $TEST_AGENT "$test_hash" "$BASE"; then
+        build $TEST_AGENT tests/images/Dockerfile.test-agent "$test_hash" \
             --build-arg "BASE_IMAGE=$BASE"
     else
-        log "ironclaw-test-agent:latest is up to date"
+        log "$TEST_AGENT is up to date"
     fi
 fi

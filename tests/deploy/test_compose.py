@@ -23,7 +23,7 @@ import pytest
 from orchestrator.api.v1 import jobs_pb2 as pb
 from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.containers.docker_backend import DockerBackend
-from tests.conftest import ROOT, build_image
+from tests.conftest import image_name, ROOT, build_image
 
 pytestmark = pytest.mark.docker
 
@@ -77,6 +77,9 @@ def test_compose_deployment_serves_health_and_runs_the_demo_job(
         "LLM_PROVIDER": "scripted",
         "LLM_SCRIPT": str(base_on_host / "fix-the-tests.yaml"),
         "STOP_GRACE_S": "2",
+        "IRONCLAW_ORCHESTRATOR_IMAGE": image_name("orchestrator"),
+        "WORKER_IMAGE": image_name("worker"),
+        "CLAUDE_CODE_IMAGE": image_name("claude"),
     }
     project_name = f"ictest{uuid.uuid4().hex[:8]}"
     compose = [*_compose_command(), "-p", project_name, "-f", str(COMPOSE_FILE)]

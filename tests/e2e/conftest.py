@@ -132,6 +132,8 @@ def custom_worker_image(docker_engine: Any, worker_image: str) -> str:
             "build",
             "--label",
             f"{PARENT_LABEL}={parent_id}",
+            "--build-arg",
+            f"WORKER_IMAGE={worker_image}",
             "-f",
             str(CUSTOM_DOCKERFILE),
             "-t",

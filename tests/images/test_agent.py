@@ -33,9 +33,7 @@ def call(method, path, body=None):
 
 def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if len(sys.argv) > 1:
-        print("usage: ironclaw-worker (everything else comes from GET /job)", file=sys.stderr)
-        return 2
+    # Arguments are ignored: the job comes from GET /job (a Claude-mode spec may pass flags).
     job = call("GET", "/job")
     words = job["task_description"].split()
     action = words[0] if words else "sleep"
