@@ -23,7 +23,7 @@ import pytest
 from orchestrator.api.v1 import jobs_pb2 as pb
 from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.containers.docker_backend import DockerBackend
-from tests.conftest import image_name, ROOT, build_image
+from tests.conftest import ROOT, build_image, image_name
 
 pytestmark = pytest.mark.docker
 
