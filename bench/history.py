@@ -14,7 +14,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from orchestrator.jobs.models import (
+from orchestrator.domain.jobs import (
     JobLimits,
     JobMode,
     JobResult,
@@ -24,8 +24,8 @@ from orchestrator.jobs.models import (
     TerminalReason,
     UpdateKind,
 )
+from orchestrator.jobs.persistence import record_to_json
 from orchestrator.jobs.record import JobRecord, utcnow
-from orchestrator.store.codec import record_to_json
 from orchestrator.store.sqlite_store import SqliteJobStore
 
 LIMITS = JobLimits(

@@ -34,8 +34,8 @@ from bench.procs import announce_ready, emit
 from orchestrator.containers.backend import ContainerBackend, ContainerSpec
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.spec import LABEL_JOB_ID
+from orchestrator.domain.jobs import CreateJobRequest, JobSnapshot, UpdateKind
 from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import CreateJobRequest, JobSnapshot, UpdateKind
 from orchestrator.jobs.record import JobRecord
 from orchestrator.logging import configure_logging
 from orchestrator.service import Orchestrator, start_orchestrator

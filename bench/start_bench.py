@@ -36,7 +36,7 @@ from bench.stats import summarize
 from orchestrator.containers.backend import ContainerSpec
 from orchestrator.containers.docker_backend import host_config_arguments
 from orchestrator.containers.spec import LABEL_INSTANCE, build_container_spec
-from orchestrator.jobs.models import JobLimits, JobMode
+from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.jobs.projects import create_job_project_dir
 from orchestrator.jobs.record import utcnow
 from orchestrator.settings import Settings

@@ -348,7 +348,7 @@ def _verify_store(
     path: Path, jobs: list[dict[str, str]], before: list[int], expected: list[_Expected]
 ) -> dict[str, Any]:
     """The same check on what the orchestrator left in its store once stopped."""
-    from orchestrator.jobs.models import UpdateKind
+    from orchestrator.domain.jobs import UpdateKind
     from orchestrator.store.sqlite_store import SqliteJobStore
 
     store = SqliteJobStore(path, history_limit=HISTORY_LIMIT)

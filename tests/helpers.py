@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from orchestrator.jobs.models import JobLimits, JobMode
+from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.jobs.record import JobRecord, utcnow
 
 

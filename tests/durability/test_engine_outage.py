@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from orchestrator.containers.docker_backend import DockerBackend
+from orchestrator.domain.jobs import CreateJobRequest, JobState, TerminalReason
 from orchestrator.errors import EngineUnavailable
-from orchestrator.jobs.models import CreateJobRequest, JobState, TerminalReason
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.docker

@@ -263,7 +263,7 @@ def test_the_store_of_a_crashed_writer_opens_cleanly(tmp_path: Path) -> None:
         f"""
         import asyncio, os
         from datetime import UTC, datetime
-        from orchestrator.jobs.models import JobUpdate, UpdateKind
+        from orchestrator.domain.jobs import JobUpdate, UpdateKind
         from orchestrator.store.sqlite_store import SqliteJobStore
         async def main():
             store = SqliteJobStore(__import__("pathlib").Path({str(db)!r}))
@@ -284,7 +284,7 @@ def test_the_store_of_a_crashed_writer_opens_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 9
     from orchestrator.store.sqlite_store import SqliteJobStore
 
-    rows = SqliteJobStore(db).load(history_limit=1000)
+    rows = SqliteJobStore(db).load_unfinished(history_limit=1000)
     assert len(rows) == 1
     assert rows[0].token_digest == b"digest"
     sequences = [u.sequence for u in rows[0].updates]

@@ -254,7 +254,7 @@ async def test_cli_logs_prompt_stop_and_cleanup(orch: Any) -> None:
 
 
 async def test_stream_logs_follows_until_the_container_ends(orch: Any) -> None:
-    from orchestrator.jobs.models import CreateJobRequest
+    from orchestrator.domain.jobs import CreateJobRequest
 
     created = await orch.manager.create_job(CreateJobRequest(task="sleep"))
     job_id = created.job.job_id

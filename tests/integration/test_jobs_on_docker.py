@@ -171,7 +171,7 @@ async def test_watch_streams_snapshot_then_every_change_until_the_result(
 async def test_two_jobs_have_distinct_tokens_bound_to_their_job(
     start_orch: Any, make_settings: Any, test_agent_image: str
 ) -> None:
-    from orchestrator.jobs.models import CreateJobRequest
+    from orchestrator.domain.jobs import CreateJobRequest
 
     orch = await start_orch(make_settings(WORKER_IMAGE=test_agent_image))
     a = await orch.manager.create_job(CreateJobRequest(task="sleep"))

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.api.v1 import jobs_pb2 as pb
 from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
-from orchestrator.jobs.models import CreateJobRequest, JobState
+from orchestrator.domain.jobs import CreateJobRequest, JobState
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.docker
@@ -223,9 +223,9 @@ async def test_usage_sums_match_the_jobs_usage(
     b = (await manager.create_job(CreateJobRequest(task="sleep"))).job.job_id
     for job_id, calls in ((a, [(10, 5), (20, 7)]), (b, [(7, 3)])):
         for input_tokens, output_tokens in calls:
-            manager.begin_llm_call(job_id)
-            manager.record_llm_usage(job_id, input_tokens, output_tokens)
-    manager.complete_job(a, True, "done")
+            held = manager.ledger.reserve(job_id, request_bytes=100, max_tokens=None)
+            manager.ledger.settle(held, input_tokens, output_tokens)
+    await manager.complete_job(a, True, "done")
     await manager.stop_job(b)
 
     env = {"IRONCLAW_ORCHESTRATOR": f"127.0.0.1:{orch.grpc_port}"}

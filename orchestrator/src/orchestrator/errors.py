@@ -69,6 +69,12 @@ class JobNotFound(OrchestratorError):
         self.job_id = job_id
 
 
+class AlreadyExists(OrchestratorError):
+    """The request would create something whose name is taken for good."""
+
+    kind = ErrorKind.ALREADY_EXISTS
+
+
 class FailedPrecondition(OrchestratorError):
     """The request is valid but the system is not in a state that allows it."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,6 @@ from aiohttp import web
 
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
-from orchestrator.containers.host_paths import verify_projects_dir_on_host
 from orchestrator.errors import EngineUnavailable
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
 from orchestrator.http_api.app import build_app, start_worker_api
@@ -106,8 +104,8 @@ async def start_orchestrator(
     """Starts everything; ports default to the settings (0 picks free ones, for tests)."""
     backend = backend or DockerBackend()
     metrics = Metrics.for_settings(settings) if settings.metrics_enabled else None
-    if metrics is not None and isinstance(backend, DockerBackend):
-        backend.on_error = metrics.docker_error
+    if metrics is not None:
+        backend.report_errors_to(metrics.docker_error)
     try:
         await backend.ping()
     except EngineUnavailable as exc:
@@ -125,8 +123,8 @@ async def start_orchestrator(
         wasm_tools=wasm_tools,
     )
     http_host = await resolve_http_bind(settings, backend)
-    if isinstance(backend, DockerBackend):
-        await verify_projects_dir_on_host(settings.projects_dir)
+    await backend.check_host_paths(settings.projects_dir)
+    # Without persistence the manager keeps its ended jobs in a temporary store of its own.
     store = SqliteJobStore(settings.store_path) if settings.persist else None
     sealer = GrantSealer(settings.secrets_key) if settings.secrets_key else None
     manager = ContainerJobManager(
@@ -140,9 +138,6 @@ async def start_orchestrator(
         catalog=catalog,
     )
     manager.restore()
-    # The restored history is long-lived and mostly immutable: moving it out of the collector's
-    # generations keeps full collections (hundreds of ms with 10,000 jobs) off the event loop.
-    gc.freeze()
     proxy = LlmProxy(settings, provider, manager, metrics=metrics)
     port = settings.http_port if http_port is None else http_port
     runner, bound_port = await start_worker_api(build_app(manager, proxy, metrics), http_host, port)

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from ironclaw_contract.env_names import GRANT_NAME_PATTERN, default_env_name, env_name_problem
+from orchestrator.domain.jobs import CredentialGrant
 from orchestrator.errors import InvalidArgument
-from orchestrator.jobs.models import CredentialGrant
 from orchestrator.secrets import Secret
 
 TOKEN_PREFIX = "irc_"  # noqa: S105 - a prefix, not a secret

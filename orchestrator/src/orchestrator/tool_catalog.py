@@ -29,8 +29,8 @@ from ironclaw_contract.mcp_catalog import (
     parse_catalog,
 )
 from ironclaw_contract.wasm_catalog import MAX_MODULE_BYTES, WasmToolManifest, parse_wasm_manifest
+from orchestrator.domain.jobs import GrantedTools
 from orchestrator.errors import ConfigError, FailedPrecondition, InvalidArgument
-from orchestrator.jobs.models import GrantedTools
 from orchestrator.logging import get_logger
 
 log = get_logger(__name__)

@@ -194,16 +194,20 @@ async def test_a_budget_exhausted_mid_session_ends_the_job_budget_exceeded(claud
     upstream = running.upstream
     for step in ("one", "two", "three"):
         upstream.enqueue_tool_use(
-            "Bash", {"command": f"echo {step} >> steps.txt"}, input_tokens=10, output_tokens=5
+            "Bash", {"command": f"echo {step} >> steps.txt"}, input_tokens=8000, output_tokens=100
         )
-    job = await create(running.stub, "Count", mode=CLAUDE, limits=pb.JobLimits(llm_token_budget=30))
+    # Each of the CLI's requests (about 15 KB) holds its bytes, the ledger's overhead and some
+    # output on the budget: after two calls of 8,100 tokens the third cannot fit.
+    budget = 28_000
+    limits = pb.JobLimits(llm_token_budget=budget)
+    job = await create(running.stub, "Count", mode=CLAUDE, limits=limits)
     final = await wait_terminal(running.stub, job.job_id, timeout=90)
     assert final.state == pb.JOB_STATE_FAILED
     assert final.result.reason == pb.TERMINAL_REASON_BUDGET_EXCEEDED
     # The CLI got the clean error, and said so in its result.
-    assert "LLM token budget exhausted: 30 of 30 tokens used" in final.result.message
+    assert f"LLM token budget exhausted: 16200 of {budget} tokens used" in final.result.message
     assert _details(final)["reason"] == "budget_exceeded"
-    assert final.usage.input_tokens + final.usage.output_tokens == 30
+    assert final.usage.input_tokens + final.usage.output_tokens == 16200
     worked = [
         (e.event_type, e.data.get("tool_name"))
         for e in events(await history(running.stub, job.job_id))

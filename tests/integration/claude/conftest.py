@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from orchestrator.jobs.models import CreateJobRequest, JobLimitOverrides, JobMode
+from orchestrator.domain.jobs import CreateJobRequest, JobLimitOverrides, JobMode
 from tests.conftest import IN_CI, ROOT
 from tests.fakes.fake_anthropic import FakeAnthropic, ReceivedRequest
 

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from orchestrator.api.v1 import jobs_pb2 as pb
 from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
-from orchestrator.jobs.models import JobLimitOverrides, JobMode
+from orchestrator.domain.jobs import JobLimitOverrides, JobMode
 from tests.fakes.fake_anthropic import ErrorReply, anthropic_error_body
 from tests.helpers import wait_for
 from tests.integration.claude.conftest import UPSTREAM_KEY, ClaudeRoute, RecordingAnthropic
@@ -134,21 +134,32 @@ async def test_json_answers_bearer_tokens_aliases_and_clamped_max_tokens(
     assert _usage(route, job.job_id) == (1, 15, 8)
 
 
-async def test_count_tokens_is_forwarded_but_not_counted(
+async def test_count_tokens_is_forwarded_and_counts_as_a_call(
     route_for: Any, upstream: RecordingAnthropic
 ) -> None:
     route: ClaudeRoute = await route_for(upstream.url)
-    job = await route.create()
+    job = await route.create(limits=JobLimitOverrides(llm_call_budget=1))
+    counting = {"model": "claude-sonnet-5-5", "messages": [{"role": "user", "content": "hi"}]}
     async with route.session.post(
         route.url(job.job_id, "v1/messages/count_tokens?beta=true"),
         headers=route.headers(job.token),
-        json={"model": "claude-sonnet-5-5", "messages": [{"role": "user", "content": "hi"}]},
+        json=counting,
     ) as response:
         body = await response.json()
     assert response.status == 200
     assert body["input_tokens"] > 0
     assert upstream.last.path == "/v1/messages/count_tokens"
-    assert _usage(route, job.job_id) == (0, 0, 0)
+    # Free upstream, but a call: with the job's one call used, the next is refused here.
+    assert _usage(route, job.job_id) == (1, 0, 0)
+    sent = len(upstream.requests)
+    async with route.session.post(
+        route.url(job.job_id, "v1/messages/count_tokens?beta=true"),
+        headers=route.headers(job.token),
+        json=counting,
+    ) as response:
+        assert response.status == 429
+        assert response.headers["x-should-retry"] == "false"
+    assert len(upstream.requests) == sent
 
 
 async def test_the_job_token_is_required_and_bound_to_its_job(

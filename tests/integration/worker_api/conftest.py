@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator.jobs.models import (
+from orchestrator.domain.jobs import (
     CreateJobRequest,
     CredentialGrant,
     JobLimitOverrides,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.jobs.models import CreateJobRequest, CredentialGrant, JobState
+from orchestrator.domain.jobs import CreateJobRequest, CredentialGrant, JobState
 from orchestrator.secrets import Secret
 
 pytestmark = pytest.mark.docker

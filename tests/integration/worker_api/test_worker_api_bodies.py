@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.jobs.models import CreateJobRequest, JobState
+from orchestrator.domain.jobs import CreateJobRequest, JobState
 
 pytestmark = pytest.mark.docker
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.jobs.models import JobLimitOverrides, JobState, TerminalReason
+from orchestrator.domain.jobs import JobLimitOverrides, JobState, TerminalReason
+from orchestrator.jobs.ledger import OVERHEAD_TOKENS
 from tests.fakes.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.docker
@@ -315,17 +316,22 @@ async def test_call_budget_exhausted_is_429_with_the_numbers(
 async def test_token_budget_exhausted_is_429_and_types_a_later_failure(
     api: Any, shared_orch: Any, jobs: Any, openai_fake: Any
 ) -> None:
-    job = await jobs.create(shared_orch, limits=JobLimitOverrides(llm_token_budget=20))
-    openai_fake.enqueue_text("2 + 2 = 4", prompt_tokens=15, completion_tokens=8)
+    # Room for one call's worst case (its request's bytes, the ledger's overhead, some output).
+    budget = OVERHEAD_TOKENS + 300
+    job = await jobs.create(shared_orch, limits=JobLimitOverrides(llm_token_budget=budget))
+    openai_fake.enqueue_text("2 + 2 = 4", prompt_tokens=900, completion_tokens=100)
 
-    # The call that crosses the budget completes; the next one is refused.
-    crossing = await api.call(job, "POST", "llm/complete", {"messages": _messages("2+2?")})
+    # The first call is reserved and sent with max_tokens capped to what the budget leaves;
+    # after its usage is settled the next one cannot fit and never goes upstream.
+    first = await api.call(job, "POST", "llm/complete", {"messages": _messages("2+2?")})
+    assert first.status == 200, first.text
+    assert openai_fake.last.body["max_tokens"] <= 300
+    sent = len(openai_fake.requests)
     refused = await api.call(job, "POST", "llm/complete", {"messages": _messages("again")})
-
-    assert crossing.status == 200, crossing.text
     message = refused.expect_error(429, "budget_exceeded")
     assert "token budget" in message
-    assert "23 of 20" in message
+    assert f"1000 of {budget}" in message
+    assert len(openai_fake.requests) == sent
 
     # The worker then gives up; the failure is typed from the refusal.
     done = await api.call(job, "POST", "complete", {"success": False, "message": "out of budget"})

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.jobs.models import JobState, TerminalReason, UpdateKind
+from orchestrator.domain.jobs import JobState, TerminalReason, UpdateKind
 from orchestrator.tokens import TOKEN_PREFIX
 from tests.helpers import wait_for
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
-from orchestrator.jobs.models import JobState
+from orchestrator.domain.jobs import JobState
 from orchestrator.logging import configure_logging
 
 pytestmark = pytest.mark.docker

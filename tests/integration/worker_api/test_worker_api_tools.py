@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.domain.jobs import CreateJobRequest, CredentialGrant
 from orchestrator.errors import InvalidArgument
 from orchestrator.http_api.schemas import ToolsInfo
-from orchestrator.jobs.models import CreateJobRequest, CredentialGrant
 from orchestrator.secrets import Secret
 from tests.integration.worker_api.conftest import Job
 

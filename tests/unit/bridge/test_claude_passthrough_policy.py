@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator.containers.spec import build_container_spec
+from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.errors import ConfigError, InvalidArgument
 from orchestrator.http_api.anthropic_route import (
     ModelNotAllowed,
@@ -19,7 +20,6 @@ from orchestrator.http_api.anthropic_route import (
     prepare_request_body,
     resolve_claude_model,
 )
-from orchestrator.jobs.models import JobLimits, JobMode
 from orchestrator.settings import Settings
 from tests.fakes.fake_anthropic import MessageReply, _message_document, sse_events
 

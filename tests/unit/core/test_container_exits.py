@@ -4,59 +4,48 @@ still OOM_KILLED; a plain SIGKILL stays EXITED."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
-from orchestrator.containers.backend import ContainerBackend, ContainerExit, ContainerInfo
+from orchestrator.containers.backend import ContainerExit, ContainerInfo
+from orchestrator.domain.jobs import CreateJobRequest, JobSnapshot, JobState, TerminalReason
 from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import CreateJobRequest, JobState, TerminalReason
 from orchestrator.settings import Settings
 from orchestrator.tokens import TokenStore
+from tests.fakes.fake_backend import FakeBackend
 
 
-class LaggingEngine:
-    """Starts a container and reports its OOMKilled flag only from the n-th inspection on."""
+class LaggingEngine(FakeBackend):
+    """Reports a container's OOMKilled flag only from the n-th inspection on, as an engine under
+    load can."""
 
     def __init__(self, flagged_from: int | None) -> None:
+        super().__init__()
         self.flagged_from = flagged_from
         self.inspections = 0
 
-    async def create_and_start(self, spec: Any) -> str:
-        return "container-1"
-
-    async def inspect(self, container_id: str) -> ContainerInfo:
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
         self.inspections += 1
         flagged = self.flagged_from is not None and self.inspections >= self.flagged_from
         return ContainerInfo(
             container_id, "c", {}, running=False, exit_code=137, oom_killed=flagged, status="exited"
         )
 
-    async def stop(self, container_id: str, grace_seconds: int) -> None:
-        return None
 
-    async def logs_tail(self, container_id: str, lines: int) -> str:
-        return ""
-
-    async def remove(self, container_id: str) -> None:
-        return None
-
-    async def remove_job_network(self, instance: str, job_id: str) -> None:
-        return None
-
-
-async def run_exit(tmp_path: Path, engine: LaggingEngine) -> Any:
+async def run_exit(tmp_path: Path, engine: LaggingEngine) -> JobSnapshot:
     (tmp_path / "projects").mkdir()
     settings = Settings.from_env({"IRONCLAW_BASE_DIR": str(tmp_path), "ORCHESTRATOR_PERSIST": "0"})
-    backend = cast(ContainerBackend, engine)
-    manager = ContainerJobManager(settings, backend, TokenStore(), orchestrator_url="http://x")
+    manager = ContainerJobManager(settings, engine, TokenStore(), orchestrator_url="http://x")
     created = await manager.create_job(CreateJobRequest(task="allocate"))
     job_id = created.job.job_id
+    container = engine.container_of(job_id)
+    container.running, container.status, container.exit_code = False, "exited", 137
     await manager.handle_container_exit(
-        ContainerExit("container-1", job_id, exit_code=137, oom_killed=False)
+        ContainerExit(container.container_id, job_id, exit_code=137, oom_killed=False)
     )
+    job = await manager.stop_job(job_id)  # waits for the teardown: nothing left in flight
     await manager.close()
-    return manager.get_job(job_id)
+    return job
 
 
 @pytest.mark.parametrize("flagged_from", [1, 3])
@@ -66,6 +55,7 @@ async def test_a_late_oom_flag_still_types_the_job_oom_killed(
     engine = LaggingEngine(flagged_from)
     job = await run_exit(tmp_path, engine)
     assert job.state is JobState.FAILED
+    assert job.result is not None
     assert job.result.reason is TerminalReason.OOM_KILLED
     assert engine.inspections == flagged_from
 
@@ -73,6 +63,7 @@ async def test_a_late_oom_flag_still_types_the_job_oom_killed(
 async def test_a_sigkill_without_an_oom_flag_is_an_exit(tmp_path: Path) -> None:
     engine = LaggingEngine(flagged_from=None)
     job = await run_exit(tmp_path, engine)
+    assert job.result is not None
     assert job.result.reason is TerminalReason.EXITED
     assert job.result.exit_code == 137
     assert engine.inspections >= 2  # it looked again before deciding

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from orchestrator.containers.backend import ContainerSpec
 from orchestrator.containers.spec import build_container_spec
-from orchestrator.jobs.models import JobLimits, JobMode
+from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.secrets import Secret
 from orchestrator.settings import Settings
 

@@ -12,9 +12,9 @@ import pytest
 from orchestrator.containers.docker_network import candidate_subnets
 from orchestrator.containers.host_paths import check_mapping
 from orchestrator.containers.spec import build_container_spec
+from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.errors import ConfigError
 from orchestrator.jobs.isolation import job_network_request
-from orchestrator.jobs.models import JobLimits, JobMode
 from orchestrator.settings import Settings
 
 JOB_ID = "6f1c4c1e-8a6e-4f0e-9d8e-1c2b3a4d5e6f"

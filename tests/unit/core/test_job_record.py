@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from orchestrator.jobs.models import FollowUpPrompt, JobUpdate, UpdateKind
+from orchestrator.domain.jobs import FollowUpPrompt, JobUpdate, UpdateKind
 from orchestrator.jobs.once_flag import OnceFlag
 from orchestrator.jobs.record import JobRecord, utcnow
 from orchestrator.jobs.update_history import UpdateHistory

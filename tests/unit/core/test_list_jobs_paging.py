@@ -1,109 +1,30 @@
-"""ListJobs paging: the creation-order index that finds a page token by bisection, on its own
-against a plain list model, and through the manager with jobs restored from a real store."""
+"""ListJobs paging through the manager over a real store of ended jobs (which are read from the
+store, not held in memory), merged with the live jobs in memory."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
-from orchestrator.containers.backend import ContainerBackend
-from orchestrator.errors import InvalidArgument
-from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import (
+from orchestrator.domain.jobs import (
     JobResult,
     JobState,
     JobUpdate,
     TerminalReason,
     UpdateKind,
 )
-from orchestrator.jobs.order_index import CreationOrderIndex
+from orchestrator.errors import InvalidArgument
+from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.jobs.persistence import record_to_json
 from orchestrator.jobs.record import JobRecord, utcnow
 from orchestrator.settings import Settings
-from orchestrator.store.codec import record_to_json
 from orchestrator.store.sqlite_store import SqliteJobStore
 from orchestrator.tokens import TokenStore
+from tests.fakes.fake_backend import FakeBackend
 from tests.helpers import job_record
-
-
-@dataclass
-class Job:
-    order: int
-
-
-def _orders(jobs: Any) -> list[int]:
-    return [job.order for job in jobs]
-
-
-def test_after_returns_the_jobs_created_after_the_token_oldest_first() -> None:
-    jobs = {f"j{order}": Job(order) for order in (1, 2, 5, 9, 10)}
-    index = CreationOrderIndex(jobs)
-    assert _orders(index.after(0)) == [1, 2, 5, 9, 10]
-    assert _orders(index.after(2)) == [5, 9, 10]
-    assert _orders(index.after(3)) == [5, 9, 10]  # a token whose job is gone
-    assert _orders(index.after(10)) == []
-    assert _orders(index.after(99)) == []
-    assert _orders(CreationOrderIndex({}).after(0)) == []
-
-
-def test_the_index_follows_appends_and_removals() -> None:
-    jobs = {f"j{order}": Job(order) for order in range(1, 6)}
-    index = CreationOrderIndex(jobs)
-    assert _orders(index.after(0)) == [1, 2, 3, 4, 5]
-    jobs["j6"] = Job(6)
-    jobs["j7"] = Job(7)
-    assert _orders(index.after(4)) == [5, 6, 7]
-    del jobs["j3"]
-    assert _orders(index.after(0)) == [1, 2, 4, 5, 6, 7]
-    # The last one goes and a new one comes: same size, a different last job.
-    del jobs["j7"]
-    jobs["j8"] = Job(8)
-    assert _orders(index.after(5)) == [6, 8]
-    # One comes and goes again: nothing changed.
-    jobs["j9"] = Job(9)
-    del jobs["j9"]
-    assert _orders(index.after(0)) == [1, 2, 4, 5, 6, 8]
-    # An older job goes while a newer one comes.
-    del jobs["j1"]
-    jobs["j10"] = Job(10)
-    assert _orders(index.after(0)) == [2, 4, 5, 6, 8, 10]
-    jobs.clear()
-    assert _orders(index.after(0)) == []
-    jobs["j11"] = Job(11)
-    assert _orders(index.after(0)) == [11]
-
-
-def test_the_index_agrees_with_a_full_scan_under_random_changes() -> None:
-    rng = random.Random(8)
-    jobs: dict[str, Job] = {}
-    index = CreationOrderIndex(jobs)
-    next_order = 1
-    for _ in range(3000):
-        roll = rng.random()
-        if roll < 0.5 or not jobs:
-            for _ in range(rng.randint(1, 3)):
-                jobs[f"j{next_order}"] = Job(next_order)
-                next_order += 1
-        elif roll < 0.7:
-            del jobs[rng.choice(list(jobs))]
-        else:
-            after = rng.randint(0, next_order)
-            expected = [job.order for job in jobs.values() if job.order > after]
-            assert _orders(index.after(after)) == expected
-
-
-def test_jobs_out_of_creation_order_are_still_served_sorted() -> None:
-    jobs = {"a": Job(3), "b": Job(1)}
-    index = CreationOrderIndex(jobs)
-    assert _orders(index.after(0)) == [1, 3]
-    jobs["c"] = Job(2)
-    assert _orders(index.after(1)) == [2, 3]
-
 
 # ------------------------------------------------------------------ through the manager
 
@@ -143,9 +64,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[ContainerJobManager]:
     await store.flush()
     settings = Settings.from_env({"IRONCLAW_BASE_DIR": str(tmp_path), "METRICS_PORT": "0"})
     # Restoring and listing ended jobs without containers never reaches the engine.
-    manager = ContainerJobManager(
-        settings, cast(ContainerBackend, object()), TokenStore(), store=store
-    )
+    manager = ContainerJobManager(settings, FakeBackend(), TokenStore(), store=store)
     manager.restore()
     yield manager
     await store.close()

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.domain.jobs import JobState, TerminalReason
+from orchestrator.domain.state import can_transition, check_transition
 from orchestrator.errors import IllegalTransition
-from orchestrator.jobs.models import JobState, TerminalReason
-from orchestrator.jobs.state import can_transition, check_transition
 
 ALLOWED = {
     (JobState.CREATING, JobState.RUNNING),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.jobs.models import GrantedTools
+from orchestrator.domain.jobs import GrantedTools
+from orchestrator.jobs.persistence import record_from_json, record_to_json
 from orchestrator.jobs.record import JobRecord
-from orchestrator.store.codec import record_from_json, record_to_json
 from tests.helpers import job_record
 
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
+from orchestrator.domain.jobs import CreateJobRequest, JobMode
 from orchestrator.errors import ConfigError, FailedPrecondition, InvalidArgument
-from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import CreateJobRequest, JobMode
+from orchestrator.jobs.admission import admit
 from orchestrator.settings import Settings
-from orchestrator.tokens import TokenStore
 from orchestrator.tool_catalog import ToolCatalog
 
 WAT = b'(module (func (export "_start")))'
@@ -125,15 +124,13 @@ def test_a_broken_wasm_manifest_names_its_file(tmp_path: Path) -> None:
         catalog.grant([], ["gone"], [])
 
 
-async def test_claude_code_jobs_are_not_offered_custom_tools(tmp_path: Path) -> None:
+def test_claude_code_jobs_are_not_offered_custom_tools(tmp_path: Path) -> None:
     write_wasm(tmp_path, "wc")
     settings = Settings.from_env(
         {"IRONCLAW_BASE_DIR": str(tmp_path), "ANTHROPIC_API_KEY": "sk-ant-test-key"}
     )
-    # Refused before anything touches the engine: no backend is needed to prove it.
-    backend: Any = object()
-    manager = ContainerJobManager(settings, backend, TokenStore(), orchestrator_url="http://x")
+    catalog = ToolCatalog(tmp_path)
     request = CreateJobRequest(task="x", mode=JobMode.CLAUDE_CODE, wasm_tools=("wc",))
+    # Admission refuses it: nothing is recorded and no engine is involved.
     with pytest.raises(InvalidArgument, match="worker-mode jobs only"):
-        await manager.create_job(request)
-    assert manager.job_ids() == []
+        admit(request, settings, catalog.grant)

@@ -7,17 +7,17 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from orchestrator.containers.backend import ContainerBackend
+from orchestrator.domain.jobs import JobSnapshot, JobState, JobUpdate
 from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import JobSnapshot, JobState, JobUpdate
+from orchestrator.jobs.persistence import record_to_json
 from orchestrator.settings import Settings
-from orchestrator.store.codec import record_to_json
 from orchestrator.store.sqlite_store import SqliteJobStore
 from orchestrator.tokens import TokenStore, token_digest
+from tests.fakes.fake_backend import FakeBackend
 from tests.helpers import job_record
 
 JOB_ID = str(uuid.UUID(int=7))
@@ -37,8 +37,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[ContainerJobManager]:
     store.save_job(record_to_json(job), token_digest("irc_watch"))
     await store.flush()
     settings = Settings.from_env({"IRONCLAW_BASE_DIR": str(tmp_path), "METRICS_PORT": "0"})
-    backend = cast(ContainerBackend, object())  # never reached: no container work here
-    manager = ContainerJobManager(settings, backend, TokenStore(), store=store)
+    manager = ContainerJobManager(settings, FakeBackend(), TokenStore(), store=store)
     assert manager.restore() == 1
     yield manager
     await store.close()
@@ -55,7 +54,9 @@ async def _collect(
 
 def _waiters(manager: ContainerJobManager) -> Any:
     # The record's pending waiters: what a watcher leaves behind when it goes away.
-    return manager._jobs[JOB_ID]._waiters
+    record = manager._table.record(JOB_ID)
+    assert record is not None
+    return record._waiters
 
 
 async def test_every_watcher_gets_every_update_in_order(manager: ContainerJobManager) -> None:

@@ -7,9 +7,10 @@ sit behind the same interface (as in jupyterhub's spawner family).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,15 @@ class ContainerBackend(abc.ABC):
     async def list_job_networks(self, instance: str) -> list[str]:
         """The job ids of this instance's job networks (to remove orphans)."""
         return []
+
+    def report_errors_to(self, listener: Callable[[str], None]) -> None:  # noqa: B027
+        """Calls ``listener`` with a short kind ("unreachable", "api_500") for each failed
+        engine call, for the metrics. Backends without such errors ignore it."""
+
+    async def check_host_paths(self, projects_dir: Path) -> None:  # noqa: B027
+        """Raises ConfigError when the engine would not see ``projects_dir`` at that path (the
+        orchestrator in a container with the base mounted elsewhere). Default: nothing to
+        check, the engine and the orchestrator share a file system view."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

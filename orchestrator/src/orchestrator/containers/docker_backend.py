@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -31,6 +32,7 @@ from orchestrator.containers.backend import (
     ContainerSpec,
     JobNetworkRequest,
 )
+from orchestrator.containers.host_paths import verify_projects_dir_on_host
 from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID
 from orchestrator.errors import EngineUnavailable, FailedPrecondition, OrchestratorError
 from orchestrator.logging import get_logger
@@ -112,6 +114,12 @@ class DockerBackend(ContainerBackend):
     def _report_error(self, kind: str) -> None:
         if self.on_error is not None:
             self.on_error(kind)
+
+    def report_errors_to(self, listener: Callable[[str], None]) -> None:
+        self.on_error = listener
+
+    async def check_host_paths(self, projects_dir: Path) -> None:
+        await verify_projects_dir_on_host(projects_dir)
 
     async def ping(self) -> None:
         await self._run(lambda: self._api().ping())

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from orchestrator.containers.backend import BindMount, ContainerSpec
-from orchestrator.jobs.models import JobLimits, JobMode
+from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.settings import Settings
 
 LABEL_JOB_ID = "ironclaw.job_id"

@@ -10,8 +10,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.errors import InvalidArgument
-from orchestrator.jobs.models import (
+from orchestrator.domain.jobs import (
     CreateJobRequest,
     CredentialGrant,
     JobLimitOverrides,
@@ -25,6 +24,7 @@ from orchestrator.jobs.models import (
     TerminalReason,
     UpdateKind,
 )
+from orchestrator.errors import InvalidArgument
 from orchestrator.secrets import Secret
 
 STATE_TO_PB = {

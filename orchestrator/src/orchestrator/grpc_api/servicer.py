@@ -12,10 +12,10 @@ from grpc import aio
 
 from orchestrator.api.v1 import jobs_pb2 as pb
 from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from orchestrator.domain.jobs import JobSnapshot, JobUpdate
 from orchestrator.errors import OrchestratorError
 from orchestrator.grpc_api import convert
 from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import JobSnapshot, JobUpdate
 from orchestrator.log_context import bind_request
 from orchestrator.logging import get_logger
 

@@ -8,13 +8,15 @@ This route:
 1. checks the token belongs to that job (``x-api-key`` or ``Authorization: Bearer``) and that
    the job is a Claude Code job;
 2. maps a model alias (``CLAUDE_CODE_MODEL_MAP``) and refuses a model the job may not use;
-3. counts the call against the job's budget, refusing it when calls or tokens are used up;
+3. reserves the call on the job's ledger (one call, the request's input bound and the
+   ``max_tokens`` it may have, capped to what the budget still allows), refusing it when calls
+   or tokens are used up; ``count_tokens`` reserves a call and no tokens;
 4. forwards the request upstream (``ANTHROPIC_BASE_URL`` of the orchestrator, else Anthropic)
    with the orchestrator's API key (``x-api-key``) or OAuth token (``Authorization: Bearer``
    plus the ``oauth-2025-04-20`` beta the CLI itself sends with one);
-5. passes the answer back byte for byte, an SSE stream chunk by chunk as it arrives, and meters
-   the tokens from its usage (``message_start`` and ``message_delta`` events, or the JSON
-   body's ``usage``) onto the job.
+5. passes the answer back byte for byte, an SSE stream chunk by chunk as it arrives, and settles
+   the reservation with the tokens of its usage (``message_start`` and ``message_delta``
+   events, or the JSON body's ``usage``).
 
 The client is an Anthropic client, so every error is Anthropic's error document
 ``{"type": "error", "error": {"type", "message"}}``. Refusals by the job's policy carry
@@ -30,19 +32,21 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.errors import (
     BudgetExceeded,
     InvalidArgument,
     OrchestratorError,
     Unauthenticated,
 )
+from orchestrator.jobs.ledger import Reservation
 from orchestrator.jobs.manager import ContainerJobManager
-from orchestrator.jobs.models import JobLimits, JobMode
 from orchestrator.llm import policy
 from orchestrator.logging import get_logger
 from orchestrator.secrets import Secret
@@ -116,16 +120,30 @@ def resolve_claude_model(
         raise ModelNotAllowed(exc.message) from None
 
 
-def prepare_request_body(
+@dataclass(frozen=True)
+class MessagesRequest:
+    """A Messages (or count_tokens) body, parsed and checked against the job's model policy."""
+
+    raw: bytes
+    body: dict[str, Any]
+    model: str
+    requested_model: str
+
+    @property
+    def max_tokens(self) -> int | None:
+        value = self.body.get("max_tokens")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_request_body(
     raw: bytes,
     *,
     limits: JobLimits,
     aliases: Mapping[str, str],
     allowlist: Iterable[str],
-) -> tuple[bytes, str]:
-    """Checks a Messages (or count_tokens) body against the job's policy; returns the bytes to
-    send upstream and the model. The original bytes go out unless the model was an alias or
-    ``max_tokens`` exceeds the job's per-call cap (``JOB_LLM_MAX_TOKENS_PER_CALL``)."""
+) -> MessagesRequest:
+    """Parses a Messages (or count_tokens) body and resolves its model against the job's
+    policy (ModelNotAllowed for a model the job may not use)."""
     try:
         body = json.loads(raw)
     except ValueError:
@@ -136,18 +154,39 @@ def prepare_request_body(
     if not isinstance(requested, str) or not requested.strip():
         raise InvalidArgument("model: Field required")
     model = resolve_claude_model(requested, limits.claude_model, aliases, allowlist)
-    changed = model != requested
-    body["model"] = model
-    max_tokens = body.get("max_tokens")
-    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
-        capped = policy.cap_max_tokens(max_tokens, limits.llm_max_tokens_per_call)
-        if capped != max_tokens:
-            body["max_tokens"] = capped
-            _fit_thinking_budget(body, capped)
-            changed = True
+    return MessagesRequest(raw=raw, body=body, model=model, requested_model=requested)
+
+
+def upstream_body(request: MessagesRequest, max_tokens: int | None) -> bytes:
+    """The bytes to send upstream: the original ones unless the model was an alias or the
+    call may ask for fewer output tokens than it did (``max_tokens`` from the ledger, which
+    caps it to the per-call limit and to what the budget still allows)."""
+    body = request.body
+    changed = request.model != request.requested_model
+    if changed:
+        body = {**body, "model": request.model}
+    if max_tokens is not None and (request.max_tokens is None or request.max_tokens > max_tokens):
+        body = {**body, "max_tokens": max_tokens}
+        _fit_thinking_budget(body, max_tokens)
+        changed = True
     if not changed:
-        return raw, model
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), model
+        return request.raw
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def prepare_request_body(
+    raw: bytes,
+    *,
+    limits: JobLimits,
+    aliases: Mapping[str, str],
+    allowlist: Iterable[str],
+) -> tuple[bytes, str]:
+    """Checks a Messages body against the job's policy alone (no budget): the bytes to send
+    and the model, ``max_tokens`` capped to the per-call limit."""
+    request = parse_request_body(raw, limits=limits, aliases=aliases, allowlist=allowlist)
+    wanted = request.max_tokens
+    cap = policy.cap_max_tokens(wanted, limits.llm_max_tokens_per_call) if wanted else None
+    return upstream_body(request, cap), request.model
 
 
 def _fit_thinking_budget(body: dict[str, Any], max_tokens: int) -> None:
@@ -160,7 +199,7 @@ def _fit_thinking_budget(body: dict[str, Any], max_tokens: int) -> None:
     if not isinstance(budget, int) or budget < max_tokens:
         return
     if max_tokens > 1024:
-        thinking["budget_tokens"] = max_tokens - 1
+        body["thinking"] = {**thinking, "budget_tokens": max_tokens - 1}
     else:
         body.pop("thinking")
 
@@ -306,7 +345,8 @@ class AnthropicPassthrough:
         return await self._handle(request, "/v1/messages", metered=True)
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
-        """``POST .../v1/messages/count_tokens``: free upstream, so checked but not counted."""
+        """``POST .../v1/messages/count_tokens``: free upstream, but a call of the job's call
+        budget all the same (a job with no calls left gets none)."""
         return await self._handle(request, "/v1/messages/count_tokens", metered=False)
 
     async def close(self, app: web.Application | None = None) -> None:
@@ -343,28 +383,36 @@ class AnthropicPassthrough:
                     413, "request_too_large", "request body exceeds the size limit", retry=False
                 )
             try:
-                body, model = prepare_request_body(
+                parsed = parse_request_body(
                     raw, limits=job.limits, aliases=self._aliases, allowlist=self._allowlist
                 )
             except ModelNotAllowed as exc:
-                self._manager.record_budget_refusal(job_id, exc.message)
+                self._manager.ledger.note_refusal(job_id, exc.message)
                 raise
-            if metered:
-                self._manager.begin_llm_call(job_id)
+            # Every call holds its worst case on the ledger before it goes upstream: a
+            # count_tokens call counts as a call and holds no tokens.
+            reservation = self._manager.ledger.reserve(
+                job_id,
+                request_bytes=len(raw),
+                max_tokens=parsed.max_tokens,
+                generates=metered,
+            )
         except OrchestratorError as exc:
             return _error_for(exc)
-        return await self._forward(request, job_id, path, body, model, metered=metered)
+        body = upstream_body(parsed, reservation.max_tokens if metered else None)
+        return await self._forward(request, reservation, path, body, parsed.model, metered=metered)
 
     async def _forward(
         self,
         request: web.Request,
-        job_id: str,
+        reservation: Reservation,
         path: str,
         body: bytes,
         model: str,
         *,
         metered: bool,
     ) -> web.StreamResponse:
+        job_id = reservation.job_id
         url = self._upstream + path
         if request.query_string:
             url += "?" + request.query_string
@@ -380,8 +428,7 @@ class AnthropicPassthrough:
                     return self._upstream_error(
                         job_id, status, upstream.headers, await upstream.read()
                     )
-                if metered:
-                    meter = UsageMeter(upstream.content_type == "text/event-stream")
+                meter = UsageMeter(upstream.content_type == "text/event-stream")
                 response = web.StreamResponse(
                     status=status, headers=_response_headers(upstream.headers)
                 )
@@ -405,10 +452,14 @@ class AnthropicPassthrough:
                 502, "api_error", f"the Anthropic upstream could not be reached ({reason})"
             )
         finally:
+            ledger = self._manager.ledger
             if meter is not None:
                 meter.finish()
-                if meter.input_tokens or meter.output_tokens:
-                    self._manager.record_llm_usage(job_id, meter.input_tokens, meter.output_tokens)
+                ledger.settle(reservation, meter.input_tokens, meter.output_tokens)
+            elif status:
+                ledger.settle(reservation, 0, 0)  # answered with an error: a call, no tokens
+            else:
+                ledger.release(reservation)  # never reached the upstream
             log.info(
                 "anthropic passthrough",
                 job_id=job_id,
@@ -603,7 +654,7 @@ def openapi_paths() -> dict[str, Any]:
             "post": operation("Anthropic Messages for Claude Code (metered on the job)")
         },
         f"{ROUTE_PREFIX}/v1/messages/count_tokens": {
-            "post": operation("Anthropic token counting for Claude Code (not metered)")
+            "post": operation("Anthropic token counting for Claude Code (counts as a call)")
         },
     }
 
@@ -616,6 +667,8 @@ __all__ = [
     "allowed_claude_models",
     "anthropic_error",
     "openapi_paths",
+    "parse_request_body",
     "prepare_request_body",
     "resolve_claude_model",
+    "upstream_body",
 ]

@@ -204,9 +204,9 @@ class WorkerApi:
         details = body.details
         if details is not None and len(json.dumps(details, default=str)) > 64_000:
             raise SchemaViolation("details: larger than 64000 bytes of JSON")
-        # The result is recorded and the token revoked now; the container is stopped only after
-        # this answer has been sent, so the agent is never killed mid-request.
-        self._manager.complete_job(
+        # The result is recorded, on disk, and the token revoked now; the container is stopped
+        # only after this answer has been sent, so the agent is never killed mid-request.
+        await self._manager.complete_job(
             job_id,
             body.success,
             body.message,
@@ -228,6 +228,7 @@ class WorkerApi:
         result = await self._proxy.complete(
             job_id,
             [m.model_dump(exclude_none=True) for m in body.messages],
+            request_bytes=len(await request.read()),  # read once already: aiohttp keeps it
             max_tokens=body.max_tokens,
             model=body.model,
             temperature=body.temperature,
@@ -248,6 +249,7 @@ class WorkerApi:
         result = await self._proxy.complete(
             job_id,
             [m.model_dump(exclude_none=True) for m in body.messages],
+            request_bytes=len(await request.read()),
             max_tokens=body.max_tokens,
             model=body.model,
             temperature=body.temperature,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from orchestrator.jobs.models import (
+from orchestrator.domain.jobs import (
     NO_TOOLS,
     FollowUpPrompt,
     GrantedTools,
@@ -63,12 +63,18 @@ class JobRecord:
     log_tail: str = ""
     container_id: str | None = None
     budget_refused: str | None = None  # the last budget refusal, to type a later failure
+    # The ledger's reservations for LLM calls in flight (never persisted: a restart ends them).
+    reserved_calls: int = 0
+    reserved_tokens: int = 0
     sequence: int = 0
     history: UpdateHistory = field(init=False, repr=False)
     torn_down: OnceFlag = field(default_factory=OnceFlag, repr=False)
     _prompts: deque[FollowUpPrompt] | None = field(default=None, init=False, repr=False)
     _lifecycle_lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
     _waiters: list[asyncio.Future[None]] | None = field(default=None, init=False, repr=False)
+    # Updates numbered but not yet shown to watchers: the end of a job is announced only once
+    # it is durable (see hold_updates).
+    _held: list[JobUpdate] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.history = UpdateHistory(self.history_limit)
@@ -88,10 +94,30 @@ class JobRecord:
         return self._lifecycle_lock
 
     def publish(self, kind: UpdateKind, payload: dict[str, Any]) -> JobUpdate:
-        """Appends one update and wakes every watcher."""
+        """Numbers one update; appends it and wakes every watcher unless updates are held."""
         self.sequence += 1
         update = JobUpdate(sequence=self.sequence, time=utcnow(), kind=kind, payload=payload)
-        self.history.append(update)
+        if self._held is not None:
+            self._held.append(update)
+        else:
+            self.history.append(update)
+            self._wake()
+        return update
+
+    def hold_updates(self) -> None:
+        """From now on, updates are numbered (and can be stored) but watchers see none of
+        them until :meth:`release_updates`: the job's end is told once it is on disk."""
+        if self._held is None:
+            self._held = []
+
+    def release_updates(self) -> None:
+        """Shows the held updates, in order, and wakes every watcher."""
+        held, self._held = self._held, None
+        if held:
+            self.history.extend(held)
+            self._wake()
+
+    def _wake(self) -> None:
         waiters = self._waiters
         if waiters:
             # Each watcher brings its own future and registers it again after waking: no lost
@@ -100,7 +126,6 @@ class JobRecord:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        return update
 
     def wake_on_change(self, waiter: asyncio.Future[None]) -> None:
         """Resolves ``waiter`` at the next :meth:`publish`. Register it before reading the

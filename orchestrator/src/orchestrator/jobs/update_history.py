@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 
-from orchestrator.jobs.models import JobUpdate
+from orchestrator.domain.jobs import JobUpdate
 
 # Dropped updates are compacted away once they are this share of the limit (or this many).
 _COMPACT_DIVISOR = 4

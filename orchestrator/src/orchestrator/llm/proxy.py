@@ -1,5 +1,5 @@
-"""The LLM proxy: applies a job's budgets and model allowlist, calls the provider with keys the
-container never sees, and accounts the usage on the job."""
+"""The LLM proxy: applies a job's model allowlist, reserves the call on the job's ledger, calls
+the provider with keys the container never sees, and settles the usage the provider reports."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ class LlmProxy:
         job_id: str,
         messages: Sequence[Mapping[str, Any]],
         *,
+        request_bytes: int,
         max_tokens: int | None,
         model: str | None,
         temperature: float | None,
@@ -65,7 +66,9 @@ class LlmProxy:
         tool_choice: str | Mapping[str, Any] | None = None,
     ) -> CompletionResult:
         """One completion for one job; raises BudgetExceeded, ProviderError,
-        ProviderNotConfigured."""
+        ProviderNotConfigured. ``request_bytes`` is the size of the job's request, which bounds
+        the input tokens the ledger reserves."""
+        ledger = self._manager.ledger
         if self._provider is None:
             raise ProviderNotConfigured(
                 "no LLM provider is configured on the orchestrator: set LLM_PROVIDER with "
@@ -76,18 +79,18 @@ class LlmProxy:
                 model, self._settings.llm_model, self._settings.llm_model_allowlist
             )
         except BudgetExceeded as exc:
-            self._manager.record_budget_refusal(job_id, exc.message)
+            ledger.note_refusal(job_id, exc.message)
             self._count_error(model or "", exc)
             raise
         try:
-            limits = self._manager.begin_llm_call(job_id)
+            reservation = ledger.reserve(job_id, request_bytes=request_bytes, max_tokens=max_tokens)
         except OrchestratorError as exc:
             self._count_error(resolved_model, exc)
             raise
         request = CompletionRequest(
             messages=tuple(_message(m) for m in messages),
             model=resolved_model,
-            max_tokens=policy.cap_max_tokens(max_tokens, limits.llm_max_tokens_per_call),
+            max_tokens=reservation.max_tokens,
             temperature=temperature,
             stop_sequences=tuple(stop_sequences or ()),
             tools=tuple(
@@ -105,13 +108,16 @@ class LlmProxy:
             result = await self._provider.complete(request)
         except InvalidArgument as exc:
             # Refused before anything was sent upstream: it must not use up the budget.
-            self._manager.refund_llm_call(job_id)
+            ledger.release(reservation)
             self._count_error(resolved_model, exc)
             raise
-        except Exception as exc:
-            self._count_error(resolved_model, exc)
+        except BaseException as exc:
+            # Sent, or maybe sent: the call counts, with the tokens nobody reported.
+            ledger.settle(reservation, 0, 0)
+            if isinstance(exc, Exception):
+                self._count_error(resolved_model, exc)
             raise
-        self._manager.record_llm_usage(job_id, result.input_tokens, result.output_tokens)
+        ledger.settle(reservation, result.input_tokens, result.output_tokens)
         if self._metrics is not None:
             self._metrics.llm_call(
                 self.provider_name,

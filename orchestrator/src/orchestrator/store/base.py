@@ -1,13 +1,18 @@
-"""The job store interface: the only way the orchestrator reaches persistent state."""
+"""The job store interface: the only way the orchestrator reaches persistent state.
+
+Live jobs are held in memory by the job manager and written through; ended jobs live only
+here, and every read of one (GetJob, ListJobs, WatchJob) comes from the store, so the process
+does not grow with its history.
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.jobs.models import JobUpdate
+from orchestrator.domain.jobs import JobUpdate
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,41 @@ class JobStore(abc.ABC):
         """Waits until every queued write is durable."""
 
     @abc.abstractmethod
-    def load(self, history_limit: int) -> list[StoredJob]:
-        """Every stored job, oldest first, with its last ``history_limit`` updates (state
-        changes and results are always kept)."""
+    def hide_job(self, job_id: str) -> None:
+        """Queues hiding an ended job from every read (``CleanupJob``): it is forgotten by the
+        service, while its row and history stay on disk as the record of what ran."""
+
+    @abc.abstractmethod
+    def is_hidden(self, job_id: str) -> bool:
+        """Whether the id belongs to a job that was cleaned up (so it cannot be reused)."""
+
+    @abc.abstractmethod
+    def load_unfinished(self, history_limit: int) -> list[StoredJob]:
+        """At start: the jobs a restart must pick up, oldest first, with their last
+        ``history_limit`` updates (state changes and results are always kept): every job not
+        yet ended, and every ended job whose container was not removed yet."""
+
+    @abc.abstractmethod
+    def read_job(self, job_id: str) -> dict[str, Any] | None:
+        """The stored fields of one job (what was durable when last flushed), unless hidden."""
+
+    @abc.abstractmethod
+    def iter_jobs(self, after_order: int, states: Collection[str]) -> Iterator[dict[str, Any]]:
+        """Stored jobs created after ``after_order``, in creation order, whose state is one of
+        ``states`` (every state when empty), hidden ones left out. Lazy: a page reads only
+        what it shows."""
+
+    @abc.abstractmethod
+    def read_updates(self, job_id: str, after_sequence: int) -> list[JobUpdate]:
+        """The job's retained updates after ``after_sequence``, oldest first."""
+
+    @abc.abstractmethod
+    def count_jobs(self) -> dict[tuple[str, str], int]:
+        """How many stored jobs, hidden ones left out, are in each (state, mode)."""
+
+    @abc.abstractmethod
+    def last_order(self) -> int:
+        """The largest creation order stored (0 when empty)."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

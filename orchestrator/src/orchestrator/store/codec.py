@@ -1,16 +1,12 @@
-"""JSON encoding of job records and updates for the store (no secrets: tokens are stored as
-digests by the store itself, credential grants only encrypted)."""
+"""JSON encoding of the domain values the store keeps (results, usage, updates). No secrets:
+tokens are stored as digests by the store itself, credential grants only encrypted."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from orchestrator.jobs.models import (
-    NO_TOOLS,
-    GrantedTools,
-    JobLimits,
-    JobMode,
+from orchestrator.domain.jobs import (
     JobResult,
     JobState,
     JobUpdate,
@@ -18,14 +14,13 @@ from orchestrator.jobs.models import (
     TerminalReason,
     UpdateKind,
 )
-from orchestrator.jobs.record import JobRecord
 
 
-def _dt(value: datetime | None) -> str | None:
+def dt_to_json(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _parse_dt(value: str | None) -> datetime | None:
+def dt_from_json(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
@@ -34,7 +29,7 @@ def result_to_json(result: JobResult) -> dict[str, Any]:
         "success": result.success,
         "reason": result.reason.value,
         "message": result.message,
-        "finished_at": _dt(result.finished_at),
+        "finished_at": dt_to_json(result.finished_at),
         "iterations": result.iterations,
         "exit_code": result.exit_code,
         "details": dict(result.details) if result.details else None,
@@ -42,7 +37,7 @@ def result_to_json(result: JobResult) -> dict[str, Any]:
 
 
 def result_from_json(data: dict[str, Any]) -> JobResult:
-    finished = _parse_dt(data["finished_at"])
+    finished = dt_from_json(data["finished_at"])
     assert finished is not None
     return JobResult(
         success=data["success"],
@@ -55,108 +50,12 @@ def result_from_json(data: dict[str, Any]) -> JobResult:
     )
 
 
-def _usage_json(usage: LlmUsage) -> dict[str, int]:
+def usage_to_json(usage: LlmUsage) -> dict[str, int]:
     return {
         "calls": usage.calls,
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
     }
-
-
-def record_to_json(job: JobRecord) -> dict[str, Any]:
-    """The durable fields of a job record."""
-    limits = job.limits
-    return {
-        "job_id": job.job_id,
-        "order": job.order,
-        "task": job.task,
-        "mode": job.mode.value,
-        "project_dir": job.project_dir,
-        "container_name": job.container_name,
-        "created_at": _dt(job.created_at),
-        "limits": {
-            "max_iterations": limits.max_iterations,
-            "timeout_seconds": limits.timeout_seconds,
-            "memory_mb": limits.memory_mb,
-            "llm_token_budget": limits.llm_token_budget,
-            "llm_call_budget": limits.llm_call_budget,
-            "llm_max_tokens_per_call": limits.llm_max_tokens_per_call,
-            "claude_max_turns": limits.claude_max_turns,
-            "claude_model": limits.claude_model,
-        },
-        "deadline": _dt(job.deadline),
-        "labels": job.labels,
-        "credential_names": list(job.credential_names),
-        "llm_provider": job.llm_provider,
-        "wait_for_prompts": job.wait_for_prompts,
-        "state": job.state.value,
-        "started_at": _dt(job.started_at),
-        "finished_at": _dt(job.finished_at),
-        "result": result_to_json(job.result) if job.result else None,
-        "status_message": job.status_message,
-        "iteration": job.iteration,
-        "usage": _usage_json(job.usage),
-        "log_tail": job.log_tail,
-        "container_id": job.container_id,
-        "budget_refused": job.budget_refused,
-        "sequence": job.sequence,
-        "tools": _tools_json(job.tools),
-    }
-
-
-def _tools_json(tools: GrantedTools) -> dict[str, Any] | None:
-    if not tools.mcp_servers and not tools.wasm_tools:
-        return None
-    return {
-        "mcp_servers": [dict(entry) for entry in tools.mcp_servers],
-        "wasm_tools": [dict(tool) for tool in tools.wasm_tools],
-    }
-
-
-def _tools_from_json(data: dict[str, Any] | None) -> GrantedTools:
-    # Records written before custom tools existed have no "tools" key.
-    if not data:
-        return NO_TOOLS
-    return GrantedTools(
-        mcp_servers=tuple(data.get("mcp_servers", ())),
-        wasm_tools=tuple(data.get("wasm_tools", ())),
-    )
-
-
-def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
-    created = _parse_dt(data["created_at"])
-    deadline = _parse_dt(data["deadline"])
-    assert created is not None
-    assert deadline is not None
-    job = JobRecord(
-        job_id=data["job_id"],
-        order=data["order"],
-        task=data["task"],
-        mode=JobMode(data["mode"]),
-        project_dir=data["project_dir"],
-        container_name=data["container_name"],
-        created_at=created,
-        limits=JobLimits(**data["limits"]),
-        deadline=deadline,
-        labels=dict(data["labels"]),
-        credential_names=tuple(data["credential_names"]),
-        llm_provider=data["llm_provider"],
-        wait_for_prompts=data["wait_for_prompts"],
-        history_limit=history_limit,
-        state=JobState(data["state"]),
-        started_at=_parse_dt(data["started_at"]),
-        finished_at=_parse_dt(data["finished_at"]),
-        result=result_from_json(data["result"]) if data["result"] else None,
-        status_message=data["status_message"],
-        iteration=data["iteration"],
-        usage=LlmUsage(**data["usage"]),
-        log_tail=data["log_tail"],
-        container_id=data["container_id"],
-        budget_refused=data["budget_refused"],
-        sequence=data["sequence"],
-        tools=_tools_from_json(data.get("tools")),
-    )
-    return job
 
 
 def payload_to_json(kind: UpdateKind, payload: Any) -> dict[str, Any]:
@@ -165,7 +64,7 @@ def payload_to_json(kind: UpdateKind, payload: Any) -> dict[str, Any]:
     if kind is UpdateKind.RESULT:
         return {"result": result_to_json(payload["result"])}
     if kind is UpdateKind.USAGE:
-        return {"usage": _usage_json(payload["usage"])}
+        return {"usage": usage_to_json(payload["usage"])}
     return dict(payload)
 
 

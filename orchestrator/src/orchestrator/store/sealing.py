@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from orchestrator.jobs.models import CredentialGrant
+from orchestrator.domain.jobs import CredentialGrant
 from orchestrator.secrets import Secret
 
 _NONCE_BYTES = 12

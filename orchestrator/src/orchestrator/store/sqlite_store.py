@@ -1,8 +1,12 @@
-"""SQLite job store: one file in the base dir, WAL, one writer thread.
+"""SQLite job store: one file in the base dir, WAL, one writer thread, one reader.
 
 The event loop never waits on SQLite for ordinary updates: they are queued and the writer
 applies them in batches, one transaction each. Creation and the end of a job are flushed
 before anyone is told about them, so a crash loses at most the last few status lines.
+
+Reads of ended jobs run on the event loop, on their own connection: in WAL mode a reader never
+waits for the writer, and a point read by primary key or a page of a hundred rows by the
+creation-order index costs less than handing it to a thread.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ import asyncio
 import contextlib
 import json
 import queue
+import shutil
 import sqlite3
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from orchestrator.jobs.models import JobUpdate, UpdateKind
+from orchestrator.domain.jobs import JobState, JobUpdate, UpdateKind
 from orchestrator.logging import get_logger
 from orchestrator.store.base import JobStore, StoredJob
 from orchestrator.store.codec import payload_to_json, update_from_row
@@ -32,8 +38,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     data TEXT NOT NULL,
     token_digest BLOB,
-    sealed_grants BLOB
+    sealed_grants BLOB,
+    hidden INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS jobs_by_order ON jobs (ord);
 CREATE TABLE IF NOT EXISTS updates (
     job_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -46,24 +54,43 @@ CREATE TABLE IF NOT EXISTS updates (
 # Kinds that are never pruned: the job's transitions and its result are its history.
 _KEPT_KINDS = (UpdateKind.STATE.value, UpdateKind.RESULT.value)
 _PRUNE_EVERY = 500
+_TERMINAL_STATES = tuple(state.value for state in JobState if state.is_terminal)
+_PAGE_ROWS = 64
+# Jobs a restart picks up: not ended, or ended with their container not yet removed.
+# Placeholders only (the values are bound), so the f-string is no injection.
+_UNFINISHED = (
+    "SELECT job_id, data, token_digest, sealed_grants FROM jobs WHERE state NOT IN "  # noqa: S608
+    f"({', '.join('?' for _ in _TERMINAL_STATES)}) "
+    "OR json_extract(data, '$.container_id') IS NOT NULL ORDER BY ord"
+)
 
 
 class SqliteJobStore(JobStore):
     """A JobStore in one SQLite file."""
 
-    def __init__(self, path: Path, history_limit: int = 2000) -> None:
+    def __init__(self, path: Path, history_limit: int = 2000, *, temporary: bool = False) -> None:
         self._path = path
+        self._temporary = temporary
         self._history_limit = history_limit
         path.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.SimpleQueue[Callable[[sqlite3.Connection], None] | Future[None] | None]
         self._queue = queue.SimpleQueue()
         conn = self._connect()
         conn.executescript(SCHEMA)
+        _add_missing_columns(conn)
         conn.commit()
         conn.close()
         self._appended: dict[str, int] = {}
+        self._reader: sqlite3.Connection | None = None
         self._writer = threading.Thread(target=self._run, name="job-store", daemon=True)
         self._writer.start()
+
+    @classmethod
+    def temporary(cls, history_limit: int = 2000) -> SqliteJobStore:
+        """A store that lasts as long as the process (``ORCHESTRATOR_PERSIST=0``): ended jobs
+        still go to disk rather than to memory, and nothing is left behind at close."""
+        directory = Path(tempfile.mkdtemp(prefix="ironclaw-jobs-"))
+        return cls(directory / "orchestrator.db", history_limit, temporary=True)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
@@ -166,34 +193,122 @@ class SqliteJobStore(JobStore):
         self._queue.put(write)
 
     async def flush(self) -> None:
+        if not self._writer.is_alive():
+            return  # closed: nothing is queued any more
         future: Future[None] = Future()
         self._queue.put(future)
         await asyncio.wrap_future(future)
 
-    def load(self, history_limit: int) -> list[StoredJob]:
+    def hide_job(self, job_id: str) -> None:
+        self._appended.pop(job_id, None)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE jobs SET hidden = 1 WHERE job_id = ?", (job_id,))
+
+        self._queue.put(write)
+
+    def is_hidden(self, job_id: str) -> bool:
+        row = self._read().execute("SELECT hidden FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def load_unfinished(self, history_limit: int) -> list[StoredJob]:
         conn = self._connect()
         try:
-            jobs = []
-            rows = conn.execute(
-                "SELECT job_id, data, token_digest, sealed_grants FROM jobs ORDER BY ord"
-            ).fetchall()
-            for job_id, data, digest, sealed in rows:
-                update_rows = conn.execute(
-                    "SELECT seq, time, kind, payload FROM updates WHERE job_id = ? "
-                    "AND (seq > (SELECT COALESCE(MAX(seq), 0) FROM updates WHERE job_id = ?) - ?"
-                    " OR kind IN (?, ?)) ORDER BY seq",
-                    (job_id, job_id, history_limit, *_KEPT_KINDS),
-                ).fetchall()
-                updates = [
-                    update_from_row(seq, time, kind, json.loads(payload))
-                    for seq, time, kind, payload in update_rows
-                ]
-                jobs.append(StoredJob(json.loads(data), updates, digest, sealed))
-            return jobs
+            rows = conn.execute(_UNFINISHED, _TERMINAL_STATES).fetchall()
+            return [
+                StoredJob(
+                    json.loads(data),
+                    self._updates(conn, job_id, history_limit),
+                    digest,
+                    sealed,
+                )
+                for job_id, data, digest, sealed in rows
+            ]
         finally:
             conn.close()
 
+    def _updates(
+        self, conn: sqlite3.Connection, job_id: str, history_limit: int
+    ) -> list[JobUpdate]:
+        rows = conn.execute(
+            "SELECT seq, time, kind, payload FROM updates WHERE job_id = ? "
+            "AND (seq > (SELECT COALESCE(MAX(seq), 0) FROM updates WHERE job_id = ?) - ?"
+            " OR kind IN (?, ?)) ORDER BY seq",
+            (job_id, job_id, history_limit, *_KEPT_KINDS),
+        ).fetchall()
+        return [
+            update_from_row(seq, time, kind, json.loads(payload))
+            for seq, time, kind, payload in rows
+        ]
+
+    def _read(self) -> sqlite3.Connection:
+        if self._reader is None:
+            self._reader = self._connect()
+        return self._reader
+
+    def read_job(self, job_id: str) -> dict[str, Any] | None:
+        row = (
+            self._read()
+            .execute("SELECT data FROM jobs WHERE job_id = ? AND hidden = 0", (job_id,))
+            .fetchone()
+        )
+        return json.loads(row[0]) if row is not None else None
+
+    def iter_jobs(self, after_order: int, states: Collection[str]) -> Iterator[dict[str, Any]]:
+        query = "SELECT data FROM jobs WHERE ord > ? AND hidden = 0"
+        params: list[Any] = [after_order]
+        if states:
+            query += f" AND state IN ({_placeholders(states)})"
+            params.extend(states)
+        cursor = self._read().execute(query + " ORDER BY ord", params)
+        try:
+            while rows := cursor.fetchmany(_PAGE_ROWS):
+                for (data,) in rows:
+                    yield json.loads(data)
+        finally:
+            cursor.close()
+
+    def read_updates(self, job_id: str, after_sequence: int) -> list[JobUpdate]:
+        rows = self._read().execute(
+            "SELECT seq, time, kind, payload FROM updates WHERE job_id = ? AND seq > ? "
+            "ORDER BY seq",
+            (job_id, after_sequence),
+        )
+        return [
+            update_from_row(seq, time, kind, json.loads(payload))
+            for seq, time, kind, payload in rows
+        ]
+
+    def count_jobs(self) -> dict[tuple[str, str], int]:
+        rows = self._read().execute(
+            "SELECT state, json_extract(data, '$.mode'), COUNT(*) FROM jobs WHERE hidden = 0 "
+            "GROUP BY 1, 2"
+        )
+        return {(str(state), str(mode)): int(count) for state, mode, count in rows}
+
+    def last_order(self) -> int:
+        row = self._read().execute("SELECT COALESCE(MAX(ord), 0) FROM jobs").fetchone()
+        return int(row[0])
+
     async def close(self) -> None:
+        if not self._writer.is_alive():
+            return
         await self.flush()
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._writer.join, 5.0)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._temporary:
+            shutil.rmtree(self._path.parent, ignore_errors=True)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    # Stores written before a column existed get it with its default.
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    if "hidden" not in columns:
+        conn.execute("ALTER TABLE jobs ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0")
+
+
+def _placeholders(values: Collection[Any]) -> str:
+    return ", ".join("?" for _ in values)

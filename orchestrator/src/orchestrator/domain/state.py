@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from orchestrator.domain.jobs import JobState
 from orchestrator.errors import IllegalTransition
-from orchestrator.jobs.models import JobState
 
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.CREATING: frozenset({JobState.RUNNING, JobState.STOPPED, JobState.FAILED}),

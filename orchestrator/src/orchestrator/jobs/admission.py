@@ -1,0 +1,200 @@
+"""Admission: from a ``CreateJob`` request and the settings to a validated job, or one error.
+
+A pure function of its inputs (the tool catalogue is passed in as the one function that reads
+it), so every rule is unit-tested without a manager, an engine or a store. Every string a caller
+sends is bounded in length and characters here, with an ``INVALID_ARGUMENT`` that names the
+field; the project directory, which needs the file system, is checked by the manager next.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from orchestrator.domain.jobs import (
+    NO_TOOLS,
+    CreateJobRequest,
+    CredentialGrant,
+    GrantedTools,
+    JobLimitOverrides,
+    JobLimits,
+    JobMode,
+)
+from orchestrator.errors import FailedPrecondition, InvalidArgument
+from orchestrator.settings import Settings
+from orchestrator.tokens import validate_grants
+
+MAX_TASK_CHARS = 100_000
+MAX_PROJECT_DIR_CHARS = 4096
+MAX_LABELS = 32
+MAX_LABEL_VALUE_CHARS = 256
+LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-\[\]/]{0,127}")
+TOOL_NAME_MAX_CHARS = 64
+MAX_TOOLS_NAMED = 64
+# Control characters other than tab and newline have no business in a task or a label: they
+# hide text in terminals and logs, and a NUL ends strings in the engine's C code.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+# Reads the catalogue: (MCP names, WASM names, granted credential names) -> the granted tools.
+GrantTools = Callable[[Iterable[str], Iterable[str], Iterable[str]], GrantedTools]
+
+
+@dataclass(frozen=True)
+class AdmittedJob:
+    """Everything about a new job that its request decides, validated."""
+
+    job_id: str
+    task: str
+    mode: JobMode
+    limits: JobLimits
+    labels: dict[str, str]
+    grants: tuple[CredentialGrant, ...]
+    tools: GrantedTools
+    project_dir: str | None
+    wait_for_prompts: bool
+
+
+def parse_job_id(raw: str) -> str:
+    """Normalizes a job id; anything but a UUID is InvalidArgument."""
+    try:
+        return str(uuid.UUID(raw.strip()))
+    except (ValueError, AttributeError):
+        raise InvalidArgument(f"job id {raw[:64]!r} is not a UUID") from None
+
+
+def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools) -> AdmittedJob:
+    """Validates ``request`` against ``settings``; raises InvalidArgument or
+    FailedPrecondition naming what is wrong and, where there is one, the fix."""
+    job_id = parse_job_id(request.job_id) if request.job_id else str(uuid.uuid4())
+    task = check_text(request.task, "task", MAX_TASK_CHARS).strip()
+    if not task:
+        raise InvalidArgument("task is empty: say what the job should do")
+    if request.mode is JobMode.CLAUDE_CODE and not settings.claude_auth_configured:
+        raise FailedPrecondition(
+            "Claude Code mode is not enabled: set ANTHROPIC_API_KEY or "
+            "CLAUDE_CODE_OAUTH_TOKEN on the orchestrator"
+        )
+    project_dir = None
+    if request.project_dir:
+        project_dir = check_text(request.project_dir, "project_dir", MAX_PROJECT_DIR_CHARS)
+        if "\n" in project_dir or "\t" in project_dir:
+            raise InvalidArgument("project_dir holds a line break or a tab")
+    labels = validate_labels(request.labels)
+    grants = validate_grants(request.credentials)
+    return AdmittedJob(
+        job_id=job_id,
+        task=task,
+        mode=request.mode,
+        limits=effective_limits(settings, request.mode, request.limits),
+        labels=labels,
+        grants=grants,
+        tools=_tools(request, grants, grant_tools),
+        project_dir=project_dir,
+        wait_for_prompts=request.wait_for_prompts,
+    )
+
+
+def check_text(value: str, field: str, max_chars: int) -> str:
+    """``value`` if it is at most ``max_chars`` characters without control characters (tabs
+    and newlines allowed); InvalidArgument naming ``field`` otherwise, never echoing it."""
+    if len(value) > max_chars:
+        raise InvalidArgument(f"{field} is {len(value)} characters; the limit is {max_chars}")
+    bad = _CONTROL.search(value)
+    if bad:
+        raise InvalidArgument(
+            f"{field} holds the control character U+{ord(bad.group()):04X} at {bad.start()}"
+        )
+    return value
+
+
+def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels are allowed")
+    checked: dict[str, str] = {}
+    for key, value in labels.items():
+        if not LABEL_KEY_PATTERN.fullmatch(key):
+            raise InvalidArgument(
+                f"label key {key[:64]!r} is invalid: 1-63 letters, digits, '_', '.', '-' or '/',"
+                " starting with a letter or digit"
+            )
+        check_text(value, f"label {key!r}", MAX_LABEL_VALUE_CHARS)
+        if "\n" in value or "\t" in value:
+            raise InvalidArgument(f"label {key!r} holds a line break or a tab")
+        checked[key] = value
+    return checked
+
+
+def validate_model_name(model: str) -> str:
+    if not MODEL_NAME_PATTERN.fullmatch(model):
+        raise InvalidArgument(f"model name {model[:64]!r} is invalid")
+    return model
+
+
+def effective_limits(settings: Settings, mode: JobMode, o: JobLimitOverrides) -> JobLimits:
+    """The job's limits: the settings' defaults for its mode, overridden where asked, each
+    override within its range."""
+    s = settings
+    claude = mode is JobMode.CLAUDE_CODE
+
+    def pick(value: int | None, default: int, name: str, low: int, high: int) -> int:
+        if value is None:
+            return default
+        if not low <= value <= high:
+            raise InvalidArgument(f"limits.{name}={value} is out of range [{low}, {high}]")
+        return value
+
+    return JobLimits(
+        max_iterations=pick(o.max_iterations, s.worker_max_iterations, "max_iterations", 1, 10_000),
+        timeout_seconds=pick(
+            o.timeout_seconds,
+            s.claude_timeout_s if claude else s.worker_timeout_s,
+            "timeout_seconds",
+            1,
+            7 * 86400,
+        ),
+        memory_mb=pick(
+            o.memory_mb,
+            s.claude_memory_mb if claude else s.worker_memory_mb,
+            "memory_mb",
+            16,
+            1 << 20,
+        ),
+        llm_token_budget=pick(
+            o.llm_token_budget, s.job_llm_token_budget, "llm_token_budget", 0, 1 << 40
+        ),
+        llm_call_budget=pick(
+            o.llm_call_budget, s.job_llm_call_budget, "llm_call_budget", 0, 1 << 30
+        ),
+        llm_max_tokens_per_call=pick(
+            o.llm_max_tokens_per_call,
+            s.job_llm_max_tokens_per_call,
+            "llm_max_tokens_per_call",
+            1,
+            s.job_llm_max_tokens_per_call,
+        ),
+        claude_max_turns=pick(
+            o.claude_max_turns, s.claude_max_turns, "claude_max_turns", 1, 10_000
+        ),
+        claude_model=validate_model_name(o.claude_model or s.claude_model),
+    )
+
+
+def _tools(
+    request: CreateJobRequest, grants: tuple[CredentialGrant, ...], grant_tools: GrantTools
+) -> GrantedTools:
+    if not request.mcp_servers and not request.wasm_tools:
+        return NO_TOOLS
+    if request.mode is not JobMode.WORKER:
+        raise InvalidArgument(
+            "MCP servers and WASM tools are offered to worker-mode jobs only; Claude Code "
+            "jobs use the CLI's own tools"
+        )
+    named = (*request.mcp_servers, *request.wasm_tools)
+    if len(named) > MAX_TOOLS_NAMED:
+        raise InvalidArgument(f"at most {MAX_TOOLS_NAMED} custom tools may be named")
+    for name in named:
+        check_text(name, "tool name", TOOL_NAME_MAX_CHARS)
+    return grant_tools(request.mcp_servers, request.wasm_tools, (grant.name for grant in grants))
