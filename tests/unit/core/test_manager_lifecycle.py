@@ -90,7 +90,8 @@ async def test_a_job_runs_in_its_container_and_completes(start: Start) -> None:
     assert manager.authenticate(job_id, token).job_id == job_id
     snapshot = await manager.complete_job(job_id, True, "all green", teardown=False)
     assert snapshot.state is JobState.STOPPED
-    assert snapshot.result is not None and snapshot.result.reason is TerminalReason.COMPLETED
+    assert snapshot.result is not None
+    assert snapshot.result.reason is TerminalReason.COMPLETED
     with pytest.raises(Unauthenticated):
         manager.authenticate(job_id, token)  # the token died with the result
     backend.write_log(container.container_id, "last words")
@@ -162,14 +163,15 @@ async def test_ended_jobs_leave_memory_and_are_read_from_the_store(start: Start)
     await wait_for(lambda: manager._table.record(job_id) is None, 5, what="eviction")
     job = manager.get_job(job_id)
     assert job.state is JobState.STOPPED
-    assert job.result is not None and job.result.reason is TerminalReason.STOPPED_BY_OPERATOR
+    assert job.result is not None
+    assert job.result.reason is TerminalReason.STOPPED_BY_OPERATOR
     assert [j.job_id for j in manager.list_jobs().jobs] == [job_id, running]
     assert [j.job_id for j in manager.list_jobs(frozenset({JobState.RUNNING})).jobs] == [running]
     replay = [item async for item in manager.watch(job_id, from_start=True)]
     assert all(isinstance(item, JobUpdate) for item in replay)
     kinds = [item.kind for item in replay if isinstance(item, JobUpdate)]
     assert kinds[-1] is UpdateKind.RESULT
-    assert [item async for item in manager.watch(job_id)][0] == job
+    assert [item async for item in manager.watch(job_id)] == [job]
     assert manager.state_counts() == {("Stopped", "worker"): 1, ("Running", "worker"): 1}
 
 
