@@ -16,8 +16,6 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.conftest import build_image, image_name
-
 pytestmark = pytest.mark.docker
 
 # The server side: the orchestrator's package and what only it uses.
@@ -73,12 +71,6 @@ print(json.dumps({
     },
 }))
 """
-
-
-@pytest.fixture(scope="module")
-def claude_image(docker_engine: Any) -> str:
-    build_image("claude")  # the worker image first when stale; the pinned CLI wheel once
-    return image_name("claude")
 
 
 def _probe(docker_engine: Any, image: str, instance: str, modules: list[str]) -> dict[str, Any]:
