@@ -96,6 +96,12 @@ def worker_image(docker_engine: Any) -> str:
     return image_name("worker")
 
 
+@pytest.fixture(scope="session")
+def claude_image(docker_engine: Any) -> str:
+    build_image("claude")  # builds the worker image first when it is stale
+    return image_name("claude")
+
+
 @pytest.fixture
 def base_dir(tmp_path: Path) -> Path:
     base = tmp_path / "ironclaw"

@@ -96,7 +96,12 @@ for path in wheels:
                 continue
             if re.match(r"ironclaw[-_]", requirement.strip(), re.I):
                 continue
-            lines.append(requirement.strip())
+            # A marker of the environment stays (pip skips what this platform does not need);
+            # one naming an extra was answered above.
+            if marker.strip() and not extra:
+                lines.append(f"{requirement.strip()}; {marker.strip()}")
+            else:
+                lines.append(requirement.strip())
 open(out, "w").write("\n".join(sorted(set(lines))) + "\n")
 PY
 printf 'build-wheels: dependency wheels -> %s\n' "$out" >&2

@@ -3,7 +3,9 @@
 #
 # Puts a small project with a failing test under <base>/projects/demo, asks a worker job to
 # make the tests pass, follows it live, then shows the fix, the passing tests, that the
-# container is gone and that the job's token is dead. Uses a real model when one is
+# container is gone and that the job's token is dead. The project's tests never run on the
+# host: what the job left there is its code, so they run in a fresh container hardened like a
+# job's (run-sandboxed.sh), removed by the demo's cleanup. Uses a real model when one is
 # configured (ANTHROPIC_API_KEY, or OPENAI_API_KEY / LLM_BASE_URL); otherwise the scripted
 # provider replays deploy/demo/fix-the-tests.yaml and the same real tools run in the container.
 set -euo pipefail
@@ -19,10 +21,33 @@ export ORCHESTRATOR_PORT=${ORCHESTRATOR_PORT:-50051}
 export ORCHESTRATOR_HTTP_PORT=${ORCHESTRATOR_HTTP_PORT:-50052}
 export IRONCLAW_ORCHESTRATOR=${IRONCLAW_ORCHESTRATOR:-127.0.0.1:$ORCHESTRATOR_PORT}
 export LOG_FORMAT=${LOG_FORMAT:-console}
+# The image build-images.sh just made for this checkout (IRONCLAW_IMAGE_TAG), for the job and
+# for running the tests.
+export WORKER_IMAGE=${WORKER_IMAGE:-ironclaw-worker:${IRONCLAW_IMAGE_TAG:-latest}}
 PROJECT="$IRONCLAW_BASE_DIR/projects/demo"
 LOG="$IRONCLAW_BASE_DIR/orchestrator.log"
+# On the containers that run the project's tests (not ironclaw.instance: the orchestrator would
+# take them for job containers without a job and remove them).
+TESTS_LABEL="ironclaw.demo=$IRONCLAW_BASE_DIR"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+# The project's tests, in a fresh hardened container over the project (mounted read-only).
+project_tests() {
+    deploy/scripts/run-sandboxed.sh --label "$TESTS_LABEL" "$PROJECT" python3 -m unittest "$@"
+}
+
+SERVER_PID=""
+cleanup() {
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    # A test run interrupted with the demo (its `docker run --rm` client killed) leaves its
+    # container behind.
+    docker ps -aq --filter "label=$TESTS_LABEL" | xargs -r docker rm -f >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 
 step "Images (built only when missing or out of date)"
 deploy/scripts/build-images.sh worker
@@ -45,18 +70,11 @@ mkdir -p "$IRONCLAW_BASE_DIR/projects"
 cp -r deploy/demo/project "$PROJECT"
 # The job runs as uid 1000 without DAC_OVERRIDE: the project must be its own.
 if [[ $(id -u) -eq 0 ]]; then chown -R 1000:1000 "$PROJECT"; else chmod -R a+rwX "$PROJECT"; fi
-(cd "$PROJECT" && python3 -m unittest 2>&1 | tail -n 1) || true
+(project_tests 2>&1 | tail -n 1) || true
 
 step "Starting the orchestrator (log: $LOG)"
 "$IRONCLAW" serve >"$LOG" 2>&1 &
 SERVER_PID=$!
-cleanup() {
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
-}
-trap cleanup EXIT
 "$PY" - <<'PY'
 import os, sys, time
 import grpc
@@ -94,8 +112,8 @@ step "Live progress (ironclaw job watch)"
 step "The fix"
 diff -u deploy/demo/project/calc.py "$PROJECT/calc.py" || true
 
-step "The tests, run on the host"
-(cd "$PROJECT" && python3 -m unittest -v)
+step "The tests, run in a fresh container ($WORKER_IMAGE: uid 1000, no network, no capabilities, read-only)"
+project_tests -v
 
 step "The container is gone"
 for _ in $(seq 1 100); do

@@ -14,16 +14,9 @@ import pytest
 from grpc import aio
 
 from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
-from tests.conftest import build_image, image_name
 from tests.fakes.fake_anthropic import FakeAnthropic
 
 UPSTREAM_KEY = "sk-ant-e2e-" + "u" * 30
-
-
-@pytest.fixture(scope="session")
-def claude_image(docker_engine: Any) -> str:
-    build_image("claude")  # builds the worker image first when it is stale
-    return image_name("claude")
 
 
 @dataclass(frozen=True)
