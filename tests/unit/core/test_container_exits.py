@@ -44,6 +44,9 @@ class LaggingEngine:
     async def remove_job_network(self, instance: str, job_id: str) -> None:
         return None
 
+    async def mounted_directory(self, container_id: str, container_path: str) -> None:
+        return None  # it mounts nothing: no workspace to verify
+
 
 async def run_exit(tmp_path: Path, engine: LaggingEngine) -> Any:
     (tmp_path / "projects").mkdir()

@@ -43,13 +43,11 @@ from orchestrator.jobs.models import (
     UpdateKind,
 )
 from orchestrator.jobs.order_index import CreationOrderIndex
-from orchestrator.jobs.projects import (
-    check_writable_by_sandbox,
-    create_job_project_dir,
-    validate_bind_mount_path,
-)
+from orchestrator.jobs.projects import hold_job_project_dir
 from orchestrator.jobs.record import JobRecord, utcnow
+from orchestrator.jobs.start_gate import wait_while_creating
 from orchestrator.jobs.state import check_transition
+from orchestrator.jobs.workspace_check import verify_mounted_workspace
 from orchestrator.llm.policy import check_budget
 from orchestrator.logging import get_logger
 from orchestrator.settings import Settings
@@ -199,14 +197,12 @@ class ContainerJobManager:
         grants = validate_grants(request.credentials)
         tools = self._grant_tools(request, grants)
         limits = self._effective_limits(request.mode, request.limits)
-        if request.project_dir:
-            project = validate_bind_mount_path(request.project_dir, self._settings.projects_dir)
-            check_writable_by_sandbox(project)
-        else:
-            project = create_job_project_dir(self._settings.projects_dir, job_id)
+        # Held open until the started container's /workspace has been compared with it.
+        project = hold_job_project_dir(request.project_dir, self._settings.projects_dir, job_id)
         # A concurrent create with the same id may have won while the checks above ran.
         existing = self._jobs.get(job_id)
         if existing is not None:
+            project.close()
             return CreatedJob(existing.snapshot(), None, already_existed=True)
 
         now = utcnow()
@@ -216,7 +212,7 @@ class ContainerJobManager:
             order=self._order,
             task=task,
             mode=request.mode,
-            project_dir=str(project),
+            project_dir=str(project.path),
             container_name=container_name(request.mode, job_id),
             created_at=now,
             limits=limits,
@@ -246,7 +242,7 @@ class ContainerJobManager:
                 # The job must be on disk before its container can call back or outlive us.
                 await self._store.flush()
             log.info(
-                "job created", job_id=job_id, mode=request.mode.value, project_dir=str(project)
+                "job created", job_id=job_id, mode=request.mode.value, project_dir=job.project_dir
             )
             network = None
             if self._settings.job_network == "isolated":
@@ -263,25 +259,34 @@ class ContainerJobManager:
                 deadline=job.deadline,
                 token=token,
                 orchestrator_url=self._orchestrator_url,
-                project_dir=str(project),
+                project_dir=job.project_dir,
                 wait_for_prompts=request.wait_for_prompts,
             )
             if job.state is JobState.CREATING:
                 job.container_id = await self._backend.create_and_start(spec)
                 self._persist(job)
+                # Before the job is Running (its worker-API calls wait for that): the engine
+                # resolved the project path itself, after the validation.
+                await verify_mounted_workspace(self._backend, job.container_id, project)
         except OrchestratorError as exc:
-            self._finish(job, TerminalReason.START_FAILED, exc.message, teardown=False)
-            job.torn_down.set()
-            self._spawn(self._release_network(job_id))
+            # A container that started but failed its workspace check is removed too.
+            started = job.container_id is not None
+            self._finish(job, TerminalReason.START_FAILED, exc.message, teardown=started)
+            if not started:
+                job.torn_down.set()
+                self._spawn(self._release_network(job_id))
             raise
         except Exception as exc:
             message = f"container start failed: {type(exc).__name__}: {exc}"
-            self._finish(job, TerminalReason.START_FAILED, message, teardown=False)
-            job.torn_down.set()
-            self._spawn(self._release_network(job_id))
+            started = job.container_id is not None
+            self._finish(job, TerminalReason.START_FAILED, message, teardown=started)
+            if not started:
+                job.torn_down.set()
+                self._spawn(self._release_network(job_id))
             raise FailedPrecondition(message) from exc
         finally:
             job.lifecycle_lock.release()
+            project.close()
         if job.state is JobState.CREATING:
             self._transition(job, JobState.RUNNING, "container started")
             job.started_at = utcnow()
@@ -438,6 +443,19 @@ class ContainerJobManager:
             finally:
                 if waiter.cancelled() or not waiter.done():
                     job.forget_waiter(waiter)  # this watcher stopped: no waiter left behind
+
+    # ---------------------------------------------------------------- start gate
+
+    async def hold_while_creating(self, job_id: str, token: str, timeout_s: float) -> bool:
+        """Holds a worker-API call that carries the live token of a job still ``Creating``
+        (its container started, its workspace not yet verified) until the job leaves that
+        state; False if it has not after ``timeout_s``. Any other call passes at once."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not JobState.CREATING:
+            return True
+        if not self._tokens.validate(job_id, token):
+            return True  # refused by the handler's own token check, without waiting
+        return await wait_while_creating(job, timeout_s)
 
     # ---------------------------------------------------------------- worker-side calls
 
