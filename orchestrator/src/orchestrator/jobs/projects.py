@@ -115,23 +115,25 @@ def open_project_dir(requested: str, projects_dir: Path) -> HeldProjectDir:
                     )
                 os.close(steps.pop().fd)
                 continue
+            parent = steps[-1]
+            # Checked before anything below it is looked at: whatever a job does in there
+            # (a link, a swap) is then never what decides.
+            if len(steps) > 1 and _sandbox_controls(parent.st):
+                raise InvalidArgument(
+                    f"Project directory {requested} is refused: it lies inside {parent.shown}, "
+                    f"which the sandbox user (uid {SANDBOX_UID}) can write, as it can every "
+                    "job's project: a job working there could rename or replace the directory "
+                    "after this check. Use a directory directly under the projects base, or "
+                    f"give {parent.shown} to another user and remove its group and world "
+                    f"write bits (`chown root {parent.shown} && chmod go-w {parent.shown}`)"
+                )
             shown = os.path.join(shown_root, *_names(steps), name)
-            steps.append(_open_step(steps[-1].fd, name, shown, requested))
+            steps.append(_open_step(parent.fd, name, shown, requested))
         if len(steps) == 1:
             raise InvalidArgument(
                 f"{OUTSIDE_BASE}: {requested} (allowed: directories under {base})"
             )
         target = steps[-1]
-        for ancestor in steps[1:-1]:
-            if _sandbox_controls(ancestor.st):
-                raise InvalidArgument(
-                    f"Project directory {requested} is refused: it lies inside {ancestor.shown}, "
-                    f"which the sandbox user (uid {SANDBOX_UID}) can write, as it can every "
-                    "job's project: a job working there could rename or replace the directory "
-                    "after this check. Use a directory directly under the projects base, or "
-                    f"give {ancestor.shown} to another user and remove its group and world "
-                    f"write bits (`chown root {ancestor.shown} && chmod go-w {ancestor.shown}`)"
-                )
         path = base.joinpath(*_names(steps))
         if not _sandbox_can_write(target.st):
             raise InvalidArgument(
