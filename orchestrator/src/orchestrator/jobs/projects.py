@@ -128,7 +128,8 @@ def open_project_dir(requested: str, projects_dir: Path) -> HeldProjectDir:
                     f"write bits (`chown root {parent.shown} && chmod go-w {parent.shown}`)"
                 )
             shown = os.path.join(shown_root, *_names(steps), name)
-            steps.append(_open_step(parent.fd, name, shown, requested))
+            where = base.joinpath(*_names(steps))
+            steps.append(_open_step(parent.fd, name, shown, requested, where, base))
         if len(steps) == 1:
             raise InvalidArgument(
                 f"{OUTSIDE_BASE}: {requested} (allowed: directories under {base})"
@@ -152,7 +153,9 @@ def _names(steps: list[_Step]) -> list[str]:
     return [step.name for step in steps[1:]]
 
 
-def _open_step(parent: int, name: str, shown: str, requested: str) -> _Step:
+def _open_step(
+    parent: int, name: str, shown: str, requested: str, where: Path, base: Path
+) -> _Step:
     try:
         fd = os.open(name, _OPEN_FLAGS, dir_fd=parent)
     except FileNotFoundError:
@@ -164,15 +167,27 @@ def _open_step(parent: int, name: str, shown: str, requested: str) -> _Step:
     st = os.fstat(fd)
     if stat.S_ISLNK(st.st_mode):
         os.close(fd)
+        prefix = f"Project directory {requested} is refused"
+        if _leads_out(parent, name, where, base):
+            prefix = f"{OUTSIDE_BASE}: {requested}"
         raise InvalidArgument(
-            f"Project directory {requested} is refused: {shown} is a symbolic link. Name the "
-            "real directory: a link is not followed, since it can be pointed elsewhere (out of "
-            "the allowed base, or into another project) after the check"
+            f"{prefix}: {shown} is a symbolic link. Name the real directory: a link is not "
+            "followed, since it can be pointed elsewhere (out of the allowed base, or into "
+            "another project) after the check"
         )
     if not stat.S_ISDIR(st.st_mode):
         os.close(fd)
         raise InvalidArgument(f"Project directory {requested} is not a directory ({shown})")
     return _Step(name, fd, st, shown)
+
+
+def _leads_out(parent: int, name: str, where: Path, base: Path) -> bool:
+    """Where a refused link points now, for the message only: it decides nothing."""
+    try:
+        resolved = Path(os.path.realpath(where / os.readlink(name, dir_fd=parent)))
+    except OSError:
+        return False
+    return resolved == base or not resolved.is_relative_to(base)
 
 
 def _parts_below_base(requested: str, projects_dir: Path, base: Path) -> tuple[str, list[str]]:
