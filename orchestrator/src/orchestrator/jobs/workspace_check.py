@@ -12,6 +12,9 @@ from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.spec import WORKSPACE
 from orchestrator.errors import FailedPrecondition
 from orchestrator.jobs.projects import HeldProjectDir
+from orchestrator.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class WorkspaceMismatch(FailedPrecondition):
@@ -27,6 +30,12 @@ async def verify_mounted_workspace(
     seen = await backend.mounted_directory(container_id, WORKSPACE)
     if seen is None or seen == project.identity:
         return
+    log.warning(
+        "the container's workspace is not the validated project directory",
+        container_id=container_id,
+        mounted=str(seen),
+        expected=str(project.identity),
+    )
     raise WorkspaceMismatch(
         f"the directory mounted at {WORKSPACE} ({seen}) is not the validated project directory "
         f"{project.requested} ({project.identity}): it was replaced between the check and the "
