@@ -347,7 +347,8 @@ class DockerBackend(ContainerBackend):
         self, container_id: str, container_path: str
     ) -> DirectoryIdentity | None:
         # From the host when this process can look into the container's process (root on the
-        # host: microseconds), else by running `stat` in the container (an exec: tens of ms).
+        # host: about a millisecond, mostly the inspect), else by running `stat` in the
+        # container (an exec: tens of milliseconds).
         state = self._running_state(container_id)
         if state is None:
             return None
