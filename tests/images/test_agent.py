@@ -7,6 +7,8 @@ It makes the real worker-API calls a job container makes, then does what its tas
   oom              allocate memory until the kernel kills it
   complete OK|FAIL [message]   report a result through /complete, then exit 0
   env              report the names of its environment variables as an event, then sleep
+  python CODE      run CODE (the rest of the task) with `call` at hand, then sleep
+Like the worker, it retries a 503 (a job still starting) after its Retry-After.
 Standard library only.
 """
 
@@ -26,9 +28,16 @@ def call(method, path, body=None):
     request.add_header("Authorization", "Bearer " + os.environ["IRONCLAW_WORKER_TOKEN"])
     if data is not None:
         request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        raw = response.read()
-        return json.loads(raw) if raw else None
+    give_up = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > give_up:
+                raise
+            time.sleep(float(exc.headers.get("Retry-After") or 1))
 
 
 def main():
@@ -50,6 +59,9 @@ def main():
         success = words[1] == "OK"
         call("POST", "/complete", {"success": success, "message": " ".join(words[2:])})
         return 0
+    if action == "python":
+        source = job["task_description"].split(None, 1)[1]
+        exec(compile(source, "<task>", "exec"), {"__name__": "__task__", "call": call})
     if action == "env":
         call(
             "POST",

@@ -86,6 +86,17 @@ class ContainerInfo:
 
 
 @dataclass(frozen=True)
+class DirectoryIdentity:
+    """Which directory a path names, as the kernel tells them apart: device and inode."""
+
+    device: int
+    inode: int
+
+    def __str__(self) -> str:
+        return f"device {self.device:#x}, inode {self.inode}"
+
+
+@dataclass(frozen=True)
 class ContainerExit:
     """A managed container stopped running (exited, killed or OOM-killed)."""
 
@@ -136,6 +147,16 @@ class ContainerBackend(abc.ABC):
     @abc.abstractmethod
     def exits(self, instance: str) -> AsyncIterator[ContainerExit]:
         """Exit notifications for this instance's containers, for as long as it is iterated."""
+
+    async def mounted_directory(
+        self, container_id: str, container_path: str
+    ) -> DirectoryIdentity | None:
+        """The identity of the directory mounted at ``container_path`` in the started
+        container, read where the container sees it. None when there is nothing to compare:
+        the backend binds no host directories (this default), or the container has already
+        stopped. Backends that bind host paths must override it; raises OrchestratorError
+        when the container runs but its mount cannot be read."""
+        return None
 
     @abc.abstractmethod
     async def default_gateway(self) -> str | None:

@@ -30,9 +30,15 @@ from orchestrator.containers.backend import (
     ContainerExit,
     ContainerInfo,
     ContainerSpec,
+    DirectoryIdentity,
     JobNetworkRequest,
 )
 from orchestrator.containers.host_paths import verify_projects_dir_on_host
+from orchestrator.containers.mount_identity import (
+    STAT_COMMAND,
+    identity_through_proc,
+    parse_stat_output,
+)
 from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID
 from orchestrator.errors import EngineUnavailable, FailedPrecondition, OrchestratorError
 from orchestrator.logging import get_logger
@@ -337,6 +343,63 @@ class DockerBackend(ContainerBackend):
         return ContainerExit(
             container_id=container_id, job_id=job_id, exit_code=exit_code, oom_killed=oom
         )
+
+    async def mounted_directory(
+        self, container_id: str, container_path: str
+    ) -> DirectoryIdentity | None:
+        return await self._run(
+            functools.partial(self._mounted_directory, container_id, container_path)
+        )
+
+    def _mounted_directory(
+        self, container_id: str, container_path: str
+    ) -> DirectoryIdentity | None:
+        # From the host when this process can look into the container's process (root on the
+        # host: about a millisecond, mostly the inspect), else by running `stat` in the
+        # container (an exec: tens of milliseconds).
+        state = self._running_state(container_id)
+        if state is None:
+            return None
+        seen = identity_through_proc(int(state.get("Pid") or 0), container_id, container_path)
+        if seen is not None:
+            return seen
+        return self._identity_through_exec(container_id, container_path)
+
+    def _running_state(self, container_id: str) -> dict[str, Any] | None:
+        try:
+            state: dict[str, Any] = self._api().inspect_container(container_id).get("State") or {}
+        except docker.errors.NotFound:
+            return None
+        return state if state.get("Running") else None
+
+    def _identity_through_exec(
+        self, container_id: str, container_path: str
+    ) -> DirectoryIdentity | None:
+        api = self._api()
+        command = " ".join((*STAT_COMMAND, container_path))
+        try:
+            exec_id = api.exec_create(
+                container_id, [*STAT_COMMAND, container_path], stdout=True, stderr=True
+            )["Id"]
+            stdout, stderr = api.exec_start(exec_id, demux=True)
+            exit_code = api.exec_inspect(exec_id).get("ExitCode")
+        except docker.errors.APIError as exc:
+            if self._running_state(container_id) is None:
+                return None  # it stopped meanwhile: it runs nothing that could use the mount
+            raise ContainerStartFailed(
+                f"the job's workspace could not be verified: {_api_error_text('exec', exc)}"
+            ) from exc
+        output = (stdout or b"").decode("utf-8", "replace")
+        seen = parse_stat_output(output) if exit_code == 0 else None
+        if seen is None:
+            if self._running_state(container_id) is None:
+                return None
+            detail = ((stderr or b"") + (stdout or b"")).decode("utf-8", "replace").strip()
+            raise ContainerStartFailed(
+                f"the job's workspace could not be verified: `{command}` in the container "
+                f"exited with {exit_code}: {detail[:200]} (the image needs a `stat` command)"
+            )
+        return seen
 
     async def default_gateway(self) -> str | None:
         def gateway() -> str | None:

@@ -26,6 +26,7 @@ from orchestrator.http_api import schemas
 from orchestrator.http_api.anthropic_route import add_anthropic_routes
 from orchestrator.http_api.openapi import build_openapi
 from orchestrator.jobs.manager import ContainerJobManager
+from orchestrator.jobs.start_gate import START_HOLD_S
 from orchestrator.llm.proxy import LlmProxy
 from orchestrator.log_context import job_log_context
 from orchestrator.logging import get_logger
@@ -84,20 +85,47 @@ def _job_id(request: web.Request) -> str:
         raise InvalidArgument(f"job id {raw[:64]!r} is not a UUID") from None
 
 
+def request_token(request: web.Request, allow_api_key: bool = False) -> str:
+    """The bearer token the request carries ("" if none)."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith(_BEARER):
+        return header[len(_BEARER) :].strip()
+    if allow_api_key:
+        return request.headers.get("x-api-key", "")
+    return ""
+
+
 def authenticate(request: web.Request, allow_api_key: bool = False) -> str:
     """The path's job id, if the request carries that job's live token."""
     job_id = _job_id(request)
-    header = request.headers.get("Authorization", "")
-    if header.startswith(_BEARER):
-        token = header[len(_BEARER) :].strip()
-    elif allow_api_key:
-        token = request.headers.get("x-api-key", "")
-    else:
-        token = ""
+    token = request_token(request, allow_api_key)
     if not token:
         raise Unauthenticated()
     request.app[MANAGER_KEY].authenticate(job_id, token)
     return job_id
+
+
+@web.middleware
+async def start_gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Holds a job's calls while its container is being verified (jobs/start_gate.py)."""
+    raw = request.match_info.get("job_id")
+    token = request_token(request, allow_api_key=True) if raw else ""
+    if raw and token:
+        try:
+            job_id = str(uuid.UUID(raw))
+        except ValueError:
+            return await handler(request)  # the handler answers 400
+        manager = request.app[MANAGER_KEY]
+        if not await manager.hold_while_creating(job_id, token, START_HOLD_S):
+            return web.json_response(
+                {
+                    "error": ErrorKind.UNAVAILABLE.value.http_code,
+                    "message": f"job {job_id} is still starting: retry shortly",
+                },
+                status=ErrorKind.UNAVAILABLE.value.http_status,
+                headers={"Retry-After": "1"},
+            )
+    return await handler(request)
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
@@ -283,7 +311,7 @@ def build_app(
     metrics = metrics or manager.metrics
     counting = [metrics.middleware()] if metrics is not None else []
     app = web.Application(
-        middlewares=[*counting, job_log_context, error_middleware],
+        middlewares=[*counting, job_log_context, error_middleware, start_gate],
         client_max_size=manager.settings.http_max_body_bytes,
     )
     app[MANAGER_KEY] = manager

@@ -17,11 +17,12 @@ _ERRORS = {
     "401": "Invalid bearer token (missing, unknown, revoked, or another job's)",
     "413": "Request body too large",
     "422": "The body does not match the schema",
+    "503": "The job is still starting (its workspace not yet verified): retry after Retry-After",
 }
 _LLM_ERRORS = {
     "429": "Budget exhausted or model not allowed (the message says which, with the numbers)",
     "502": "The provider failed (its reason, no secrets)",
-    "503": "No provider configured",
+    "503": "No provider configured, or the job is still starting (then with Retry-After)",
 }
 
 

@@ -40,14 +40,12 @@ from orchestrator.jobs.isolation import job_network_request
 from orchestrator.jobs.ledger import LlmLedger
 from orchestrator.jobs.lifecycle import JobLifecycle
 from orchestrator.jobs.persistence import record_to_json
-from orchestrator.jobs.projects import (
-    check_writable_by_sandbox,
-    create_job_project_dir,
-    validate_bind_mount_path,
-)
+from orchestrator.jobs.projects import HeldProjectDir, hold_job_project_dir
 from orchestrator.jobs.reconciler import Reconciler
 from orchestrator.jobs.record import JobRecord, utcnow
+from orchestrator.jobs.start_gate import wait_while_creating
 from orchestrator.jobs.table import JobPage, JobTable
+from orchestrator.jobs.workspace_check import verify_mounted_workspace
 from orchestrator.logging import get_logger
 from orchestrator.settings import Settings
 from orchestrator.store.base import JobStore
@@ -168,31 +166,33 @@ class ContainerJobManager:
             if existing is not None:
                 return existing
         admitted = admit(request, self._settings, self._catalog.grant)
-        if admitted.project_dir:
-            project = validate_bind_mount_path(admitted.project_dir, self._settings.projects_dir)
-            check_writable_by_sandbox(project)
-        else:
-            project = create_job_project_dir(self._settings.projects_dir, admitted.job_id)
-        # A concurrent create with the same id may have won while the checks above ran.
-        existing = self._existing(admitted.job_id)
-        if existing is not None:
-            return existing
-        job = self._record(admitted, str(project))
-        token = self._tokens.create_token(job.job_id, admitted.grants)
-        # Held until the container is started, so reconciliation never judges the job
-        # "vanished" while it is being created. A fresh lock is acquired without suspending.
-        await job.lifecycle_lock.acquire()
+        # Held open until the started container's /workspace has been compared with it.
+        project = hold_job_project_dir(
+            admitted.project_dir, self._settings.projects_dir, admitted.job_id
+        )
         try:
-            await self._start(job, admitted, token)
-        except OrchestratorError as exc:
-            self._start_failed(job, exc.message)
-            raise
-        except Exception as exc:
-            message = f"container start failed: {type(exc).__name__}: {exc}"
-            self._start_failed(job, message)
-            raise FailedPrecondition(message) from exc
+            # A concurrent create with the same id may have won while the checks above ran.
+            existing = self._existing(admitted.job_id)
+            if existing is not None:
+                return existing
+            job = self._record(admitted, str(project.path))
+            token = self._tokens.create_token(job.job_id, admitted.grants)
+            # Held until the container is started, so reconciliation never judges the job
+            # "vanished" while it is being created. A fresh lock is acquired without suspending.
+            await job.lifecycle_lock.acquire()
+            try:
+                await self._start(job, admitted, token, project)
+            except OrchestratorError as exc:
+                self._start_failed(job, exc.message)
+                raise
+            except Exception as exc:
+                message = f"container start failed: {type(exc).__name__}: {exc}"
+                self._start_failed(job, message)
+                raise FailedPrecondition(message) from exc
+            finally:
+                job.lifecycle_lock.release()
         finally:
-            job.lifecycle_lock.release()
+            project.close()
         if job.state is JobState.CREATING:
             self._lifecycle.started(job, "container started")
             log.info("job running", job_id=job.job_id, container=job.container_name)
@@ -233,7 +233,9 @@ class ContainerJobManager:
             self._metrics.job_created(job.mode.value)
         return job
 
-    async def _start(self, job: JobRecord, admitted: AdmittedJob, token: str) -> None:
+    async def _start(
+        self, job: JobRecord, admitted: AdmittedJob, token: str, project: HeldProjectDir
+    ) -> None:
         self._lifecycle.publish(
             job, UpdateKind.STATE, {"state": JobState.CREATING, "reason": "job created"}
         )
@@ -264,10 +266,16 @@ class ContainerJobManager:
         if job.state is JobState.CREATING:
             job.container_id = await self._backend.create_and_start(spec)
             self._lifecycle.persist(job)
+            # Before the job is Running (its worker-API calls wait for that): the engine
+            # resolved the project path itself, after the validation.
+            await verify_mounted_workspace(self._backend, job.container_id, project)
 
     def _start_failed(self, job: JobRecord, message: str) -> None:
-        self._lifecycle.finish(job, TerminalReason.START_FAILED, message, teardown=False)
-        self._lifecycle.spawn(self._lifecycle.abandon(job))
+        # A container that started but failed its workspace check is removed too.
+        started = job.container_id is not None
+        self._lifecycle.finish(job, TerminalReason.START_FAILED, message, teardown=started)
+        if not started:
+            self._lifecycle.spawn(self._lifecycle.abandon(job))
 
     def served_tools(self, job_id: str) -> dict[str, Any]:
         """What ``GET /worker/{id}/tools`` answers: the job's granted custom tools."""
@@ -353,6 +361,19 @@ class ContainerJobManager:
             yield update
             if update.kind is UpdateKind.RESULT:
                 return
+
+    # ---------------------------------------------------------------- start gate
+
+    async def hold_while_creating(self, job_id: str, token: str, timeout_s: float) -> bool:
+        """Holds a worker-API call that carries the live token of a job still ``Creating``
+        (its container started, its workspace not yet verified) until the job leaves that
+        state; False if it has not after ``timeout_s``. Any other call passes at once."""
+        job = self._table.record(job_id)
+        if job is None or job.state is not JobState.CREATING:
+            return True
+        if not self._tokens.validate(job_id, token):
+            return True  # refused by the handler's own token check, without waiting
+        return await wait_while_creating(job, timeout_s)
 
     # ---------------------------------------------------------------- worker-side calls
 
