@@ -130,7 +130,9 @@ def run_footprint_bench(options: FootprintOptions) -> dict[str, Any]:
     rss = [measure_rss(jobs) for jobs in sizes]
     idle = rss[0]["rss_kib"]
     for row in rss:
-        row["label"] = "idle (empty store)" if row["jobs_tracked"] == 0 else "ended jobs in the store"
+        row["label"] = (
+            "idle (empty store)" if row["jobs_tracked"] == 0 else "ended jobs in the store"
+        )
         row["rss_mib"] = row["rss_kib"] / 1024
         if row["jobs_tracked"]:
             row["per_job_kib"] = (row["rss_kib"] - idle) / row["jobs_tracked"]

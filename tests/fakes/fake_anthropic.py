@@ -26,7 +26,7 @@ import asyncio
 import json
 import secrets
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -86,6 +86,10 @@ class FakeProviderServer:
         self._stalls: list[StallReply] = []
         self._runner: web.AppRunner | None = None
         self._arrived = asyncio.Condition()
+        # With nothing queued, a responder answers instead of the unscripted error; and what
+        # successful answers reported, as the provider would bill it.
+        self.responder: Callable[[ReceivedRequest], object] | None = None
+        self.served_tokens = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -173,7 +177,9 @@ class FakeProviderServer:
             self._arrived.notify_all()
         return received
 
-    async def _take_reply(self) -> object:
+    async def _take_reply(self, received: ReceivedRequest | None = None) -> object:
+        if not self._replies and self.responder is not None and received is not None:
+            return self.responder(received)
         reply = self._replies.popleft() if self._replies else self._unscripted()
         if isinstance(reply, StallReply):
             self._stalls.append(reply)
@@ -337,11 +343,12 @@ class FakeAnthropic(FakeProviderServer):
         refusal = self._check_headers(received) or _check_messages_body(received.body)
         if refusal is not None:
             return error_response(refusal)
-        reply = await self._take_reply()
+        reply = await self._take_reply(received)
         if isinstance(reply, ErrorReply):
             return error_response(reply)
         if not isinstance(reply, MessageReply):
             raise TypeError(f"{self.name} cannot send {reply!r}")
+        self.served_tokens += reply.input_tokens + reply.output_tokens
         message = _message_document(reply, received.body["model"])
         headers = {"request-id": _request_id()}
         if received.body.get("stream"):
@@ -509,6 +516,17 @@ def _check_messages_body(body: object) -> ErrorReply | None:
 
 def _chunks(text: str, size: int = 8) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def answer_to_the_cap(received: ReceivedRequest) -> MessageReply:
+    """A model that always writes until ``max_tokens``: the most a call can be billed."""
+    body = received.body
+    return MessageReply(
+        content=({"type": "text", "text": "word " * 8},),
+        stop_reason="max_tokens",
+        input_tokens=_estimate_tokens(body.get("messages")),
+        output_tokens=int(body["max_tokens"]),
+    )
 
 
 def _estimate_tokens(body: object) -> int:

@@ -45,6 +45,20 @@ class CompletionReply:
     )
 
 
+def answer_to_the_cap(received: ReceivedRequest) -> CompletionReply:
+    """A model that always writes until ``max_tokens``: the most a call can be billed."""
+    body = received.body
+    cap = body.get("max_completion_tokens") or body["max_tokens"]
+    return CompletionReply(
+        message={"role": "assistant", "content": "word " * 8},
+        finish_reason="length",
+        usage={
+            "prompt_tokens": max(1, len(json.dumps(body["messages"])) // 4),
+            "completion_tokens": int(cap),
+        },
+    )
+
+
 def openai_error_body(message: str, error_type: str, code: str | None = None) -> dict[str, Any]:
     """The real API's error document."""
     return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
@@ -193,11 +207,13 @@ class FakeOpenAI(FakeProviderServer):
         refusal = self._check_auth(received) or _check_chat_body(received.body)
         if refusal is not None:
             return error_response(refusal)
-        reply = await self._take_reply()
+        reply = await self._take_reply(received)
         if isinstance(reply, ErrorReply):
             return error_response(reply)
         if not isinstance(reply, CompletionReply):
             raise TypeError(f"{self.name} cannot send {reply!r}")
+        if reply.usage is not None:
+            self.served_tokens += reply.usage["prompt_tokens"] + reply.usage["completion_tokens"]
         document: dict[str, Any] = {
             "id": f"chatcmpl-{secrets.token_hex(12)}",
             "object": "chat.completion",

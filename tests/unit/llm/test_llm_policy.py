@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import BudgetExceeded, InvalidArgument
-from orchestrator.llm.policy import cap_max_tokens, check_budget, resolve_model
+from orchestrator.llm.policy import cap_max_tokens, resolve_model
 
 
 class TestResolveModel:
@@ -55,23 +55,3 @@ class TestCapMaxTokens:
     def test_non_positive_is_invalid(self, bad: int) -> None:
         with pytest.raises(InvalidArgument, match="max_tokens"):
             cap_max_tokens(bad, 8192)
-
-
-class TestCheckBudget:
-    def test_within_budget_passes(self) -> None:
-        check_budget(499, 1_999_999, 500, 2_000_000)
-
-    def test_call_budget_exhausted(self) -> None:
-        with pytest.raises(BudgetExceeded) as caught:
-            check_budget(500, 10, 500, 2_000_000)
-        assert caught.value.message == "LLM call budget exhausted: 500 of 500 calls used"
-
-    def test_token_budget_exhausted(self) -> None:
-        with pytest.raises(BudgetExceeded) as caught:
-            check_budget(3, 2_000_123, 500, 2_000_000)
-        assert caught.value.message == (
-            "LLM token budget exhausted: 2000123 of 2000000 tokens used"
-        )
-
-    def test_zero_means_unlimited(self) -> None:
-        check_budget(10**9, 10**12, 0, 0)

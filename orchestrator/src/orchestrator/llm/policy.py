@@ -1,5 +1,5 @@
-"""Per-job LLM policy: which model a call may use, how many tokens it may ask for, and whether
-the job's budget still allows it.
+"""Per-job LLM policy: which model a call may use and how many tokens it may ask for (whether the
+job's budget still allows the call is the ledger's, ``orchestrator.jobs.ledger``).
 
 These are pure functions, applied by the proxy before every provider call so that each door
 (the worker API's completion routes and the Claude Code passthrough) enforces the same rules.
@@ -34,7 +34,7 @@ def resolve_model(requested: str | None, default_model: str, allowlist: Iterable
 def cap_max_tokens(requested: int | None, cap: int) -> int:
     """Returns the ``max_tokens`` to send upstream: the request's value clamped to ``cap``.
 
-    The cap bounds a single answer, not the job's spend (that is :func:`check_budget`), so a
+    The cap bounds a single answer, not the job's spend (that is the ledger's), so a
     request above it is clamped rather than refused: clients routinely ask for more than any
     operator cap (the Claude Code CLI asks for 32000), and refusing would fail every such call
     while clamping costs nothing. A model that hits the ceiling says so with
@@ -45,20 +45,3 @@ def cap_max_tokens(requested: int | None, cap: int) -> int:
     if requested < 1:
         raise InvalidArgument(f"max_tokens must be a positive integer, got {requested}")
     return min(requested, cap)
-
-
-def check_budget(usage_calls: int, usage_tokens: int, call_budget: int, token_budget: int) -> None:
-    """Raises :class:`BudgetExceeded` when a job has used up its calls or tokens.
-
-    ``usage_*`` is what the job has consumed so far; a budget of 0 means unlimited. The check
-    runs before a call, so the call that crosses a token budget completes and the next one is
-    refused: a provider cannot be asked to stop at an exact token count.
-    """
-    if call_budget > 0 and usage_calls >= call_budget:
-        raise BudgetExceeded(
-            f"LLM call budget exhausted: {usage_calls} of {call_budget} calls used"
-        )
-    if token_budget > 0 and usage_tokens >= token_budget:
-        raise BudgetExceeded(
-            f"LLM token budget exhausted: {usage_tokens} of {token_budget} tokens used"
-        )
