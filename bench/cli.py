@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.attack_bench import AttackOptions, run_attack_bench
 from bench.burst_bench import BurstOptions, run_burst_bench
 from bench.controlplane_bench import ControlPlaneOptions, run_controlplane_bench
 from bench.footprint_bench import FootprintOptions, run_footprint_bench
@@ -26,7 +27,7 @@ from bench.stats import markdown_table
 from bench.workerapi_bench import WorkerApiOptions, run_workerapi_bench
 
 # The suite's order: the two that start 50 containers, which load the machine most, come last.
-BENCHMARKS = ("proxy", "start", "controlplane", "footprint", "workerapi", "burst")
+BENCHMARKS = ("proxy", "start", "controlplane", "footprint", "workerapi", "attacks", "burst")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -140,6 +141,11 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
         return run_workerapi_bench(WorkerApiOptions(pin=not args.no_pin, profile=args.profile))
+    if name == "attacks":
+        import os
+
+        tag = os.environ.get("IRONCLAW_IMAGE_TAG", "latest")
+        return run_attack_bench(AttackOptions(phase_s=5.0 if args.quick else 10.0, image_tag=tag))
     samples = args.samples or (10 if args.quick else 15)
     return run_start_bench(StartOptions(samples=max(samples, 10), warmup=1))
 
@@ -234,7 +240,42 @@ def render(document: dict[str, Any]) -> str:
         return render_burst(document)
     if document["benchmark"] == "workerapi":
         return render_workerapi(document)
+    if document["benchmark"] == "attacks":
+        return render_attacks(document)
     return render_start(document)
+
+
+def render_attacks(document: dict[str, Any]) -> str:
+    rows = [
+        [
+            phase["phase"],
+            phase["health_ms"]["p50"],
+            phase["health_ms"]["p99"],
+            phase["get_job_ms"]["p50"],
+            phase["get_job_ms"]["p99"],
+            phase["errors"]["health"] + phase["errors"]["get_job"],
+            ", ".join(f"{key}={value}" for key, value in phase["attack"].items()) or "-",
+        ]
+        for phase in document["phases"]
+    ]
+    header = [
+        "phase",
+        "/health p50 ms",
+        "/health p99 ms",
+        "GetJob p50 ms",
+        "GetJob p99 ms",
+        "probe errors",
+        "what the attack got",
+    ]
+    skipped = document["config"]["skipped"]
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            *([f"skipped (not in this checkout): {', '.join(skipped)}", ""] if skipped else []),
+            *_targets_notes_profiles(document),
+        ]
+    )
 
 
 def render_proxy(document: dict[str, Any]) -> str:

@@ -26,6 +26,9 @@ class AttackTarget:
     base_dir: Path  # its IRONCLAW_BASE_DIR (projects under base_dir / "projects")
     pid: int  # the orchestrator's process, for its RSS, fds and CPU time
     settings_env: Mapping[str, str]  # the environment it was started with
+    # Sleep jobs started for the attacks' use, (job_id, token); the runner's own victim job,
+    # whose GetJob is timed, is not among them.
+    jobs: tuple[tuple[str, str], ...] = ()
 
 
 Attack = Callable[[AttackTarget, asyncio.Event], Awaitable[dict[str, Any]]]
