@@ -85,72 +85,55 @@ def _tools_from_json(data: dict[str, Any] | None) -> GrantedTools:
     )
 
 
-def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
-    """A record as it was saved (its history is loaded separately)."""
+def _shown_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The fields a record and a snapshot share, decoded."""
     created = dt_from_json(data["created_at"])
     deadline = dt_from_json(data["deadline"])
     assert created is not None
     assert deadline is not None
-    job = JobRecord(
-        job_id=data["job_id"],
+    return {
+        "job_id": data["job_id"],
+        "task": data["task"],
+        "mode": JobMode(data["mode"]),
+        "state": JobState(data["state"]),
+        "project_dir": data["project_dir"],
+        "container_name": data["container_name"],
+        "created_at": created,
+        "limits": JobLimits(**data["limits"]),
+        "deadline": deadline,
+        "labels": dict(data["labels"]),
+        "credential_names": tuple(data["credential_names"]),
+        "llm_provider": data["llm_provider"],
+        "wait_for_prompts": data["wait_for_prompts"],
+        "started_at": dt_from_json(data["started_at"]),
+        "finished_at": dt_from_json(data["finished_at"]),
+        "result": result_from_json(data["result"]) if data["result"] else None,
+        "status_message": data["status_message"],
+        "iteration": data["iteration"],
+        "usage": LlmUsage(**data["usage"]),
+        "log_tail": data["log_tail"],
+    }
+
+
+def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
+    """A record as it was saved (its history is loaded separately)."""
+    return JobRecord(
+        **_shown_fields(data),
         order=data["order"],
-        task=data["task"],
-        mode=JobMode(data["mode"]),
-        project_dir=data["project_dir"],
-        container_name=data["container_name"],
-        created_at=created,
-        limits=JobLimits(**data["limits"]),
-        deadline=deadline,
-        labels=dict(data["labels"]),
-        credential_names=tuple(data["credential_names"]),
-        llm_provider=data["llm_provider"],
-        wait_for_prompts=data["wait_for_prompts"],
         history_limit=history_limit,
-        state=JobState(data["state"]),
-        started_at=dt_from_json(data["started_at"]),
-        finished_at=dt_from_json(data["finished_at"]),
-        result=result_from_json(data["result"]) if data["result"] else None,
-        status_message=data["status_message"],
-        iteration=data["iteration"],
-        usage=LlmUsage(**data["usage"]),
-        log_tail=data["log_tail"],
         container_id=data["container_id"],
         budget_refused=data["budget_refused"],
         sequence=data["sequence"],
         tools=_tools_from_json(data.get("tools")),
     )
-    return job
 
 
 def snapshot_from_json(data: dict[str, Any]) -> JobSnapshot:
     """The snapshot of a stored job, without building its record (ended jobs are read this way
     on every GetJob, ListJobs page and WatchJob of them)."""
-    created = dt_from_json(data["created_at"])
-    deadline = dt_from_json(data["deadline"])
-    assert created is not None
-    assert deadline is not None
     tools = _tools_from_json(data.get("tools"))
     return JobSnapshot(
-        job_id=data["job_id"],
-        task=data["task"],
-        mode=JobMode(data["mode"]),
-        state=JobState(data["state"]),
-        project_dir=data["project_dir"],
-        container_name=data["container_name"],
-        created_at=created,
-        limits=JobLimits(**data["limits"]),
-        deadline=deadline,
-        labels=dict(data["labels"]),
-        credential_names=tuple(data["credential_names"]),
-        llm_provider=data["llm_provider"],
-        wait_for_prompts=data["wait_for_prompts"],
-        started_at=dt_from_json(data["started_at"]),
-        finished_at=dt_from_json(data["finished_at"]),
-        result=result_from_json(data["result"]) if data["result"] else None,
-        status_message=data["status_message"],
-        iteration=data["iteration"],
-        usage=LlmUsage(**data["usage"]),
-        log_tail=data["log_tail"],
+        **_shown_fields(data),
         last_sequence=data["sequence"],
         mcp_servers=tools.mcp_server_names,
         wasm_tools=tools.wasm_tool_names,
