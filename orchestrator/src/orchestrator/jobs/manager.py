@@ -154,6 +154,11 @@ class ContainerJobManager:
         self._orchestrator_url = url
 
     @property
+    def orchestrator_url(self) -> str:
+        """The worker API's URL as containers reach it ("" until it is bound)."""
+        return self._orchestrator_url
+
+    @property
     def tokens(self) -> TokenStore:
         return self._tokens
 
@@ -233,6 +238,10 @@ class ContainerJobManager:
         if self._metrics is not None:
             self._metrics.job_created(request.mode.value)
         token = self._tokens.create_token(job_id, grants)
+        # The Claude Code CLI's key: it opens only this job's Anthropic route (see tokens.py).
+        llm_key = (
+            self._tokens.create_llm_key(job_id) if request.mode is JobMode.CLAUDE_CODE else None
+        )
         # Held until the container is started, so reconciliation never judges the job
         # "vanished" while it is being created. A fresh lock is acquired without suspending.
         await job.lifecycle_lock.acquire()
@@ -242,7 +251,12 @@ class ContainerJobManager:
             )
             if self._store is not None:
                 sealed = self._sealer.seal(job_id, grants) if (self._sealer and grants) else None
-                self._store.save_job(record_to_json(job), token_digest(token), sealed)
+                self._store.save_job(
+                    record_to_json(job),
+                    token_digest(token),
+                    sealed,
+                    llm_key_digest=token_digest(llm_key) if llm_key else None,
+                )
                 # The job must be on disk before its container can call back or outlive us.
                 await self._store.flush()
             log.info(
@@ -260,11 +274,9 @@ class ContainerJobManager:
                 mode=request.mode,
                 limits=limits,
                 created_at=now,
-                deadline=job.deadline,
                 token=token,
                 orchestrator_url=self._orchestrator_url,
                 project_dir=str(project),
-                wait_for_prompts=request.wait_for_prompts,
             )
             if job.state is JobState.CREATING:
                 job.container_id = await self._backend.create_and_start(spec)
@@ -493,7 +505,7 @@ class ContainerJobManager:
                 usage.calls, usage.total_tokens, limits.llm_call_budget, limits.llm_token_budget
             )
         except BudgetExceeded as exc:
-            job.budget_refused = exc.message
+            job.budget_refused = exc.refusal
             raise
         job.usage = usage.plus(0, 0, calls=1)
         return limits
@@ -504,8 +516,13 @@ class ContainerJobManager:
         if job is not None and job.usage.calls > 0:
             job.usage = job.usage.plus(0, 0, calls=-1)
 
-    def record_budget_refusal(self, job_id: str, message: str) -> None:
-        self._get(job_id).budget_refused = message
+    def record_budget_refusal(self, job_id: str, refusal: str | None) -> None:
+        """Records the code (a ``Refusal``) of an LLM call the job's policy refused."""
+        self._get(job_id).budget_refused = refusal
+
+    def llm_refusal(self, job_id: str) -> str | None:
+        """The code of the job's last LLM refusal, or None (``GET /job``'s ``llm_refusal``)."""
+        return self._get(job_id).budget_refused
 
     def record_llm_usage(self, job_id: str, input_tokens: int, output_tokens: int) -> None:
         job = self._jobs.get(job_id)
@@ -668,6 +685,8 @@ class ContainerJobManager:
                 )
             else:
                 self._tokens.adopt_digest(job.job_id, stored.token_digest, grants)
+                if stored.llm_key_digest is not None:
+                    self._tokens.adopt_llm_key_digest(job.job_id, stored.llm_key_digest)
         log.info("jobs restored", total=len(self._jobs), live=live)
         return live
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from orchestrator.errors import BudgetExceeded, InvalidArgument
+from ironclaw_contract.worker_api import Refusal
+from orchestrator.errors import BudgetExceeded, InvalidArgument, ModelNotAllowed
 
 
 def resolve_model(requested: str | None, default_model: str, allowlist: Iterable[str]) -> str:
-    """Returns the model a call will use, or raises :class:`BudgetExceeded` if it is refused.
+    """Returns the model a call will use, or raises :class:`ModelNotAllowed` if it is refused.
 
     No requested model means the default. The default is always allowed (the operator chose
     it); with an empty allowlist it is the *only* model allowed, so a job can never pick an
@@ -27,7 +28,7 @@ def resolve_model(requested: str | None, default_model: str, allowlist: Iterable
     allowed = [name for name in dict.fromkeys([default_model, *allowlist]) if name]
     if model not in allowed:
         names = ", ".join(allowed) or "none"
-        raise BudgetExceeded(f"model {model!r} is not allowed for this job (allowed: {names})")
+        raise ModelNotAllowed(f"model {model!r} is not allowed for this job (allowed: {names})")
     return model
 
 
@@ -56,9 +57,11 @@ def check_budget(usage_calls: int, usage_tokens: int, call_budget: int, token_bu
     """
     if call_budget > 0 and usage_calls >= call_budget:
         raise BudgetExceeded(
-            f"LLM call budget exhausted: {usage_calls} of {call_budget} calls used"
+            f"LLM call budget exhausted: {usage_calls} of {call_budget} calls used",
+            refusal=Refusal.CALL_BUDGET,
         )
     if token_budget > 0 and usage_tokens >= token_budget:
         raise BudgetExceeded(
-            f"LLM token budget exhausted: {usage_tokens} of {token_budget} tokens used"
+            f"LLM token budget exhausted: {usage_tokens} of {token_budget} tokens used",
+            refusal=Refusal.TOKEN_BUDGET,
         )

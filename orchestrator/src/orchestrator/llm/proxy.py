@@ -76,7 +76,7 @@ class LlmProxy:
                 model, self._settings.llm_model, self._settings.llm_model_allowlist
             )
         except BudgetExceeded as exc:
-            self._manager.record_budget_refusal(job_id, exc.message)
+            self._manager.record_budget_refusal(job_id, exc.refusal)
             self._count_error(model or "", exc)
             raise
         try:

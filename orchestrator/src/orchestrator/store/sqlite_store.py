@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS updates (
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 """
+# Columns added after the first release, each with its type: a database made before gets them
+# at open (ALTER TABLE ... ADD COLUMN keeps every row, the new column NULL).
+_ADDED_JOB_COLUMNS = (("llm_key_digest", "BLOB"),)
 # Kinds that are never pruned: the job's transitions and its result are its history.
 _KEPT_KINDS = (UpdateKind.STATE.value, UpdateKind.RESULT.value)
 _PRUNE_EVERY = 500
@@ -59,6 +62,7 @@ class SqliteJobStore(JobStore):
         self._queue = queue.SimpleQueue()
         conn = self._connect()
         conn.executescript(SCHEMA)
+        _add_missing_columns(conn)
         conn.commit()
         conn.close()
         self._appended: dict[str, int] = {}
@@ -112,17 +116,20 @@ class SqliteJobStore(JobStore):
         data: dict[str, Any],
         token_digest: bytes | None = None,
         sealed_grants: bytes | None = None,
+        llm_key_digest: bytes | None = None,
     ) -> None:
         text = json.dumps(data)
         job_id, order, state = data["job_id"], data["order"], data["state"]
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO jobs (job_id, ord, state, data, token_digest, sealed_grants) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET state=excluded.state,"
-                " data=excluded.data, token_digest=COALESCE(excluded.token_digest, token_digest),"
-                " sealed_grants=COALESCE(excluded.sealed_grants, sealed_grants)",
-                (job_id, order, state, text, token_digest, sealed_grants),
+                "INSERT INTO jobs (job_id, ord, state, data, token_digest, sealed_grants,"
+                " llm_key_digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET"
+                " state=excluded.state, data=excluded.data,"
+                " token_digest=COALESCE(excluded.token_digest, token_digest),"
+                " sealed_grants=COALESCE(excluded.sealed_grants, sealed_grants),"
+                " llm_key_digest=COALESCE(excluded.llm_key_digest, llm_key_digest)",
+                (job_id, order, state, text, token_digest, sealed_grants, llm_key_digest),
             )
 
         self._queue.put(write)
@@ -159,7 +166,8 @@ class SqliteJobStore(JobStore):
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE jobs SET token_digest = NULL, sealed_grants = NULL WHERE job_id = ?",
+                "UPDATE jobs SET token_digest = NULL, sealed_grants = NULL,"
+                " llm_key_digest = NULL WHERE job_id = ?",
                 (job_id,),
             )
 
@@ -175,9 +183,10 @@ class SqliteJobStore(JobStore):
         try:
             jobs = []
             rows = conn.execute(
-                "SELECT job_id, data, token_digest, sealed_grants FROM jobs ORDER BY ord"
+                "SELECT job_id, data, token_digest, sealed_grants, llm_key_digest FROM jobs"
+                " ORDER BY ord"
             ).fetchall()
-            for job_id, data, digest, sealed in rows:
+            for job_id, data, digest, sealed, llm_key_digest in rows:
                 update_rows = conn.execute(
                     "SELECT seq, time, kind, payload FROM updates WHERE job_id = ? "
                     "AND (seq > (SELECT COALESCE(MAX(seq), 0) FROM updates WHERE job_id = ?) - ?"
@@ -188,7 +197,7 @@ class SqliteJobStore(JobStore):
                     update_from_row(seq, time, kind, json.loads(payload))
                     for seq, time, kind, payload in update_rows
                 ]
-                jobs.append(StoredJob(json.loads(data), updates, digest, sealed))
+                jobs.append(StoredJob(json.loads(data), updates, digest, sealed, llm_key_digest))
             return jobs
         finally:
             conn.close()
@@ -197,3 +206,17 @@ class SqliteJobStore(JobStore):
         await self.flush()
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._writer.join, 5.0)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Brings a ``jobs`` table made by an earlier release up to date (idempotent)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, sql_type in _ADDED_JOB_COLUMNS:
+        if name in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
+        except sqlite3.OperationalError as exc:
+            # Another process opening the same file added it a moment ago.
+            if "duplicate column" not in str(exc):
+                raise
