@@ -43,12 +43,26 @@ def _unittest(project: Path) -> subprocess.CompletedProcess[str]:
 
 
 async def test_demo_job_fixes_the_project_and_ends_completed(
-    e2e: Any, demo_project: Path, docker_engine: Any
+    e2e: Any, demo_project: Path, docker_engine: Any, worker_image: str
 ) -> None:
     assert _unittest(demo_project).returncode != 0  # the bug is there to begin with
     run = await e2e(DEMO_SCRIPT)
     job = await create(run.stub, DEMO_TASK, project_dir=str(demo_project))
-    token = container_env(docker_engine, job.job_id)["IRONCLAW_WORKER_TOKEN"]
+    env = container_env(docker_engine, job.job_id)
+    token = env["IRONCLAW_WORKER_TOKEN"]
+    # The container knows who it is and where the orchestrator is; everything else about the
+    # job (task, limits, deadline) it reads from GET /job.
+    image_env = dict(
+        item.split("=", 1) for item in docker_engine.images.get(worker_image).attrs["Config"]["Env"]
+    )
+    assert env == {
+        **image_env,
+        "IRONCLAW_JOB_ID": job.job_id,
+        "IRONCLAW_ORCHESTRATOR_URL": run.orch.manager.orchestrator_url,
+        "IRONCLAW_WORKER_TOKEN": token,
+        "IRONCLAW_WORKSPACE": "/workspace",
+    }
+    assert token.startswith("irc_")
 
     final = await wait_terminal(run.stub, job.job_id, timeout=90)
 
