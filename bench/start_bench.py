@@ -26,7 +26,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +226,6 @@ class _RawDocker:
             mode=JobMode.WORKER,
             limits=limits,
             created_at=now,
-            deadline=now + timedelta(seconds=limits.timeout_seconds),
             token="irc_" + secrets.token_urlsafe(32),
             orchestrator_url=self._url,
             project_dir=str(create_job_project_dir(self._projects, job_id)),

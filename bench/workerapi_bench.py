@@ -349,11 +349,16 @@ def _verify_store(
 ) -> dict[str, Any]:
     """The same check on what the orchestrator left in its store once stopped."""
     from orchestrator.domain.jobs import UpdateKind
+    from orchestrator.store.base import StoredJob
     from orchestrator.store.sqlite_store import SqliteJobStore
 
     store = SqliteJobStore(path, history_limit=HISTORY_LIMIT)
     try:
-        loaded = {stored.data["job_id"]: stored for stored in store.load(HISTORY_LIMIT)}
+        loaded = {
+            job["job_id"]: StoredJob(data, store.read_updates(job["job_id"], 0), None, None)
+            for job in jobs
+            if (data := store.read_job(job["job_id"])) is not None
+        }
     finally:
         asyncio.run(store.close())
     found: list[dict[str, Any]] = []

@@ -14,11 +14,13 @@ import pytest
 
 from orchestrator.api.v1 import jobs_pb2 as pb
 from tests.durability.conftest import job_stub
+from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.docker
 SCRIPTS = Path(__file__).parent / "scripts"
 TERMINAL = (pb.JOB_STATE_STOPPED, pb.JOB_STATE_FAILED)
+UPSTREAM_KEY = "sk-ant-durable-" + "u" * 24
 
 
 async def _get(stub: Any, job_id: str) -> Any:
@@ -243,12 +245,69 @@ async def test_grants_survive_a_restart_only_when_sealed(
     )
 
 
+async def test_the_llm_key_of_a_claude_job_survives_a_restart_as_a_digest(
+    orchestrator_process: Any, test_agent_image: str, docker_engine: Any
+) -> None:
+    async with FakeAnthropic(api_key=UPSTREAM_KEY) as upstream:
+        orch = orchestrator_process(
+            CLAUDE_CODE_IMAGE=test_agent_image,
+            CLAUDE_CODE_MEMORY_MB="256",
+            ANTHROPIC_API_KEY=UPSTREAM_KEY,
+            ANTHROPIC_BASE_URL=upstream.url,
+            LLM_PROVIDER="none",
+        )
+        await orch.start()
+        async with job_stub(orch.target) as stub:
+            job = (
+                await stub.CreateJob(
+                    pb.CreateJobRequest(task="sleep", mode=pb.JOB_MODE_CLAUDE_CODE)
+                )
+            ).job
+            await wait_for(
+                lambda: _status_is(stub, job.job_id, "test agent sleeping"), what="agent status"
+            )
+        token = _token_of(docker_engine, job.job_id, "claude")
+        base = f"http://172.17.0.1:{orch.env['ORCHESTRATOR_HTTP_PORT']}/worker/{job.job_id}"
+        async with aiohttp.ClientSession() as http:
+            bearer = {"Authorization": f"Bearer {token}"}
+            key = (await (await http.get(f"{base}/job", headers=bearer)).json())["claude"][
+                "api_key"
+            ]
+            assert key.startswith("ircl_")
+            orch.kill9()
+            db = Path(orch.env["IRONCLAW_BASE_DIR"]) / "orchestrator.db"
+            assert key.encode() not in db.read_bytes()
+            await orch.start()
+
+            upstream.enqueue_text("still here", input_tokens=3, output_tokens=1)
+            call = {
+                "model": "claude-sonnet-5-5",
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            cli = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+            response = await http.post(f"{base}/anthropic/v1/messages", headers=cli, json=call)
+            assert response.status == 200, await response.text()
+            # The key is back as its digest only: there is nothing in clear to hand out again.
+            info = await (await http.get(f"{base}/job", headers=bearer)).json()
+            assert info["claude"]["api_key"] is None
+            response = await http.get(f"{base}/credentials", headers={"x-api-key": key})
+            assert response.status == 401
+
+            async with job_stub(orch.target) as stub:
+                await stub.StopJob(pb.StopJobRequest(job_id=job.job_id))
+            response = await http.post(f"{base}/anthropic/v1/messages", headers=cli, json=call)
+            assert response.status == 401
+        assert upstream.last.api_key == UPSTREAM_KEY
+        assert len(upstream.requests) == 1
+
+
 async def _status_is(stub: Any, job_id: str, message: str) -> bool:
     return bool((await _get(stub, job_id)).status_message == message)
 
 
-def _token_of(docker_engine: Any, job_id: str) -> str:
-    env = docker_engine.api.inspect_container(f"ironclaw-worker-{job_id}")["Config"]["Env"]
+def _token_of(docker_engine: Any, job_id: str, prefix: str = "worker") -> str:
+    env = docker_engine.api.inspect_container(f"ironclaw-{prefix}-{job_id}")["Config"]["Env"]
     return next(e.split("=", 1)[1] for e in env if e.startswith("IRONCLAW_WORKER_TOKEN="))
 
 

@@ -95,6 +95,7 @@ async def test_demo_job_fixes_the_project_and_ends_completed(
     e2e: Any,
     demo_project: Path,
     docker_engine: Any,
+    worker_image: str,
     project_tests: Callable[[Path], Coroutine[Any, Any, tuple[int, str]]],
 ) -> None:
     code, output = await project_tests(demo_project)
@@ -104,7 +105,21 @@ async def test_demo_job_fixes_the_project_and_ends_completed(
     assert 'File "/workspace/test_calc.py"' in output
     run = await e2e(DEMO_SCRIPT)
     job = await create(run.stub, DEMO_TASK, project_dir=str(demo_project))
-    token = container_env(docker_engine, job.job_id)["IRONCLAW_WORKER_TOKEN"]
+    env = container_env(docker_engine, job.job_id)
+    token = env["IRONCLAW_WORKER_TOKEN"]
+    # The container knows who it is and where the orchestrator is; everything else about the
+    # job (task, limits, deadline) it reads from GET /job.
+    image_env = dict(
+        item.split("=", 1) for item in docker_engine.images.get(worker_image).attrs["Config"]["Env"]
+    )
+    assert env == {
+        **image_env,
+        "IRONCLAW_JOB_ID": job.job_id,
+        "IRONCLAW_ORCHESTRATOR_URL": run.orch.manager.orchestrator_url,
+        "IRONCLAW_WORKER_TOKEN": token,
+        "IRONCLAW_WORKSPACE": "/workspace",
+    }
+    assert token.startswith("irc_")
 
     final = await wait_terminal(run.stub, job.job_id, timeout=90)
 

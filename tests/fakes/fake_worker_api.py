@@ -74,6 +74,7 @@ class _Failure:
     status: int
     error: str
     message: str
+    refusal: str | None = None
 
 
 @dataclass
@@ -83,6 +84,11 @@ class FakeWorkerApi:
     task: str = "Create hello.txt containing hello"
     max_iterations: int | None = None
     deadline: str | None = None
+    wait_for_prompts: bool = False
+    # GET /job's ``claude`` (a Claude Code job: the CLI's settings and key), or None.
+    claude: dict[str, Any] | None = None
+    # GET /job's ``llm_refusal``: what the orchestrator records when it refuses a model call.
+    llm_refusal: str | None = None
     credentials: dict[str, Any] = field(default_factory=dict)
     # The body of GET /tools; None answers 404, as an orchestrator without custom tools would.
     tools: dict[str, Any] | None = None
@@ -139,11 +145,15 @@ class FakeWorkerApi:
         times: int = 1,
         error: str | None = None,
         message: str | None = None,
+        refusal: str | None = None,
     ) -> None:
-        """The next ``times`` authorised requests to ``route`` get ``status`` and an error body."""
+        """The next ``times`` authorised requests to ``route`` get ``status`` and an error body
+        (with ``refusal``, the code of a refusal, when given)."""
         queue = self._failures.setdefault(route, deque())
         for _ in range(times):
-            queue.append(_Failure(status, error or f"http_{status}", message or "injected"))
+            queue.append(
+                _Failure(status, error or f"http_{status}", message or "injected", refusal)
+            )
 
     def revoke_on(self, route: str) -> None:
         """The next request to ``route`` revokes the token and is answered 401."""
@@ -221,7 +231,7 @@ class FakeWorkerApi:
         if failures:
             failure = failures.popleft()
             return await self._answer(
-                record, _error(failure.status, failure.error, failure.message)
+                record, _error(failure.status, failure.error, failure.message, failure.refusal)
             )
         handler = self._handlers().get((request.method, route))
         if handler is None:
@@ -263,9 +273,15 @@ class FakeWorkerApi:
                 "job_id": self.job_id,
                 "task_description": self.task,
                 "project_dir": "/workspace",
-                "mode": "worker",
+                "mode": "worker" if self.claude is None else "claude-code",
                 "max_iterations": self.max_iterations,
                 "deadline": self.deadline,
+                "wait_for_prompts": self.wait_for_prompts,
+                "credential_env": {},
+                "claude": self.claude,
+                "mcp_servers": [],
+                "wasm_tools": [],
+                "llm_refusal": self.llm_refusal,
             }
         )
 
@@ -312,5 +328,8 @@ class FakeWorkerApi:
         return web.json_response({"status": "ok"})
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+def _error(status: int, code: str, message: str, refusal: str | None = None) -> web.Response:
+    body = {"error": code, "message": message}
+    if refusal is not None:
+        body["refusal"] = refusal
+    return web.json_response(body, status=status)

@@ -42,7 +42,7 @@ def call(method, path, body=None):
 
 def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # Arguments are ignored: the job comes from GET /job (a Claude-mode spec may pass flags).
+    # Started without arguments, in either mode: the job comes from GET /job.
     job = call("GET", "/job")
     words = job["task_description"].split()
     action = words[0] if words else "sleep"

@@ -1,11 +1,12 @@
 """``ironclaw-claude-bridge``: the entry point of a Claude Code container.
 
-    ironclaw-claude-bridge --job-id <uuid> --orchestrator-url <url> --max-turns 50 --model sonnet
-                           [--wait-for-prompts]
-
-The worker token is read from ``IRONCLAW_WORKER_TOKEN`` only (never a flag, where ``ps`` would
-show it) and removed from the environment before anything else starts. Logs go to stderr, the
-container log, with the token masked.
+The orchestrator starts it without arguments: the container's environment holds the job's
+identity (``IRONCLAW_JOB_ID``, ``IRONCLAW_ORCHESTRATOR_URL``, ``IRONCLAW_WORKER_TOKEN``,
+``IRONCLAW_WORKSPACE``) and ``GET /job`` everything else. The flags override the job's settings
+for manual use (``--model``, ``--max-turns``, ...). The worker token is read from
+``IRONCLAW_WORKER_TOKEN`` only (never a flag, where ``ps`` would show it) and removed from the
+environment before anything else starts. Logs go to stderr, the container log, with the token
+and the CLI's key masked.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from bridge.runner import DEFAULT_IDLE_TIMEOUT_S, BridgeConfig, ClaudeBridge
+from bridge.runner import BridgeConfig, ClaudeBridge
 from worker.agent import EXIT_TERMINATED, EXIT_USAGE
 from worker.client import WorkerApiClient
 from worker.main import (
@@ -31,7 +32,7 @@ from worker.main import (
 from worker.termination import Terminated, sigterm_raises_terminated
 
 DEFAULT_WORKSPACE = "/workspace"
-IDLE_TIMEOUT_VAR = "CLAUDE_CODE_IDLE_TIMEOUT_S"
+# Where the image keeps the CLI (a property of the image, not of a job).
 CLAUDE_BIN_VAR = "CLAUDE_CODE_BIN"
 
 log = logging.getLogger("bridge")
@@ -61,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_turns is not None and args.max_turns < 1:
             raise UsageError(f"--max-turns must be a positive integer, got {args.max_turns}")
         idle = args.idle_timeout_s
-        if idle is None:
-            idle = _float(env.get(IDLE_TIMEOUT_VAR), IDLE_TIMEOUT_VAR, DEFAULT_IDLE_TIMEOUT_S)
+        if idle is not None and idle <= 0:
+            raise UsageError(f"--idle-timeout-s must be positive, got {idle}")
         level = logging.getLevelName(args.log_level.upper())
         if not isinstance(level, int):
             raise UsageError(f"--log-level must be DEBUG, INFO, WARNING or ERROR: {args.log_level}")
@@ -113,20 +114,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--orchestrator-url", help=f"the worker API base URL (default: ${URL_VAR})")
     parser.add_argument("--max-turns", type=int, help="turns per session (default: the job's)")
     parser.add_argument("--model", help="model or alias, e.g. sonnet (default: the job's)")
-    parser.add_argument(
-        "--allowed-tools",
-        help="e.g. bash,read,write (default: the job's, then $CLAUDE_CODE_ALLOWED_TOOLS)",
-    )
+    parser.add_argument("--allowed-tools", help="e.g. bash,read,write (default: the job's)")
     parser.add_argument(
         "--wait-for-prompts",
         action="store_true",
-        help="after the first session, resume it for follow-up prompts until `done`",
+        help="after the first session, resume it for follow-up prompts until `done` "
+        "(default: as the job says)",
     )
     parser.add_argument(
         "--idle-timeout-s",
         type=float,
-        help=f"end a waiting job after this long without a prompt (default: ${IDLE_TIMEOUT_VAR} "
-        f"or {DEFAULT_IDLE_TIMEOUT_S:g})",
+        help="end a waiting job after this long without a prompt (default: the job's)",
     )
     parser.add_argument(
         "--poll-interval-s", type=float, default=1.0, help="how often to ask for a prompt"
@@ -145,18 +143,6 @@ def _required(value: str | None, name: str) -> str:
     if value is None or not value.strip():
         raise UsageError(f"{name} is not set")
     return value.strip()
-
-
-def _float(raw: str | None, name: str, default: float) -> float:
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise UsageError(f"{name} must be positive, got {raw!r}")
-    return value
 
 
 if __name__ == "__main__":

@@ -1,5 +1,11 @@
 """The bridge's job loop: one ``claude -p`` session, follow-ups that resume it, one result.
 
+Everything about the job comes from ``GET /job`` (the container's environment holds only its
+identity): the task, the deadline, whether it waits for prompts, and under ``claude`` the CLI's
+model, turns, tools, model aliases, idle timeout and the Anthropic endpoint and key it calls.
+The CLI gets the job's LLM key as ``ANTHROPIC_API_KEY``, which opens only the job's Anthropic
+route; the worker token stays with the bridge, out of reach of the commands the agent runs.
+
 A job runs ``claude -p --output-format stream-json --verbose --max-turns N --model M --tools T
 --allowedTools T`` in the workspace, the prompt on stdin (no shell, no length limit of argv,
 no option injection from a task starting with ``-``, and the task is not shown by ``ps``).
@@ -11,7 +17,8 @@ for the idle timeout, or the deadline passes. Exactly one ``POST /complete`` end
 on failure, a typed ``reason``:
 
 ``max_turns`` (the CLI's ``error_max_turns``), ``budget_exceeded`` (the orchestrator refused a
-model call: budget or model allowlist), ``deadline``, ``claude_error`` (the CLI reported an
+model call: budget or model allowlist; the bridge asks ``GET /job``'s ``llm_refusal`` after a
+failed run, never the CLI's wording), ``deadline``, ``claude_error`` (the CLI reported an
 error), ``claude_exit`` (it exited non-zero or without a result; with the exit code and the tail
 of its stderr), ``invalid_config`` and ``crash``.
 """
@@ -33,11 +40,12 @@ from typing import Any
 from bridge.process import ClaudeProcess, reap_orphans
 from bridge.stream import USAGE_KEYS, BridgeEvent, SessionResult, StreamJsonMapper
 from ironclaw_contract.claude import (
-    DEFAULT_ALLOWED_TOOLS,
+    CLI_MODEL_ALIASES,
     UnknownToolError,
     map_tool_names,
     parse_tool_list,
 )
+from ironclaw_contract.worker_api import LLM_REFUSALS
 from worker.agent import (
     EXIT_CRASHED,
     EXIT_JOB_FAILED,
@@ -56,19 +64,17 @@ from worker.client import (
     truncate_text,
 )
 from worker.credentials import credential_env, with_env_names
+from worker.main import mask_in_logs
 from worker.tools import tool_environment
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "sonnet"
-DEFAULT_MAX_TURNS = 50
 DEFAULT_IDLE_TIMEOUT_S = 600.0
-# Environment of the CLI besides the tools' safe set: its own settings (ANTHROPIC_BASE_URL, the
-# job token as ANTHROPIC_API_KEY, model aliases, CLAUDE_CODE_*). Credentials may not set them.
+# The CLI's own settings (ANTHROPIC_BASE_URL, ANTHROPIC_API_KEY, model aliases, CLAUDE_CODE_*):
+# the bridge sets them from GET /job; a credential may not.
 CLAUDE_ENV_PREFIXES = ("ANTHROPIC_", "CLAUDE_")
-# The orchestrator's per-job route words its policy refusals so (see anthropic_route): a 429
-# "... budget exhausted: ..." or a 403 "... is not allowed for this job ...".
-_BUDGET_PHRASES = ("budget exhausted", "not allowed for this job")
+# Run failures that a refusal of the orchestrator can be behind (the CLI stops on one).
+_REFUSABLE = frozenset({"claude_error", "claude_exit"})
 MAX_STDERR_EVENTS = 200
 STDERR_TAIL_CHARS = 2000
 
@@ -79,8 +85,8 @@ class BridgeConfigError(Exception):
 
 @dataclass(frozen=True)
 class BridgeConfig:
-    """How the bridge runs a job. ``None`` means: take it from ``GET /job`` (then the
-    environment, then the default)."""
+    """How the bridge runs a job. ``None`` means: as ``GET /job`` says; a value overrides the
+    job (the command line's flags, for manual use: the orchestrator passes none)."""
 
     workspace: Path = Path("/workspace")
     claude_bin: str = "claude"
@@ -88,12 +94,102 @@ class BridgeConfig:
     max_turns: int | None = None
     allowed_tools: str | None = None
     wait_for_prompts: bool | None = None
-    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    idle_timeout_s: float | None = None
     poll_interval_s: float = 1.0
     # The bridge reports a passed deadline itself, a little before the orchestrator's reaper
     # would end the job without its result.
     deadline_margin_s: float = 5.0
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """How this job's CLI runs, from ``GET /job`` (and the overrides of :class:`BridgeConfig`).
+    ``cli_env`` holds the key the CLI calls the model with: never in a repr."""
+
+    task: str
+    model: str
+    max_turns: int
+    tools: tuple[str, ...]
+    wait_for_prompts: bool
+    idle_timeout_s: float
+    deadline: datetime | None
+    cli_env: Mapping[str, str] = field(repr=False)
+
+
+def job_settings(job: Mapping[str, Any], config: BridgeConfig) -> JobSettings:
+    """Reads the body of ``GET /job``; raises :class:`BridgeConfigError` naming what is
+    missing or wrong. The deadline is returned as the orchestrator set it."""
+    task = job.get("task_description")
+    if not isinstance(task, str) or not task.strip():
+        raise BridgeConfigError("GET /job returned no task_description")
+    claude = job.get("claude")
+    if not isinstance(claude, Mapping):
+        raise BridgeConfigError("GET /job has no claude settings: this is not a Claude Code job")
+    model = config.model or claude.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BridgeConfigError("GET /job: claude.model is missing")
+    max_turns = config.max_turns if config.max_turns is not None else claude.get("max_turns")
+    if not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 1:
+        raise BridgeConfigError(f"max turns must be a positive integer, got {max_turns!r}")
+    idle = config.idle_timeout_s
+    if idle is None:
+        idle = claude.get("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0:
+        raise BridgeConfigError(f"the idle timeout must be a positive number, got {idle!r}")
+    try:
+        deadline = parse_deadline(job.get("deadline"))
+    except ValueError as exc:
+        raise BridgeConfigError(f"GET /job: deadline: {exc}") from None
+    return JobSettings(
+        task=task,
+        model=model.strip(),
+        max_turns=max_turns,
+        tools=_tools(config.allowed_tools, claude.get("allowed_tools")),
+        wait_for_prompts=bool(config.wait_for_prompts or job.get("wait_for_prompts", False)),
+        idle_timeout_s=float(idle),
+        deadline=deadline,
+        cli_env=cli_settings_env(claude),
+    )
+
+
+def cli_settings_env(claude: Mapping[str, Any]) -> dict[str, str]:
+    """The CLI's own settings from ``GET /job``'s ``claude``: where it calls the model
+    (``ANTHROPIC_BASE_URL``), with which key (``ANTHROPIC_API_KEY``, or
+    ``CLAUDE_CODE_OAUTH_TOKEN``), which ids its model aliases stand for, and no traffic but
+    the model's."""
+    env = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+    base_url = claude.get("base_url")
+    if isinstance(base_url, str) and base_url:
+        env["ANTHROPIC_BASE_URL"] = base_url
+    api_key = claude.get("api_key")
+    oauth_token = claude.get("oauth_token")
+    if isinstance(api_key, str) and api_key:
+        env["ANTHROPIC_API_KEY"] = api_key
+    elif isinstance(oauth_token, str) and oauth_token:
+        env["CLAUDE_CODE_OAUTH_TOKEN"] = oauth_token
+    else:
+        raise BridgeConfigError(
+            "GET /job gave the CLI no Anthropic key (claude.api_key): the orchestrator hands "
+            "it out until it restarts, so a bridge started after a restart cannot run"
+        )
+    aliases = claude.get("model_aliases")
+    for alias, model in aliases.items() if isinstance(aliases, Mapping) else ():
+        # Only the CLI's own aliases: anything else would be an arbitrary variable name.
+        if alias in CLI_MODEL_ALIASES and isinstance(model, str) and model:
+            env[f"ANTHROPIC_DEFAULT_{alias.upper()}_MODEL"] = model
+    return env
+
+
+def _tools(flag: str | None, from_job: Any) -> tuple[str, ...]:
+    try:
+        if flag:
+            return parse_tool_list(flag)
+        if isinstance(from_job, list):
+            return map_tool_names(str(name) for name in from_job)
+    except UnknownToolError as exc:
+        raise BridgeConfigError(f"allowed tools: {exc}") from None
+    raise BridgeConfigError("GET /job: claude.allowed_tools is missing")
 
 
 @dataclass(frozen=True)
@@ -186,11 +282,15 @@ def claude_argv(
 
 
 def child_environment(
-    base_env: Mapping[str, str], credentials: Mapping[str, str], home: Path
+    base_env: Mapping[str, str],
+    credentials: Mapping[str, str],
+    home: Path,
+    cli_env: Mapping[str, str],
 ) -> dict[str, str]:
-    """The CLI's environment: the tools' safe variables, the granted credentials, the Claude
-    settings, a writable ``HOME``. Never ``IRONCLAW_*`` (the worker token above all): the CLI
-    has the job token only as ``ANTHROPIC_API_KEY``, which the orchestrator's route accepts."""
+    """The CLI's environment: the tools' safe variables, the granted credentials, the CLI's
+    settings from ``GET /job`` (:func:`cli_settings_env`), a writable ``HOME``. Nothing else
+    of the bridge's own environment: never ``IRONCLAW_*``, the worker token above all. The CLI
+    calls the model with the job's LLM key, which opens nothing but the job's Anthropic route."""
     granted = {}
     for name, value in credentials.items():
         if name.startswith(CLAUDE_ENV_PREFIXES):
@@ -198,13 +298,8 @@ def child_environment(
             continue
         granted[name] = value
     env = tool_environment(base_env, granted)
-    env.update(
-        (name, value)
-        for name, value in base_env.items()
-        if name.startswith(CLAUDE_ENV_PREFIXES) and not name.startswith("IRONCLAW_")
-    )
+    env.update(cli_env)
     env["HOME"] = str(home)
-    env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
     return env
 
 
@@ -223,16 +318,20 @@ def writable_home(env: Mapping[str, str]) -> Path:
     raise BridgeConfigError("no writable HOME for Claude Code: set HOME to a writable directory")
 
 
-def is_budget_refusal(result: SessionResult) -> bool:
-    """Whether the CLI stopped because the orchestrator refused a call by the job's policy."""
-    if result.api_error_status not in (403, 429):
-        return False
-    text = " ".join((result.text, *result.errors)).lower()
-    return any(phrase in text for phrase in _BUDGET_PHRASES)
+def refused_failure(refusal: str, run: RunOutcome) -> tuple[str, str]:
+    """The ``budget_exceeded`` failure of a run that stopped after the orchestrator refused a
+    model call by the job's policy (``refusal``, from ``GET /job``). The CLI's own words, when
+    it has some, stay in the message for a person to read."""
+    result = run.result
+    said = (result.text or "; ".join(result.errors)) if result is not None else ""
+    message = f"the job's LLM policy refused a model call ({refusal})"
+    return "budget_exceeded", f"{message}: {said}" if said else message
 
 
 def run_failure(run: RunOutcome, max_turns: int) -> tuple[str, str] | None:
-    """``(reason, message)`` when a run failed, ``None`` when it succeeded."""
+    """``(reason, message)`` when a run failed, ``None`` when it succeeded. Whether a failure
+    was a refusal of the orchestrator is not read from the CLI's output: see
+    :func:`refused_failure`."""
     if run.timed_out:
         return "deadline", "the job's deadline passed while Claude Code was working"
     result = run.result
@@ -242,8 +341,6 @@ def run_failure(run: RunOutcome, max_turns: int) -> tuple[str, str] | None:
             return "max_turns", f"Claude Code reached its maximum of {turns}"
         if not result.succeeded:
             text = result.text or "; ".join(result.errors) or result.subtype
-            if is_budget_refusal(result):
-                return "budget_exceeded", text
             return "claude_error", f"Claude Code failed ({result.subtype}): {text}"
         if run.exit_code != 0:
             return "claude_exit", f"claude reported success but exited with {_exit(run)}"
@@ -314,22 +411,19 @@ class ClaudeBridge:
 
     def _execute(self) -> JobOutcome:
         job = self._client.get_job()
-        task = job.get("task_description")
-        if not isinstance(task, str) or not task.strip():
-            raise BridgeConfigError("GET /job returned no task_description")
-        model = self._setting(self._config.model, job.get("claude_model"), "CLAUDE_CODE_MODEL")
-        model = model or DEFAULT_MODEL
-        max_turns = self._max_turns(job.get("claude_max_turns"))
-        tools = self._tools(job.get("claude_allowed_tools"))
-        wait = self._config.wait_for_prompts or bool(job.get("wait_for_prompts", False))
-        deadline = parse_deadline(job.get("deadline"))
+        settings = job_settings(job, self._config)
+        for name in ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"):
+            mask_in_logs(settings.cli_env.get(name, ""))
+        model, max_turns, tools = settings.model, settings.max_turns, settings.tools
+        wait = settings.wait_for_prompts
+        deadline = settings.deadline
         if deadline is not None:
             deadline -= timedelta(seconds=self._config.deadline_margin_s)
         credentials = credential_env(
             with_env_names(self._client.get_credentials(), job.get("credential_env"))
         )
         home = writable_home(self._config.base_env)
-        env = child_environment(self._config.base_env, credentials, home)
+        env = child_environment(self._config.base_env, credentials, home, settings.cli_env)
         log.info(
             "job %s: model %s, max %d turns, tools %s, %s, credentials: %s",
             self._client.job_id,
@@ -339,6 +433,7 @@ class ClaudeBridge:
             "waits for follow-ups" if wait else "one session",
             ", ".join(sorted(credentials)) or "none",
         )
+        task = settings.task
 
         def run(prompt: str, resume: str | None) -> RunOutcome:
             argv = claude_argv(
@@ -360,13 +455,14 @@ class ClaudeBridge:
             return self._failed_run(failure, outcome)
         if not wait:
             return self._success("result")
-        return self._follow_ups(run, max_turns, deadline)
+        return self._follow_ups(run, max_turns, deadline, settings.idle_timeout_s)
 
     def _follow_ups(
         self,
         run: Callable[[str, str | None], RunOutcome],
         max_turns: int,
         deadline: datetime | None,
+        idle_timeout_s: float,
     ) -> JobOutcome:
         idle_since = self._monotonic()
         self._status("waiting for a follow-up prompt")
@@ -377,7 +473,7 @@ class ClaudeBridge:
                 )
             prompt = self._poll_prompt()
             if prompt is None:
-                if self._monotonic() - idle_since >= self._config.idle_timeout_s:
+                if self._monotonic() - idle_since >= idle_timeout_s:
                     return self._success("idle_timeout")
                 self._sleep(self._config.poll_interval_s)
                 continue
@@ -436,42 +532,6 @@ class ClaudeBridge:
             timed_out=process.stopped_by == "deadline passed",
         )
 
-    # -- settings ----------------------------------------------------------------------------
-
-    def _setting(self, flag: str | None, from_job: Any, env_name: str) -> str:
-        if flag:
-            return flag
-        if isinstance(from_job, str) and from_job.strip():
-            return from_job.strip()
-        return self._config.base_env.get(env_name, "").strip()
-
-    def _max_turns(self, from_job: Any) -> int:
-        value = self._config.max_turns
-        if value is None and isinstance(from_job, int) and not isinstance(from_job, bool):
-            value = from_job
-        if value is None:
-            raw = self._config.base_env.get("CLAUDE_CODE_MAX_TURNS", "").strip()
-            try:
-                value = int(raw) if raw else DEFAULT_MAX_TURNS
-            except ValueError:
-                raise BridgeConfigError(
-                    f"CLAUDE_CODE_MAX_TURNS={raw!r} is not an integer"
-                ) from None
-        if value < 1:
-            raise BridgeConfigError(f"max turns must be a positive integer, got {value}")
-        return value
-
-    def _tools(self, from_job: Any) -> tuple[str, ...]:
-        try:
-            if self._config.allowed_tools:
-                return parse_tool_list(self._config.allowed_tools)
-            if isinstance(from_job, list) and from_job:
-                return map_tool_names(str(name) for name in from_job)
-            raw = self._config.base_env.get("CLAUDE_CODE_ALLOWED_TOOLS", "")
-            return parse_tool_list(raw) if raw.strip() else DEFAULT_ALLOWED_TOOLS
-        except UnknownToolError as exc:
-            raise BridgeConfigError(f"CLAUDE_CODE_ALLOWED_TOOLS: {exc}") from None
-
     # -- results -----------------------------------------------------------------------------
 
     def _success(self, ended: str) -> JobOutcome:
@@ -493,10 +553,14 @@ class ClaudeBridge:
 
     def _failed_run(self, failure: tuple[str, str], outcome: RunOutcome) -> JobOutcome:
         reason, message = failure
+        refusal = self._llm_refusal() if reason in _REFUSABLE else None
+        if refusal is not None:
+            reason, message = refused_failure(refusal, outcome)
         result = outcome.result
         return self._failure(
             reason,
             message,
+            refusal=refusal,
             exit_code=outcome.exit_code,
             stderr_tail=outcome.stderr_tail or None,
             subtype=result.subtype if result else None,
@@ -511,6 +575,17 @@ class ClaudeBridge:
         return exit_code if failed is None else failed
 
     # -- worker API, best effort ----------------------------------------------------------
+
+    def _llm_refusal(self) -> str | None:
+        """The job's LLM refusal as the orchestrator recorded it (``GET /job``), when it is one
+        that ends the job's model calls: the CLI stops on such a refusal, and how it words it
+        is its own business."""
+        try:
+            refusal = self._client.get_job().get("llm_refusal")
+        except WorkerApiError as exc:
+            log.warning("could not ask why the run failed: %s", exc)
+            return None
+        return refusal if isinstance(refusal, str) and refusal in LLM_REFUSALS else None
 
     def _poll_prompt(self) -> FollowUpPrompt | None:
         try:

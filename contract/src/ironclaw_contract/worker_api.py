@@ -9,7 +9,7 @@ ever matches the other's English.
 from __future__ import annotations
 
 import enum
-from typing import Final, Literal, NotRequired, TypedDict
+from typing import Final, Literal, TypedDict
 
 # ---- paths --------------------------------------------------------------------------------
 
@@ -70,12 +70,18 @@ LLM_REFUSALS: Final = frozenset(
 )
 
 
-class ErrorBody(TypedDict):
-    """Every error answer: ``{"error": <code>, "message": <for a person>, "refusal"?}``."""
-
+class _ErrorBodyFields(TypedDict):
     error: str
     message: str
-    refusal: NotRequired[str]
+
+
+# total=False rather than NotRequired: under postponed annotations Python 3.11 counts a
+# NotRequired key as required.
+class ErrorBody(_ErrorBodyFields, total=False):
+    """Every error answer: ``{"error": <code>, "message": <for a person>, "refusal"?}``;
+    ``refusal`` (a :class:`Refusal` value) only when the error is a refusal."""
+
+    refusal: str
 
 
 class FailureReason(enum.StrEnum):
@@ -96,9 +102,13 @@ class FailureReason(enum.StrEnum):
 
 
 # ---- GET /job: everything about the job but its identity ---------------------------------
+# A job container is started with its identity only (``container_env``); everything else about
+# the job comes from here, read once when the agent starts.
 
 
 class JobLimitsInfo(TypedDict):
+    """The job's effective limits (the settings' defaults, overridden by ``CreateJob.limits``)."""
+
     max_iterations: int
     timeout_seconds: int
     memory_mb: int
@@ -108,23 +118,34 @@ class JobLimitsInfo(TypedDict):
 
 
 class ClaudeInfo(TypedDict):
-    """How a Claude Code job's CLI runs: flags, and the Anthropic endpoint it talks to."""
+    """How a Claude Code job's CLI runs: its flags, and the Anthropic endpoint it talks to.
 
-    model: str
-    max_turns: int
-    allowed_tools: list[str]
-    # alias → model id, exported as ANTHROPIC_DEFAULT_<ALIAS>_MODEL for the CLI.
+    The bridge builds the CLI's environment from it (``ANTHROPIC_BASE_URL``,
+    ``ANTHROPIC_API_KEY`` or ``CLAUDE_CODE_OAUTH_TOKEN``, ``ANTHROPIC_DEFAULT_<ALIAS>_MODEL``);
+    the worker token never enters that environment.
+    """
+
+    model: str  # --model: an alias (sonnet) or a model id
+    max_turns: int  # --max-turns, per session
+    allowed_tools: list[str]  # --tools / --allowedTools, the CLI's names (Bash, Read, ...)
+    # The CLI's own aliases (sonnet, opus, haiku) → the model id each stands for, exported as
+    # ANTHROPIC_DEFAULT_<ALIAS>_MODEL so the CLI sends the ids the orchestrator allows.
     model_aliases: dict[str, str]
-    # ANTHROPIC_BASE_URL of the CLI: the job's own route on the worker API (or, when the
-    # operator opted into the key in the container, the upstream's, None for Anthropic's).
+    # ANTHROPIC_BASE_URL of the CLI: the job's own Anthropic route on the worker API; when the
+    # operator opted into the key in the container, the upstream's (None: Anthropic's).
     base_url: str | None
-    # ANTHROPIC_API_KEY of the CLI: a per-job key that opens only the job's LLM routes (or the
-    # operator's own credential, when opted in).
+    # ANTHROPIC_API_KEY of the CLI: the job's LLM key (``ircl_...``), which opens that job's
+    # Anthropic route and nothing else; when opted in, the operator's API key.
     api_key: str | None
+    # CLAUDE_CODE_OAUTH_TOKEN of the CLI: only when opted in and no API key is configured.
     oauth_token: str | None
+    # A job that waits for prompts ends after this long without one.
+    idle_timeout_s: float
 
 
 class JobInfo(TypedDict):
+    """``GET /worker/{job_id}/job``: the one channel of a job's configuration."""
+
     job_id: str
     task_description: str
     project_dir: str
@@ -132,14 +153,13 @@ class JobInfo(TypedDict):
     max_iterations: int
     deadline: str | None  # ISO 8601, UTC
     wait_for_prompts: bool
-    # grant name → the env name the tools see it under.
+    # grant name → the env name the tools see it under (the values: GET /credentials).
     credential_env: dict[str, str]
-    claude_max_turns: int | None
-    claude_model: str | None
-    claude_allowed_tools: list[str] | None
     limits: JobLimitsInfo
-    claude: ClaudeInfo | None
+    claude: ClaudeInfo | None  # None for worker jobs
+    # The custom tools granted to the job, by name (their definitions: GET /tools).
     mcp_servers: list[str]
     wasm_tools: list[str]
-    # The last LLM refusal of the job (a Refusal value), or None.
+    # The code of the job's last LLM refusal (one of LLM_REFUSALS), or None. It stays once
+    # set: an agent whose model calls stopped working learns here why.
     llm_refusal: str | None

@@ -1,14 +1,18 @@
 """One exception hierarchy for the orchestrator, and the one table that maps it to the wire.
 
 Every error a caller can act on derives from :class:`OrchestratorError`. The gRPC servicer and the
-HTTP worker API both translate through :data:`ERROR_KINDS`, so a kind of failure has the same
-meaning on both doors. Messages are written for a person and never carry a secret.
+HTTP worker API both translate through :class:`ErrorKind`, so a kind of failure has the same
+meaning on both doors. Messages are written for a person and never carry a secret; what a
+program must act on is the optional ``refusal`` code (``ironclaw_contract.worker_api.Refusal``),
+which every renderer of an error carries next to the message.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from ironclaw_contract.worker_api import Refusal
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class ErrorKind(enum.Enum):
     ALREADY_EXISTS = WireCodes("ALREADY_EXISTS", 409, "already_exists")
     FAILED_PRECONDITION = WireCodes("FAILED_PRECONDITION", 409, "failed_precondition")
     UNAUTHENTICATED = WireCodes("UNAUTHENTICATED", 401, "invalid_token")
+    PERMISSION_DENIED = WireCodes("PERMISSION_DENIED", 403, "permission_denied")
     RESOURCE_EXHAUSTED = WireCodes("RESOURCE_EXHAUSTED", 429, "budget_exceeded")
     PAYLOAD_TOO_LARGE = WireCodes("INVALID_ARGUMENT", 413, "body_too_large")
     PROVIDER_FAILED = WireCodes("UNAVAILABLE", 502, "provider_failed")
@@ -38,13 +43,21 @@ class ErrorKind(enum.Enum):
 
 
 class OrchestratorError(Exception):
-    """Base of every error the orchestrator reports to a caller."""
+    """Base of every error the orchestrator reports to a caller.
+
+    ``refusal``, when set, says in a code why a call the orchestrator understood was refused
+    (a budget, the model allowlist, a rate limit): the error bodies carry it, so a client acts
+    on the code and never on the English of ``message``.
+    """
 
     kind: ErrorKind = ErrorKind.INTERNAL
+    refusal: Refusal | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, refusal: Refusal | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if refusal is not None:
+            self.refusal = refusal
 
 
 class InvalidArgument(OrchestratorError):
@@ -95,9 +108,22 @@ class Unauthenticated(OrchestratorError):
 
 
 class BudgetExceeded(OrchestratorError):
-    """A job's LLM budget (tokens, calls, per-call cap) or the model allowlist refused a call."""
+    """The job's LLM policy refused a call: its call or token budget is used up (429), or, as
+    :class:`ModelNotAllowed`, the model is not allowed (403). Always carries its refusal."""
 
     kind = ErrorKind.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, refusal: Refusal) -> None:
+        super().__init__(message, refusal=refusal)
+
+
+class ModelNotAllowed(BudgetExceeded):
+    """The job may not use the model the request names."""
+
+    kind = ErrorKind.PERMISSION_DENIED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, refusal=Refusal.MODEL_NOT_ALLOWED)
 
 
 class PayloadTooLarge(OrchestratorError):

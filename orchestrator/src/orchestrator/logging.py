@@ -1,8 +1,8 @@
 """Structured logging: JSON lines in production, a readable console on a TTY, secrets masked.
 
 structlog has no redaction of its own; :func:`redact_secrets` runs before rendering and masks
-values under secret-looking keys and any ``irc_...`` token or ``Bearer ...`` string anywhere in
-the event, so a careless log call cannot leak a token, credential or API key.
+values under secret-looking keys and any ``irc_...`` token, ``ircl_...`` LLM key or ``Bearer ...``
+string anywhere in the event, so a careless log call cannot leak a token, credential or API key.
 """
 
 from __future__ import annotations

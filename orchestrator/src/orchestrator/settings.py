@@ -74,6 +74,8 @@ class Settings:
     claude_model: str = "sonnet"
     claude_allowed_tools: tuple[str, ...] = ("Bash", "Read", "Write")
     claude_timeout_s: int = 3600
+    # A Claude Code job that waits for prompts ends after this long without one.
+    claude_idle_timeout_s: float = 600.0
     # Model aliases the Claude Code CLI accepts (--model sonnet) → the model ids sent upstream.
     claude_model_map: tuple[tuple[str, str], ...] = CLAUDE_MODEL_MAP_DEFAULT
     # Opt-in: the real Anthropic credential goes into the container (see README, "Claude Code").
@@ -209,6 +211,9 @@ class Settings:
             claude_model=r.get("CLAUDE_CODE_MODEL", _nonempty, "sonnet"),
             claude_allowed_tools=tools,
             claude_timeout_s=r.get("CLAUDE_CODE_TIMEOUT_S", _int_range(1, 7 * 86400), 3600),
+            claude_idle_timeout_s=r.get(
+                "CLAUDE_CODE_IDLE_TIMEOUT_S", _float_range(1.0, 7 * 86400.0), 600.0
+            ),
             claude_model_map=r.get("CLAUDE_CODE_MODEL_MAP", _model_map, CLAUDE_MODEL_MAP_DEFAULT),
             claude_key_in_container=r.get("CLAUDE_CODE_KEY_IN_CONTAINER", _bool, False),
             anthropic_api_key=anthropic_key,

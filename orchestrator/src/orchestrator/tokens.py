@@ -1,9 +1,17 @@
-"""Per-job bearer tokens and the credentials granted to each job.
+"""Per-job bearer tokens, per-job LLM keys, and the credentials granted to each job.
 
 A token is ``irc_`` + 32 bytes from the OS CSPRNG, URL-safe. Only its SHA-256 digest is kept, in
 a dict keyed by job id: validation is one dict lookup (O(1) however many jobs are live) and one
 constant-time comparison of digests, and the token is bound to its job by construction (a token
 of job A checked against job B compares against B's digest and fails).
+
+A Claude Code job has a second secret, its LLM key (``ircl_`` + 32 bytes): the Claude Code CLI's
+``ANTHROPIC_API_KEY``. It opens only that job's Anthropic route, so the agent's own commands,
+which can read the CLI's environment, can make model calls on the job's budget but cannot read
+its credentials, post its events or end it: those take the worker token, which stays with the
+bridge. The key is validated like the token (its digest, persisted the same way) and dies with
+it. Its clear value is kept in memory until the job ends, for ``GET /job`` to hand to the bridge
+(after a restart only the digest is back: the bridge already has the key).
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from orchestrator.errors import InvalidArgument
 from orchestrator.secrets import Secret
 
 TOKEN_PREFIX = "irc_"  # noqa: S105 - a prefix, not a secret
+# Distinct from the token's ("ircl_" does not start with "irc_"), so neither is ever taken for
+# the other; ironclaw_contract.secret_patterns masks both.
+LLM_KEY_PREFIX = "ircl_"
 _TOKEN_BYTES = 32
 # A credential is a token, a key or a small file (a kubeconfig, a PEM key): 64 KiB is ample.
 MAX_CREDENTIAL_BYTES = 64 * 1024
@@ -84,10 +95,13 @@ def validate_grants(grants: Iterable[CredentialGrant]) -> tuple[CredentialGrant,
 
 
 class TokenStore:
-    """Issues, validates and revokes per-job tokens, and holds each job's credential grants."""
+    """Issues, validates and revokes per-job tokens and LLM keys, and holds each job's
+    credential grants."""
 
     def __init__(self) -> None:
         self._digests: dict[str, bytes] = {}
+        self._llm_key_digests: dict[str, bytes] = {}
+        self._llm_keys: dict[str, Secret] = {}
         self._grants: dict[str, tuple[CredentialGrant, ...]] = {}
         # The HTTP API validates on the event loop while the manager may revoke from callbacks;
         # dict operations are atomic, the lock only keeps create/revoke pairs consistent.
@@ -119,10 +133,38 @@ class TokenStore:
             return False
         return hmac.compare_digest(expected, token_digest(token))
 
+    def create_llm_key(self, job_id: str) -> str:
+        """Mints the job's LLM key (replacing any earlier one); revoked with the token."""
+        key = LLM_KEY_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
+        with self._lock:
+            self._llm_key_digests[job_id] = token_digest(key)
+            self._llm_keys[job_id] = Secret(key)
+        return key
+
+    def adopt_llm_key_digest(self, job_id: str, digest: bytes) -> None:
+        """Restores a job's LLM key from its stored digest (after an orchestrator restart)."""
+        with self._lock:
+            self._llm_key_digests[job_id] = digest
+            self._llm_keys.pop(job_id, None)
+
+    def validate_llm_key(self, job_id: str, key: str) -> bool:
+        """True only if ``key`` is the live LLM key of exactly ``job_id``."""
+        expected = self._llm_key_digests.get(job_id)
+        if expected is None or not key.startswith(LLM_KEY_PREFIX):
+            return False
+        return hmac.compare_digest(expected, token_digest(key))
+
+    def llm_key(self, job_id: str) -> Secret | None:
+        """The job's live LLM key, while this process minted it (None after a restart)."""
+        return self._llm_keys.get(job_id)
+
     def revoke(self, job_id: str) -> bool:
-        """Kills the job's token and forgets its grants at once; True if one was live."""
+        """Kills the job's token and LLM key and forgets its grants at once; True if the token
+        was live."""
         with self._lock:
             self._grants.pop(job_id, None)
+            self._llm_key_digests.pop(job_id, None)
+            self._llm_keys.pop(job_id, None)
             return self._digests.pop(job_id, None) is not None
 
     def is_live(self, job_id: str) -> bool:

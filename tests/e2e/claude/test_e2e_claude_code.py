@@ -130,15 +130,20 @@ async def test_a_follow_up_resumes_the_recorded_session_and_done_completes(
     )
     assert not manager.get_job(job.job_id).state.is_terminal
 
-    # The container holds the job token as its Anthropic key, never the real key.
+    # The container holds its identity only: no Anthropic setting, no key of any kind. The
+    # CLI called the model with the job's LLM key, which the bridge read from GET /job.
     env = container_env(docker_engine, job.job_id)
-    assert env["ANTHROPIC_API_KEY"].startswith("irc_")
-    assert env["ANTHROPIC_API_KEY"] == env["IRONCLAW_WORKER_TOKEN"]
-    assert env["ANTHROPIC_BASE_URL"] == (
-        f"http://host.docker.internal:{running.orch.http_port}/worker/{job.job_id}/anthropic"
-    )
+    assert not [name for name in env if name.startswith("ANTHROPIC_")]
     assert "CLAUDE_CODE_OAUTH_TOKEN" not in env
     assert not [name for name, value in env.items() if UPSTREAM_KEY in value]
+    assert {n for n in env if n.startswith("IRONCLAW_")} == {
+        "IRONCLAW_JOB_ID",
+        "IRONCLAW_ORCHESTRATOR_URL",
+        "IRONCLAW_WORKER_TOKEN",
+        "IRONCLAW_WORKSPACE",
+    }
+    keys = {r.headers["x-api-key"] for r in upstream.requests}
+    assert keys == {UPSTREAM_KEY}
     first_session = [r.headers["x-claude-code-session-id"] for r in _main_calls(upstream)]
 
     upstream.enqueue_text("second answer: teal", input_tokens=200, output_tokens=8)
@@ -204,9 +209,13 @@ async def test_a_budget_exhausted_mid_session_ends_the_job_budget_exceeded(claud
     final = await wait_terminal(running.stub, job.job_id, timeout=90)
     assert final.state == pb.JOB_STATE_FAILED
     assert final.result.reason == pb.TERMINAL_REASON_BUDGET_EXCEEDED
-    # The CLI got the clean error, and said so in its result.
+    # Typed from the orchestrator's refusal code; the CLI's own words stay for people.
+    assert final.result.message.startswith(
+        "the job's LLM policy refused a model call (token_budget_exhausted)"
+    )
     assert f"LLM token budget exhausted: 16200 of {budget} tokens used" in final.result.message
     assert _details(final)["reason"] == "budget_exceeded"
+    assert _details(final)["refusal"] == "token_budget_exhausted"
     assert final.usage.input_tokens + final.usage.output_tokens == 16200
     worked = [
         (e.event_type, e.data.get("tool_name"))

@@ -1,7 +1,8 @@
 """Fixtures for Claude Code mode's integration tests: a fake Anthropic upstream, orchestrators
 whose per-job Anthropic route forwards to it, Claude Code jobs created in-process (their
-containers run the small test agent, which just waits), and the real ``claude`` CLI binary
-taken from the pinned claude-agent-sdk wheel for tests that run the bridge on the host."""
+containers run the small test agent, which just waits) with the LLM key their bridge would get
+from ``GET /job``, and the real ``claude`` CLI binary taken from the pinned claude-agent-sdk
+wheel for tests that run the bridge on the host."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class RecordingAnthropic(FakeAnthropic):
 @dataclass(frozen=True)
 class Job:
     job_id: str
-    token: str
+    token: str  # the worker token: the bridge's
+    key: str  # the LLM key from GET /job: the CLI's ANTHROPIC_API_KEY ("" for a worker job)
 
 
 @dataclass
@@ -66,13 +68,24 @@ class ClaudeRoute:
             CreateJobRequest(task="sleep", mode=mode, limits=limits or JobLimitOverrides())
         )
         assert created.token is not None
-        self.jobs.append(created.job.job_id)
-        return Job(created.job.job_id, created.token)
+        job_id = created.job.job_id
+        self.jobs.append(job_id)
+        info = await self.get_job(job_id, created.token)
+        key = info["claude"]["api_key"] if info["claude"] else ""
+        return Job(job_id, created.token, key)
 
-    def headers(self, token: str, **extra: str) -> dict[str, str]:
-        """The headers the CLI sends (its token as x-api-key)."""
+    async def get_job(self, job_id: str, token: str) -> Any:
+        """``GET /worker/{id}/job`` with the worker token, as the bridge calls it."""
+        async with self.session.get(
+            f"{self.base_url}/worker/{job_id}/job", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    def headers(self, key: str, **extra: str) -> dict[str, str]:
+        """The headers the CLI sends (its key as x-api-key)."""
         return {
-            "x-api-key": token,
+            "x-api-key": key,
             "anthropic-version": "2023-06-01",
             "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
             "content-type": "application/json",

@@ -64,7 +64,7 @@ async def test_a_stream_passes_through_as_it_arrives_byte_for_byte_and_is_metere
         )
 
     async with route.session.post(
-        route.url(job.job_id), headers=route.headers(job.token), json=_messages_body()
+        route.url(job.job_id), headers=route.headers(job.key), json=_messages_body()
     ) as response:
         assert response.status == 200
         assert response.content_type == "text/event-stream"
@@ -81,11 +81,11 @@ async def test_a_stream_passes_through_as_it_arrives_byte_for_byte_and_is_metere
     assert b'"partial_json"' in streamed
     assert _usage(route, job.job_id) == (1, 120, 33)
 
-    # What reached the upstream: the real key, not the job token; the CLI's headers and query.
+    # What reached the upstream: the real key, not the job's; the CLI's headers and query.
     sent = upstream.requests[0]
     assert sent.headers["x-api-key"] == UPSTREAM_KEY
     assert "authorization" not in sent.headers
-    assert job.token not in json.dumps(dict(sent.headers))
+    assert job.key not in json.dumps(dict(sent.headers))
     assert sent.headers["anthropic-version"] == "2023-06-01"
     assert sent.headers["anthropic-beta"].startswith("claude-code-20250219")
     assert sent.headers["x-app"] == "cli"
@@ -96,7 +96,7 @@ async def test_a_stream_passes_through_as_it_arrives_byte_for_byte_and_is_metere
     # As it arrives: the held answer's message_start is read before the rest exists upstream.
     upstream.enqueue_text("held", hold_stream=True, input_tokens=7, output_tokens=2)
     async with route.session.post(
-        route.url(job.job_id), headers=route.headers(job.token), json=_messages_body()
+        route.url(job.job_id), headers=route.headers(job.key), json=_messages_body()
     ) as response:
         first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), timeout=10)
         assert b"message_start" in first
@@ -117,9 +117,9 @@ async def test_json_answers_bearer_tokens_aliases_and_clamped_max_tokens(
     route: ClaudeRoute = await route_for(upstream.url, JOB_LLM_MAX_TOKENS_PER_CALL="1000")
     job = await route.create()
     upstream.enqueue_text("2 + 2 = 4", input_tokens=15, output_tokens=8)
-    headers = route.headers(job.token)
+    headers = route.headers(job.key)
     del headers["x-api-key"]
-    headers["Authorization"] = f"Bearer {job.token}"
+    headers["Authorization"] = f"Bearer {job.key}"
     async with route.session.post(
         route.url(job.job_id, "v1/messages"),
         headers=headers,
@@ -142,7 +142,7 @@ async def test_count_tokens_is_forwarded_and_counts_as_a_call(
     counting = {"model": "claude-sonnet-5-5", "messages": [{"role": "user", "content": "hi"}]}
     async with route.session.post(
         route.url(job.job_id, "v1/messages/count_tokens?beta=true"),
-        headers=route.headers(job.token),
+        headers=route.headers(job.key),
         json=counting,
     ) as response:
         body = await response.json()
@@ -162,34 +162,58 @@ async def test_count_tokens_is_forwarded_and_counts_as_a_call(
     assert len(upstream.requests) == sent
 
 
-async def test_the_job_token_is_required_and_bound_to_its_job(
+async def test_the_llm_key_is_required_and_bound_to_its_job(
     route_for: Any, upstream: RecordingAnthropic
 ) -> None:
     route: ClaudeRoute = await route_for(upstream.url)
     job = await route.create()
     other = await route.create()
     worker = await route.create(mode=JobMode.WORKER)
+    assert job.key.startswith("ircl_")
+    assert worker.key == ""  # a worker job has no LLM key
+    bad = "ircl_" + "x" * 43
     cases = [
         (route.url(job.job_id), {}, 401, "authentication_error"),
-        (route.url(job.job_id), {"x-api-key": "irc_not_a_token"}, 401, "authentication_error"),
-        (route.url(job.job_id), {"x-api-key": other.token}, 401, "authentication_error"),
-        (route.url("not-a-uuid"), {"x-api-key": job.token}, 400, "invalid_request_error"),
-        (route.url(worker.job_id), {"x-api-key": worker.token}, 403, "permission_error"),
+        (route.url(job.job_id), {"x-api-key": bad}, 401, "authentication_error"),
+        (route.url(job.job_id), {"x-api-key": other.key}, 401, "authentication_error"),
+        # The worker token is the bridge's, and it opens nothing here.
+        (route.url(job.job_id), {"x-api-key": job.token}, 401, "authentication_error"),
+        (
+            route.url(job.job_id),
+            {"authorization": f"Bearer {job.token}"},
+            401,
+            "authentication_error",
+        ),
+        (route.url("not-a-uuid"), {"x-api-key": job.key}, 400, "invalid_request_error"),
+        (route.url(worker.job_id), {"x-api-key": worker.token}, 401, "authentication_error"),
     ]
     for url, headers, status, error_type in cases:
         async with route.session.post(url, headers=headers, json=_messages_body()) as response:
             assert response.status == status, (url, headers)
             _assert_anthropic_error(status, await response.json(), error_type)
     async with route.session.post(
-        route.url(job.job_id), headers=route.headers(job.token), data=b"{not json"
+        route.url(job.job_id), headers=route.headers(job.key), data=b"{not json"
     ) as response:
         assert response.status == 400
         _assert_anthropic_error(400, await response.json(), "invalid_request_error")
     assert upstream.requests == []
-    # Once the job ends its token is dead here too.
+    # The key opens nothing else of its job: GET /job, credentials, events, the end.
+    routes = [("GET", "job"), ("GET", "credentials"), ("POST", "event"), ("POST", "complete")]
+    for method, path in routes:
+        for headers in ({"x-api-key": job.key}, {"authorization": f"Bearer {job.key}"}):
+            async with route.session.request(
+                method,
+                f"{route.base_url}/worker/{job.job_id}/{path}",
+                headers=headers,
+                json={"success": True, "message": "x"} if method == "POST" else None,
+            ) as response:
+                assert response.status == 401, (method, path)
+                assert (await response.json())["error"] == "invalid_token"
+    assert not route.orch.manager.get_job(job.job_id).state.is_terminal
+    # Once the job ends its key is dead here too.
     await route.orch.manager.stop_job(job.job_id)
     async with route.session.post(
-        route.url(job.job_id), headers=route.headers(job.token), json=_messages_body()
+        route.url(job.job_id), headers=route.headers(job.key), json=_messages_body()
     ) as response:
         assert response.status == 401
 
@@ -200,16 +224,20 @@ async def test_budget_and_model_refusals_tell_the_cli_not_to_retry(
     route: ClaudeRoute = await route_for(upstream.url)
     job = await route.create(limits=JobLimitOverrides(llm_call_budget=1))
     upstream.enqueue_text("one", input_tokens=10, output_tokens=5)
-    url, headers = route.url(job.job_id), route.headers(job.token)
+    url, headers = route.url(job.job_id), route.headers(job.key)
 
     async with route.session.post(
         url, headers=headers, json=_messages_body(model="claude-opus-5-5")
     ) as response:
         assert response.status == 403
         assert response.headers["x-should-retry"] == "false"
-        message = _assert_anthropic_error(403, await response.json(), "permission_error")
+        refused = await response.json()
+        message = _assert_anthropic_error(403, refused, "permission_error")
+    assert refused["error"]["refusal"] == "model_not_allowed"
     assert "'claude-opus-5-5' is not allowed for this job" in message
     assert "claude-sonnet-5-5" in message
+    # Recorded on the job, where the bridge asks why the CLI stopped.
+    assert (await route.get_job(job.job_id, job.token))["llm_refusal"] == "model_not_allowed"
 
     async with route.session.post(url, headers=headers, json=_messages_body()) as response:
         assert response.status == 200
@@ -217,8 +245,11 @@ async def test_budget_and_model_refusals_tell_the_cli_not_to_retry(
     async with route.session.post(url, headers=headers, json=_messages_body()) as response:
         assert response.status == 429
         assert response.headers["x-should-retry"] == "false"
-        message = _assert_anthropic_error(429, await response.json(), "rate_limit_error")
+        refused = await response.json()
+        message = _assert_anthropic_error(429, refused, "rate_limit_error")
+    assert refused["error"]["refusal"] == "call_budget_exhausted"
     assert message == "LLM call budget exhausted: 1 of 1 calls used"
+    assert (await route.get_job(job.job_id, job.token))["llm_refusal"] == "call_budget_exhausted"
     assert len(upstream.requests) == 1
     assert _usage(route, job.job_id) == (1, 10, 5)
 
@@ -228,7 +259,7 @@ async def test_upstream_errors_pass_through_except_credential_refusals(
 ) -> None:
     route: ClaudeRoute = await route_for(upstream.url)
     job = await route.create()
-    url, headers = route.url(job.job_id), route.headers(job.token)
+    url, headers = route.url(job.job_id), route.headers(job.key)
 
     upstream.enqueue_error(400, "invalid_request_error", "messages.1.role: Input should be 'user'")
     async with route.session.post(url, headers=headers, json=_messages_body()) as response:
@@ -257,7 +288,7 @@ async def test_upstream_errors_pass_through_except_credential_refusals(
     assert UPSTREAM_KEY not in text
     assert "bad key ***" in message
     assert UPSTREAM_KEY not in repr(logs)
-    assert job.token not in repr(logs)
+    assert job.key not in repr(logs)
 
     upstream.enqueue(ErrorReply(500, anthropic_error_body("api_error", f"echo {UPSTREAM_KEY}")))
     async with route.session.post(url, headers=headers, json=_messages_body()) as response:
@@ -274,7 +305,7 @@ async def test_an_unreachable_upstream_is_a_502(route_for: Any) -> None:
     route: ClaudeRoute = await route_for(f"http://127.0.0.1:{port}")
     job = await route.create()
     async with route.session.post(
-        route.url(job.job_id), headers=route.headers(job.token), json=_messages_body()
+        route.url(job.job_id), headers=route.headers(job.key), json=_messages_body()
     ) as response:
         assert response.status == 502
         message = _assert_anthropic_error(502, await response.json(), "api_error")
@@ -291,7 +322,7 @@ async def test_an_oauth_token_goes_upstream_as_bearer_with_the_oauth_beta(route_
         job = await route.create()
         upstream.enqueue_text("hello", input_tokens=3, output_tokens=2)
         async with route.session.post(
-            route.url(job.job_id), headers=route.headers(job.token), json=_messages_body()
+            route.url(job.job_id), headers=route.headers(job.key), json=_messages_body()
         ) as response:
             assert response.status == 200, await response.text()
             await response.read()
@@ -311,7 +342,7 @@ async def test_a_client_that_goes_away_mid_stream_is_still_metered(
     job = await route.create()
     upstream.enqueue_text("slow", hold_stream=True, input_tokens=50, output_tokens=9)
     response = await route.session.post(
-        route.url(job.job_id), headers=route.headers(job.token), json=_messages_body()
+        route.url(job.job_id), headers=route.headers(job.key), json=_messages_body()
     )
     await response.content.readuntil(b"\n\n")
     response.close()

@@ -1,8 +1,9 @@
 """The bridge with the real Claude Code CLI on the host: the fake worker API on one side, the fake
-Anthropic upstream (as the CLI's ANTHROPIC_BASE_URL) on the other. What happens inside the
-container is covered end to end in tests/e2e/claude; here the process handling is checked
-where it is fast to observe: lines read as they come, the child's environment, follow-ups,
-failures, the deadline and SIGTERM."""
+Anthropic upstream (as the CLI's ANTHROPIC_BASE_URL, from ``GET /job``) on the other. What
+happens inside the container is covered end to end in tests/e2e/claude; here the process
+handling is checked where it is fast to observe: lines read as they come, the child's
+environment, follow-ups, failures, how a refusal is told from other failures, the deadline and
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.helpers import wait_for
 from worker.client import RetryPolicy, WorkerApiClient
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05, max_total_s=5.0)
+LLM_KEY = "ircl_" + "L" * 43
 
 
 @pytest.fixture
@@ -41,8 +43,19 @@ async def worker_api() -> AsyncIterator[FakeWorkerApi]:
 
 @pytest.fixture
 async def anthropic(worker_api: FakeWorkerApi) -> AsyncIterator[FakeAnthropic]:
-    # As in the container, the CLI's API key is the job token.
-    async with FakeAnthropic(api_key=worker_api.token) as fake:
+    # As from the orchestrator: the CLI's endpoint and its key (not the worker token) come
+    # from GET /job.
+    async with FakeAnthropic(api_key=LLM_KEY) as fake:
+        worker_api.claude = {
+            "model": "sonnet",
+            "max_turns": 50,
+            "allowed_tools": ["Bash", "Read", "Write"],
+            "model_aliases": {"sonnet": "claude-sonnet-5-5", "haiku": "claude-haiku-5-5"},
+            "base_url": fake.url,
+            "api_key": LLM_KEY,
+            "oauth_token": None,
+            "idle_timeout_s": 600.0,
+        }
         yield fake
 
 
@@ -55,18 +68,17 @@ def workspace(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def base_env(tmp_path: Path, worker_api: FakeWorkerApi, anthropic: FakeAnthropic) -> dict[str, str]:
-    """The environment the orchestrator gives a Claude Code container, pointed at the fakes."""
+    """The environment of a Claude Code container (its identity, the image's own), pointed at
+    the fake worker API."""
     return {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path / "home"),
         "LANG": "C.UTF-8",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "IRONCLAW_JOB_ID": worker_api.job_id,
         "IRONCLAW_ORCHESTRATOR_URL": worker_api.url,
         "IRONCLAW_WORKER_TOKEN": worker_api.token,
-        "ANTHROPIC_BASE_URL": anthropic.url,
-        "ANTHROPIC_API_KEY": worker_api.token,
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_ALLOWED_TOOLS": "bash,read,write",
+        "IRONCLAW_WORKSPACE": str(tmp_path / "workspace"),
     }
 
 
@@ -141,13 +153,14 @@ async def test_events_arrive_while_the_cli_still_works_and_one_result_ends_the_j
     assert details["usage"]["output_tokens"] == 32
     assert details["total_cost_usd"] > 0
     assert details["duration_ms"] > 0
-    # The CLI was given exactly the granted tools, and the job token as its key.
+    # The CLI was given exactly the granted tools, and the job's LLM key as its key.
     main_calls = [r for r in anthropic.requests if r.body.get("tools")]
     assert {t["name"] for t in main_calls[-1].body["tools"]} <= {"Bash", "Read", "Write"}
-    assert all(r.api_key == worker_api.token for r in anthropic.requests)
+    assert all(r.api_key == LLM_KEY for r in anthropic.requests)
+    assert {r.body["model"] for r in main_calls} == {"claude-sonnet-5-5"}
 
 
-async def test_the_cli_gets_credentials_and_claude_settings_never_the_worker_token_by_name(
+async def test_the_cli_gets_credentials_and_its_settings_from_get_job_never_the_worker_token(
     run_bridge: RunBridge, worker_api: FakeWorkerApi, anthropic: FakeAnthropic, workspace: Path
 ) -> None:
     settings = workspace / ".claude" / "settings.json"
@@ -167,8 +180,11 @@ async def test_the_cli_gets_credentials_and_claude_settings_never_the_worker_tok
     )
     assert env["GITHUB_TOKEN"] == "ghp_granted_value"
     assert env["ANTHROPIC_BASE_URL"] == anthropic.url
-    assert env["ANTHROPIC_API_KEY"] == worker_api.token
+    assert env["ANTHROPIC_API_KEY"] == LLM_KEY
+    assert env["ANTHROPIC_DEFAULT_HAIKU_MODEL"] == "claude-haiku-5-5"
+    assert env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
     assert not [name for name in env if name.startswith("IRONCLAW_")]
+    assert not [name for name, value in env.items() if worker_api.token in value]
     assert Path(env["HOME"], ".claude").is_dir()
     assert settings.read_text() == original
     assert sorted(p.name for p in settings.parent.iterdir()) == ["settings.json"]
@@ -238,7 +254,9 @@ async def test_max_turns_fails_the_job_with_that_reason(
 async def test_an_unknown_tool_stops_the_job_before_the_cli_starts(
     run_bridge: RunBridge, worker_api: FakeWorkerApi, anthropic: FakeAnthropic
 ) -> None:
-    assert await run_bridge(env={"CLAUDE_CODE_ALLOWED_TOOLS": "bash,telepathy"}) == 2
+    assert worker_api.claude is not None
+    worker_api.claude["allowed_tools"] = ["bash", "telepathy"]
+    assert await run_bridge() == 2
     [completion] = worker_api.completions
     assert completion["success"] is False
     assert completion["details"]["reason"] == "invalid_config"
@@ -262,6 +280,50 @@ async def test_a_cli_that_exits_non_zero_fails_with_its_code_and_stderr(
     statuses = [d["message"] for kind, d in worker_api.events if kind == "status"]
     assert "claude: not json" in statuses
     assert "claude stderr: fatal: no config" in statuses
+
+
+def _failing_cli(tmp_path: Path, text: str) -> Path:
+    """A stand-in CLI whose session ends in an API error, worded as ``text``."""
+    cli = tmp_path / "claude-failing"
+    result = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": True,
+        "result": text,
+        "session_id": "s-1",
+        "num_turns": 1,
+        "api_error_status": 429,
+    }
+    cli.write_text(f"#!/bin/sh\ncat > /dev/null\necho '{json.dumps(result)}'\nexit 1\n")
+    cli.chmod(0o755)
+    return cli
+
+
+async def test_a_failure_after_a_refusal_is_budget_exceeded_by_the_orchestrator_s_code(
+    run_bridge: RunBridge, worker_api: FakeWorkerApi, anthropic: FakeAnthropic, tmp_path: Path
+) -> None:
+    # Words that no phrase would ever match: the code is what counts.
+    worker_api.llm_refusal = "token_budget_exhausted"
+    assert await run_bridge(claude_bin=str(_failing_cli(tmp_path, "API Error: 429 {}"))) == 1
+    [completion] = worker_api.completions
+    assert completion["success"] is False
+    assert completion["details"]["reason"] == "budget_exceeded"
+    assert completion["details"]["refusal"] == "token_budget_exhausted"
+    assert completion["message"] == (
+        "the job's LLM policy refused a model call (token_budget_exhausted): API Error: 429 {}"
+    )
+    # The bridge asked the orchestrator why, after the run failed.
+    assert len(worker_api.accepted("job")) == 2
+
+
+async def test_the_cli_s_words_never_make_a_refusal(
+    run_bridge: RunBridge, worker_api: FakeWorkerApi, anthropic: FakeAnthropic, tmp_path: Path
+) -> None:
+    worded = "API Error: 429 LLM token budget exhausted: 30 of 30 tokens used"
+    assert await run_bridge(claude_bin=str(_failing_cli(tmp_path, worded))) == 1
+    [completion] = worker_api.completions
+    assert completion["details"]["reason"] == "claude_error"
+    assert "refusal" not in completion["details"]
 
 
 async def test_the_deadline_stops_the_cli_and_fails_the_job(

@@ -207,6 +207,7 @@ async def test_budget_exhausted_is_reported_with_the_server_message(
         429,
         error="budget_exceeded",
         message="token budget exceeded: 10500 of 10000 tokens used",
+        refusal="token_budget_exhausted",
     )
 
     assert await run_agent() == 1
@@ -214,12 +215,41 @@ async def test_budget_exhausted_is_reported_with_the_server_message(
     assert fake_api.completions == [
         {
             "success": False,
-            "message": "LLM budget exhausted: token budget exceeded: 10500 of 10000 tokens used",
+            "message": "LLM call refused: token budget exceeded: 10500 of 10000 tokens used",
             "iterations": 1,
-            "details": {"reason": "budget_exceeded"},
+            "details": {"reason": "budget_exceeded", "refusal": "token_budget_exhausted"},
         }
     ]
     assert len(fake_api.to("llm/complete_with_tools")) == 1
+
+
+async def test_a_model_refusal_ends_the_job_like_a_budget_by_its_code(
+    fake_api: FakeWorkerApi, run_agent: RunAgent
+) -> None:
+    fake_api.fail(
+        "llm/complete_with_tools",
+        403,
+        error="permission_denied",
+        message="anything at all",
+        refusal="model_not_allowed",
+    )
+    assert await run_agent() == 1
+    [completion] = fake_api.completions
+    assert completion["details"] == {"reason": "budget_exceeded", "refusal": "model_not_allowed"}
+
+
+async def test_a_429_without_a_refusal_code_is_an_llm_error_whatever_it_says(
+    fake_api: FakeWorkerApi, run_agent: RunAgent
+) -> None:
+    fake_api.fail(
+        "llm/complete_with_tools",
+        429,
+        error="budget_exceeded",
+        message="LLM token budget exhausted: 30 of 30 tokens used",
+    )
+    assert await run_agent() == 1
+    [completion] = fake_api.completions
+    assert completion["details"] == {"reason": "llm_error", "status": 429}
 
 
 async def test_retries_on_503_then_succeeds(fake_api: FakeWorkerApi, run_agent: RunAgent) -> None:

@@ -111,17 +111,24 @@ async def test_wrong_token_is_rejected(fake_api: FakeWorkerApi) -> None:
     client.close()
 
 
-async def test_429_raises_budget_exhausted(
+async def test_a_budget_refusal_raises_budget_exhausted_by_its_code(
     fake_api: FakeWorkerApi, make_client: MakeClient
 ) -> None:
-    fake_api.fail("llm/complete_with_tools", 429, error="budget_exceeded", message="calls: 10/10")
+    fake_api.fail(
+        "llm/complete_with_tools",
+        429,
+        error="budget_exceeded",
+        message="calls: 10/10",
+        refusal="call_budget_exhausted",
+    )
     client = make_client()
     with pytest.raises(BudgetExhausted) as info:
         await asyncio.to_thread(client.complete_with_tools, [{"role": "user", "content": "x"}], [])
-    assert (info.value.status, info.value.code, info.value.message) == (
+    assert (info.value.status, info.value.code, info.value.message, info.value.refusal) == (
         429,
         "budget_exceeded",
         "calls: 10/10",
+        "call_budget_exhausted",
     )
     assert len(fake_api.requests) == 1
 

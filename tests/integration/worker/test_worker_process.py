@@ -20,7 +20,6 @@ def _worker_env(api: FakeWorkerApi, workspace: Path) -> dict[str, str]:
         "IRONCLAW_JOB_ID": api.job_id,
         "IRONCLAW_ORCHESTRATOR_URL": api.url,
         "IRONCLAW_WORKSPACE": str(workspace),
-        "IRONCLAW_MAX_ITERATIONS": "5",
     }
 
 

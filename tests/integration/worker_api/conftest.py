@@ -55,12 +55,15 @@ class Reply:
     text: str
     content_type: str
 
-    def expect_error(self, status: int, code: str | None = None) -> str:
-        """Asserts the spec's error shape; returns the message."""
+    def expect_error(self, status: int, code: str | None = None, refusal: str | None = None) -> str:
+        """Asserts the spec's error shape (with ``refusal``, a refusal's code, exactly when it
+        is given); returns the message."""
         assert self.status == status, (self.status, self.text[:500])
         assert self.content_type == "application/json", self.content_type
         assert isinstance(self.body, dict), self.text[:500]
-        assert set(self.body) == {"error", "message"}, self.body
+        fields = {"error", "message"} | ({"refusal"} if refusal is not None else set())
+        assert set(self.body) == fields, self.body
+        assert self.body.get("refusal") == refusal, self.body
         assert isinstance(self.body["error"], str)
         assert self.body["error"]
         assert isinstance(self.body["message"], str)

@@ -306,7 +306,7 @@ async def test_call_budget_exhausted_is_429_with_the_numbers(
     )
 
     assert [a.status for a in answers] == [200, 200]
-    message = refused.expect_error(429, "budget_exceeded")
+    message = refused.expect_error(429, "budget_exceeded", "call_budget_exhausted")
     assert "call budget" in message
     assert "2 of 2" in message
     assert len(openai_fake.requests) == before + 2  # the refused call never left
@@ -328,10 +328,14 @@ async def test_token_budget_exhausted_is_429_and_types_a_later_failure(
     assert openai_fake.last.body["max_tokens"] <= 300
     sent = len(openai_fake.requests)
     refused = await api.call(job, "POST", "llm/complete", {"messages": _messages("again")})
-    message = refused.expect_error(429, "budget_exceeded")
+    message = refused.expect_error(429, "budget_exceeded", "token_budget_exhausted")
     assert "token budget" in message
     assert f"1000 of {budget}" in message
     assert len(openai_fake.requests) == sent
+
+    # Recorded on the job, as its code: GET /job tells the agent why its calls fail.
+    info = await api.call(job, "GET", "job")
+    assert info.body["llm_refusal"] == "token_budget_exhausted"
 
     # The worker then gives up; the failure is typed from the refusal.
     done = await api.call(job, "POST", "complete", {"success": False, "message": "out of budget"})
@@ -341,7 +345,7 @@ async def test_token_budget_exhausted_is_429_and_types_a_later_failure(
     assert final.result.reason is TerminalReason.BUDGET_EXCEEDED
 
 
-async def test_a_model_outside_the_allowlist_is_429(
+async def test_a_model_outside_the_allowlist_is_403_model_not_allowed(
     api: Any, shared_orch: Any, jobs: Any, openai_fake: Any
 ) -> None:
     job = await jobs.create(shared_orch)
@@ -357,7 +361,7 @@ async def test_a_model_outside_the_allowlist_is_429(
         refused = await api.call(
             job, "POST", route, {"messages": _messages("hi"), "model": "gpt-5-pro", **extra}
         )
-        message = refused.expect_error(429, "budget_exceeded")
+        message = refused.expect_error(403, "permission_denied", "model_not_allowed")
         assert "'gpt-5-pro' is not allowed" in message
         assert "gpt-4o-mini" in message
         assert "gpt-4o" in message

@@ -4,11 +4,13 @@ what the job manager recorded."""
 from __future__ import annotations
 
 import secrets
+import typing
 from datetime import datetime
 from typing import Any
 
 import pytest
 
+from ironclaw_contract.worker_api import JobInfo
 from orchestrator.domain.jobs import JobState, TerminalReason, UpdateKind
 from orchestrator.tokens import TOKEN_PREFIX
 from tests.helpers import wait_for
@@ -50,6 +52,12 @@ async def test_get_job_returns_the_spec_fields_and_credential_env(
     assert body["max_iterations"] == snapshot.limits.max_iterations == 50
     assert datetime.fromisoformat(body["deadline"]) == snapshot.deadline
     assert body["credential_env"] == {"github": "GITHUB_TOKEN", "npm": "NPM_TOKEN"}
+    # Everything the container is not told at its start (ironclaw_contract.worker_api.JobInfo).
+    assert set(body) == set(typing.get_type_hints(JobInfo))
+    assert body["limits"]["timeout_seconds"] == snapshot.limits.timeout_seconds
+    assert body["limits"]["llm_call_budget"] == snapshot.limits.llm_call_budget
+    assert (body["wait_for_prompts"], body["claude"], body["llm_refusal"]) == (False, None, None)
+    assert (body["mcp_servers"], body["wasm_tools"]) == ([], [])
     # The job description names the grants; only /credentials hands out their values.
     api.assert_never_returned(github, npm, job.token)
 

@@ -1,17 +1,16 @@
 """Pure parts of the orchestrator's side of Claude Code mode: the model map and allowlist, the
-request body checks, token metering from SSE, the settings and the container's environment."""
+request body checks, token metering from SSE, the settings. What the CLI is given (its route, its
+key) is in tests/unit/core/test_job_info.py."""
 
 from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from orchestrator.containers.spec import build_container_spec
-from orchestrator.domain.jobs import JobLimits, JobMode
+from orchestrator.domain.jobs import JobLimits
 from orchestrator.errors import ConfigError, InvalidArgument
 from orchestrator.http_api.anthropic_route import (
     ModelNotAllowed,
@@ -179,61 +178,3 @@ def test_model_map_settings_merge_over_the_defaults() -> None:
             Settings.from_env({"CLAUDE_CODE_MODEL_MAP": bad})
     with pytest.raises(ConfigError, match="CLAUDE_CODE_KEY_IN_CONTAINER"):
         Settings.from_env({"CLAUDE_CODE_KEY_IN_CONTAINER": "maybe"})
-
-
-def _claude_spec(settings: Settings) -> Any:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    return build_container_spec(
-        settings=settings,
-        job_id="8c5c1f3e-0000-4000-8000-000000000001",
-        mode=JobMode.CLAUDE_CODE,
-        limits=LIMITS,
-        created_at=now,
-        deadline=now + timedelta(hours=1),
-        token="irc_job_token_value",
-        orchestrator_url="http://host.docker.internal:50052",
-        project_dir="/base/projects/p",
-        wait_for_prompts=True,
-    )
-
-
-def test_by_default_the_container_gets_the_route_and_the_job_token_only() -> None:
-    spec = _claude_spec(
-        Settings.from_env(
-            {"ANTHROPIC_API_KEY": "sk-ant-real", "CLAUDE_CODE_MODEL_MAP": "haiku=claude-h-1"}
-        )
-    )
-    env = spec.env
-    assert env["ANTHROPIC_API_KEY"] == "irc_job_token_value"
-    assert env["ANTHROPIC_BASE_URL"].endswith(
-        "/worker/8c5c1f3e-0000-4000-8000-000000000001/anthropic"
-    )
-    assert env["ANTHROPIC_DEFAULT_SONNET_MODEL"] == "claude-sonnet-5-5"
-    assert env["ANTHROPIC_DEFAULT_HAIKU_MODEL"] == "claude-h-1"
-    assert "sk-ant-real" not in " ".join(env.values())
-    assert spec.command[-1] == "--wait-for-prompts"
-    assert "irc_job_token_value" not in repr(spec)
-
-
-def test_the_opt_in_puts_the_real_credential_in_the_container() -> None:
-    spec = _claude_spec(
-        Settings.from_env(
-            {
-                "ANTHROPIC_API_KEY": "sk-ant-real",
-                "ANTHROPIC_BASE_URL": "https://proxy.example",
-                "CLAUDE_CODE_KEY_IN_CONTAINER": "1",
-            }
-        )
-    )
-    assert spec.env["ANTHROPIC_API_KEY"] == "sk-ant-real"
-    assert spec.env["ANTHROPIC_BASE_URL"] == "https://proxy.example"
-    assert "sk-ant-real" not in repr(spec)
-    oauth = _claude_spec(
-        Settings.from_env(
-            {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat-real", "CLAUDE_CODE_KEY_IN_CONTAINER": "true"}
-        )
-    )
-    assert oauth.env["CLAUDE_CODE_OAUTH_TOKEN"] == "sk-ant-oat-real"
-    assert "ANTHROPIC_API_KEY" not in oauth.env
-    assert "ANTHROPIC_BASE_URL" not in oauth.env
-    assert "sk-ant-oat-real" not in repr(oauth)

@@ -1,8 +1,13 @@
+"""The container spec of a job: hardened, and its environment is its identity only."""
+
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
+import pytest
+
+from ironclaw_contract import container_env
 from orchestrator.containers.backend import ContainerSpec
 from orchestrator.containers.spec import build_container_spec
 from orchestrator.domain.jobs import JobLimits, JobMode
@@ -20,6 +25,7 @@ LIMITS = JobLimits(
     claude_model="sonnet",
 )
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+TOKEN = "irc_secret_token_value"
 
 
 def _spec(mode: JobMode = JobMode.WORKER, settings: Settings | None = None) -> ContainerSpec:
@@ -30,8 +36,7 @@ def _spec(mode: JobMode = JobMode.WORKER, settings: Settings | None = None) -> C
         mode=mode,
         limits=LIMITS,
         created_at=NOW,
-        deadline=NOW + timedelta(hours=1),
-        token="irc_secret_token_value",
+        token=TOKEN,
         orchestrator_url="http://host.docker.internal:50052",
         project_dir="/base/projects/p",
     )
@@ -65,38 +70,47 @@ def test_worker_container_is_hardened() -> None:
     }
 
 
-def test_env_carries_job_settings_and_no_provider_secret() -> None:
-    settings = Settings.from_env(
-        {"ANTHROPIC_API_KEY": "sk-ant-real-key", "OPENAI_API_KEY": "sk-openai-real"}
-    )
-    env = _spec(settings=settings).env
-    assert env["IRONCLAW_WORKER_TOKEN"] == "irc_secret_token_value"
-    assert env["IRONCLAW_JOB_ID"] == "8c5c1f3e-0000-4000-8000-000000000001"
-    assert env["IRONCLAW_ORCHESTRATOR_URL"] == "http://host.docker.internal:50052"
-    assert env["IRONCLAW_WORKSPACE"] == "/workspace"
-    assert env["IRONCLAW_MAX_ITERATIONS"] == "50"
-    values = " ".join(env.values())
-    assert "sk-ant-real-key" not in values
-    assert "sk-openai-real" not in values
+IDENTITY = {
+    "IRONCLAW_JOB_ID": "8c5c1f3e-0000-4000-8000-000000000001",
+    "IRONCLAW_ORCHESTRATOR_URL": "http://host.docker.internal:50052",
+    "IRONCLAW_WORKER_TOKEN": TOKEN,
+    "IRONCLAW_WORKSPACE": "/workspace",
+}
+# Every setting that could put something of the job, or a secret, into its container.
+LOADED = {
+    "ANTHROPIC_API_KEY": "sk-ant-real-key",
+    "OPENAI_API_KEY": "sk-openai-real",
+    "CLAUDE_CODE_MODEL": "opus",
+    "CLAUDE_CODE_MAX_TURNS": "9",
+    "CLAUDE_CODE_ALLOWED_TOOLS": "bash,grep",
+    "WORKER_MAX_ITERATIONS": "7",
+}
 
 
-def test_claude_container_gets_the_orchestrator_route_and_the_job_token_as_key() -> None:
-    settings = Settings.from_env({"ANTHROPIC_API_KEY": "sk-ant-real-key"})
-    spec = _spec(JobMode.CLAUDE_CODE, settings)
-    env = spec.env
-    assert spec.name.startswith("ironclaw-claude-")
-    assert spec.image == "ironclaw-claude:latest"
-    assert spec.command[0] == "--job-id"
-    assert env["ANTHROPIC_BASE_URL"] == (
-        "http://host.docker.internal:50052/worker/8c5c1f3e-0000-4000-8000-000000000001/anthropic"
-    )
-    assert env["ANTHROPIC_API_KEY"] == "irc_secret_token_value"
-    assert "sk-ant-real-key" not in " ".join(env.values())
+@pytest.mark.parametrize("mode", list(JobMode))
+@pytest.mark.parametrize("opt_in", [False, True])
+def test_the_environment_is_the_identity_and_there_is_no_command(
+    mode: JobMode, opt_in: bool
+) -> None:
+    settings = Settings.from_env({**LOADED, "CLAUDE_CODE_KEY_IN_CONTAINER": "1" if opt_in else "0"})
+    spec = _spec(mode, settings)
+    assert spec.env == IDENTITY
+    assert set(spec.env) == set(container_env.ALL)
+    assert spec.command == ()  # the image's entrypoint, which reads the rest from GET /job
+    assert spec.secret_env_keys == {"IRONCLAW_WORKER_TOKEN"}
+
+
+def test_the_claude_container_differs_only_in_name_and_image() -> None:
+    worker = _spec(JobMode.WORKER)
+    claude = _spec(JobMode.CLAUDE_CODE)
+    assert claude.name == "ironclaw-claude-8c5c1f3e-0000-4000-8000-000000000001"
+    assert claude.image == "ironclaw-claude:latest"
+    assert replace(claude, name=worker.name, image=worker.image, labels=worker.labels) == worker
 
 
 def test_repr_masks_the_token() -> None:
     text = repr(_spec(JobMode.CLAUDE_CODE, Settings.from_env({"ANTHROPIC_API_KEY": "k"})))
-    assert "irc_secret_token_value" not in text
+    assert TOKEN not in text
 
 
 def test_runtime_and_limits_come_from_settings() -> None:

@@ -4,7 +4,7 @@ the check of the projects base against the host path."""
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,6 @@ def _spec(settings: Settings, network: str | None) -> object:
         mode=JobMode.WORKER,
         limits=limits,
         created_at=now,
-        deadline=now + timedelta(seconds=60),
         token="irc_x",
         orchestrator_url="http://host.docker.internal:50052",
         project_dir="/p",

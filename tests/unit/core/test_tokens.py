@@ -103,3 +103,55 @@ def test_dangerous_or_malformed_env_names_are_refused(env: str) -> None:
 def test_bad_grant_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidArgument):
         validate_grant(name, "api_token", "value", "")
+
+
+# -- the LLM key of a Claude Code job --------------------------------------------------------
+
+
+def test_llm_key_shape_differs_from_the_token_and_is_masked_like_it() -> None:
+    from ironclaw_contract.secret_patterns import mask_secrets
+
+    store = TokenStore()
+    token = store.create_token("a")
+    key = store.create_llm_key("a")
+    assert re.fullmatch(r"ircl_[A-Za-z0-9_\-]{43}", key)
+    assert not key.startswith("irc_")
+    assert key != token
+    assert mask_secrets(f"token {token} key {key}") == "token *** key ***"
+
+
+def test_llm_key_and_token_each_open_only_their_own_door() -> None:
+    store = TokenStore()
+    token = store.create_token("a")
+    key = store.create_llm_key("a")
+    store.create_token("b")
+    other = store.create_llm_key("b")
+    assert store.validate_llm_key("a", key)
+    assert not store.validate_llm_key("a", token)
+    assert not store.validate("a", key)
+    assert not store.validate_llm_key("a", other)
+    assert not store.validate_llm_key("c", key)
+    assert store.llm_key("a") == Secret(key)
+    assert key not in repr(store)
+    assert key not in repr(store.llm_key("a"))
+
+
+def test_llm_key_dies_with_the_token() -> None:
+    store = TokenStore()
+    store.create_token("a")
+    key = store.create_llm_key("a")
+    assert store.revoke("a")
+    assert not store.validate_llm_key("a", key)
+    assert store.llm_key("a") is None
+
+
+def test_llm_key_survives_a_restart_as_its_digest_only() -> None:
+    from orchestrator.tokens import token_digest
+
+    first = TokenStore()
+    first.create_token("a")
+    key = first.create_llm_key("a")
+    restarted = TokenStore()
+    restarted.adopt_llm_key_digest("a", token_digest(key))
+    assert restarted.validate_llm_key("a", key)
+    assert restarted.llm_key("a") is None  # nothing in clear to hand out again

@@ -24,7 +24,6 @@ def worker_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         "IRONCLAW_JOB_ID",
         "IRONCLAW_ORCHESTRATOR_URL",
         "IRONCLAW_WORKSPACE",
-        "IRONCLAW_MAX_ITERATIONS",
     ]:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("IRONCLAW_WORKER_TOKEN", TOKEN)
@@ -52,14 +51,10 @@ def test_missing_variable_is_named_and_exits_2(
 
 @pytest.mark.parametrize("value", ["zero", "0", "-3"])
 def test_bad_max_iterations_is_named(
-    value: str,
-    worker_env: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    value: str, worker_env: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("IRONCLAW_MAX_ITERATIONS", value)
-    assert main([]) == 2
-    assert "IRONCLAW_MAX_ITERATIONS must be a positive integer" in capsys.readouterr().err
+    assert main(["--max-iterations", value]) == 2
+    assert "--max-iterations must be a positive integer" in capsys.readouterr().err
 
 
 def test_missing_workspace_is_named(

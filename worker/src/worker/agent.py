@@ -95,8 +95,9 @@ class JobResult:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    """How the agent runs. ``max_iterations`` applies when the job does not set its own;
-    ``base_env`` is the environment tool commands may inherit from (filtered by an allowlist)."""
+    """How the agent runs. ``max_iterations`` applies when ``GET /job`` sets none (the
+    orchestrator always does; a manual run against another server may not); ``base_env`` is the
+    environment tool commands may inherit from (filtered by an allowlist)."""
 
     workspace: Path = Path("/workspace")
     max_iterations: int = DEFAULT_MAX_ITERATIONS
@@ -290,11 +291,13 @@ class Agent:
             try:
                 answer = self._client.complete_with_tools(messages, specs)
             except BudgetExhausted as exc:
+                # The orchestrator refused the call by the job's policy (its refusal code says
+                # which): no later call can succeed, so the job ends here, typed.
                 return JobResult(
                     success=False,
-                    message=f"LLM budget exhausted: {exc.message}",
+                    message=f"LLM call refused: {exc.message}",
                     iterations=iteration,
-                    details={"reason": "budget_exceeded"},
+                    details={"reason": "budget_exceeded", "refusal": exc.refusal},
                 )
             except WorkerApiError as exc:
                 return JobResult(

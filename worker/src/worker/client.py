@@ -4,7 +4,9 @@ Standard library only. One keep-alive connection is reused across calls (reconne
 failure): the agent makes many small calls and a fresh TCP connection per call costs more than the
 call itself. Every call has a connect and a read timeout; connection errors and 502/503 answers are
 retried with exponential backoff and jitter, bounded in attempts and in total time. A 401 is never
-retried: it means the job is over or the token was revoked, so the caller must stop.
+retried: it means the job is over or the token was revoked, so the caller must stop. A refusal is
+told apart by the ``refusal`` code of the error body (``ironclaw_contract.worker_api.Refusal``),
+never by its status alone or by the English of its message.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ironclaw_contract.worker_api import LLM_REFUSALS
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +52,21 @@ class TokenRejected(WorkerClientError):
 
 
 class WorkerApiError(WorkerClientError):
-    """The server answered with an error status; ``code`` and ``message`` come from its body."""
+    """The server answered with an error status; ``code``, ``message`` and ``refusal`` (the
+    machine-readable reason of a refusal, a ``Refusal`` value, or None) come from its body."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, refusal: str | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.refusal = refusal
 
 
 class BudgetExhausted(WorkerApiError):
-    """The server answered 429: the job's LLM budget (or a rate limit) is exhausted."""
+    """The job's LLM policy refused the call (``refusal`` in ``LLM_REFUSALS``: its call or
+    token budget is used up, 429, or the model is not allowed, 403): no later model call of
+    the job can succeed either."""
 
 
 class WorkerConnectionError(WorkerClientError):
@@ -317,8 +325,9 @@ class WorkerApiClient:
         starting with ``/`` is relative to the orchestrator URL instead (``"/health"``).
         ``timeout`` is the read timeout in seconds (default: the client's ``timeout``).
 
-        Raises :class:`TokenRejected` on 401, :class:`BudgetExhausted` on 429,
-        :class:`WorkerApiError` on any other error status (502/503 after the retries), and
+        Raises :class:`TokenRejected` on 401, :class:`BudgetExhausted` on an LLM refusal (429
+        or 403 with its refusal code), :class:`WorkerApiError` on any other error status
+        (502/503 after the retries; ``refusal`` set when the body has one), and
         :class:`WorkerConnectionError` when the server stays unreachable.
         """
         target = self._root + path if path.startswith("/") else self._job_prefix + path
@@ -449,15 +458,17 @@ def _decode(status: int, data: bytes) -> Any:
             return json.loads(data)
         except ValueError:
             raise WorkerApiError(status, "invalid_response", "response body is not JSON") from None
-    code, message = _error_fields(status, data)
+    code, message, refusal = _error_fields(status, data)
     if status == 401:
         raise TokenRejected(f"worker token rejected ({code}): {message}")
-    if status == 429:
-        raise BudgetExhausted(status, code, message)
-    raise WorkerApiError(status, code, message)
+    if status in (403, 429) and refusal in LLM_REFUSALS:
+        raise BudgetExhausted(status, code, message, refusal)
+    raise WorkerApiError(status, code, message, refusal)
 
 
-def _error_fields(status: int, data: bytes) -> tuple[str, str]:
+def _error_fields(status: int, data: bytes) -> tuple[str, str, str | None]:
+    """``(error, message, refusal)`` of an error body; a body that is not the API's own (a
+    proxy's page) keeps its first 200 characters as the message."""
     text = data.decode("utf-8", errors="replace")
     try:
         body = json.loads(text)
@@ -466,12 +477,14 @@ def _error_fields(status: int, data: bytes) -> tuple[str, str]:
     if isinstance(body, dict):
         code = body.get("error")
         message = body.get("message")
+        refusal = body.get("refusal")
         return (
             code if isinstance(code, str) and code else f"http_{status}",
             message if isinstance(message, str) and message else "(no message)",
+            refusal if isinstance(refusal, str) and refusal else None,
         )
     snippet = text.strip()
-    return f"http_{status}", truncate_text(snippet, 200) if snippet else "(no message)"
+    return f"http_{status}", truncate_text(snippet, 200) if snippet else "(no message)", None
 
 
 def _expect_object(value: Any, route: str) -> dict[str, Any]:

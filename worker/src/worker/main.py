@@ -1,8 +1,10 @@
 """``ironclaw-worker``: the entry point of a worker container.
 
-Configuration comes from the environment the orchestrator injects (flags override, except the
-token, which is never taken from the command line where ``ps`` would show it). Logs go to stderr
-as plain lines; the token never appears in them.
+The container's environment says only how to reach the orchestrator and which job this is
+(``ironclaw_contract.container_env``: job id, URL, token, workspace; flags may override all but
+the token, which is never taken from the command line where ``ps`` would show it). Everything
+else about the job (task, max iterations, deadline, credentials, tools) comes from
+``GET /worker/{id}/job``. Logs go to stderr as plain lines; the token never appears in them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from ironclaw_contract import container_env
 from ironclaw_contract.secret_patterns import mask_secrets
 from worker.agent import (
     DEFAULT_MAX_ITERATIONS,
@@ -27,12 +30,11 @@ from worker.agent import (
 from worker.client import WorkerApiClient
 from worker.termination import Terminated, sigterm_raises_terminated
 
-TOKEN_VAR = "IRONCLAW_WORKER_TOKEN"  # noqa: S105 - the variable name, not a secret
-JOB_ID_VAR = "IRONCLAW_JOB_ID"
-URL_VAR = "IRONCLAW_ORCHESTRATOR_URL"
-WORKSPACE_VAR = "IRONCLAW_WORKSPACE"
-MAX_ITERATIONS_VAR = "IRONCLAW_MAX_ITERATIONS"
-DEFAULT_WORKSPACE = "/workspace"
+TOKEN_VAR = container_env.WORKER_TOKEN
+JOB_ID_VAR = container_env.JOB_ID
+URL_VAR = container_env.ORCHESTRATOR_URL
+WORKSPACE_VAR = container_env.WORKSPACE
+DEFAULT_WORKSPACE = container_env.WORKSPACE_PATH
 
 _EXIT_INTERRUPTED = 130  # 128 + SIGINT
 _PR_SET_DUMPABLE = 4
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         job_id = _required(env, JOB_ID_VAR, args.job_id)
         url = _required(env, URL_VAR, args.orchestrator_url)
         workspace = _workspace(args.workspace or env.get(WORKSPACE_VAR) or DEFAULT_WORKSPACE)
-        max_iterations = _max_iterations(args.max_iterations, env.get(MAX_ITERATIONS_VAR))
+        max_iterations = _max_iterations(args.max_iterations)
         level = _log_level(args.log_level)
         try:
             client = WorkerApiClient(url, job_id, token)
@@ -104,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-iterations",
-        help=f"LLM calls allowed when the job sets no limit "
-        f"(default: ${MAX_ITERATIONS_VAR} or {DEFAULT_MAX_ITERATIONS})",
+        help="LLM calls allowed when GET /job sets no limit (the orchestrator always sets "
+        f"one; default {DEFAULT_MAX_ITERATIONS})",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
@@ -125,8 +127,7 @@ def _workspace(raw: str) -> Path:
     return path
 
 
-def _max_iterations(flag_value: str | None, env_value: str | None) -> int:
-    raw = flag_value if flag_value is not None else env_value
+def _max_iterations(raw: str | None) -> int:
     if raw is None or raw.strip() == "":
         return DEFAULT_MAX_ITERATIONS
     try:
@@ -134,7 +135,7 @@ def _max_iterations(flag_value: str | None, env_value: str | None) -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise UsageError(f"{MAX_ITERATIONS_VAR} must be a positive integer, got {raw!r}")
+        raise UsageError(f"--max-iterations must be a positive integer, got {raw!r}")
     return value
 
 
@@ -145,8 +146,21 @@ def _log_level(raw: str) -> int:
     return level
 
 
+# Secrets learned after the start (the Claude Code CLI's key from GET /job), masked like the
+# token in every line from then on.
+_LEARNED_SECRETS: list[str] = []
+
+
+def mask_in_logs(value: str) -> None:
+    """Masks ``value`` in every later log line of this process (however it is shaped)."""
+    if value and value not in _LEARNED_SECRETS:
+        _LEARNED_SECRETS.append(value)
+        _LEARNED_SECRETS.sort(key=len, reverse=True)
+
+
 class _RedactingFormatter(logging.Formatter):
-    """Masks the worker token, and anything shaped like one, in every formatted line."""
+    """Masks the worker token, the secrets given to :func:`mask_in_logs`, and anything shaped
+    like a secret, in every formatted line."""
 
     def __init__(self, token: str) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -154,8 +168,9 @@ class _RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        if self._token:
-            text = text.replace(self._token, "***")
+        for secret in (self._token, *_LEARNED_SECRETS):
+            if secret:
+                text = text.replace(secret, "***")
         return mask_secrets(text)
 
 

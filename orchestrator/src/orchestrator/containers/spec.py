@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 
+from ironclaw_contract import container_env
 from orchestrator.containers.backend import BindMount, ContainerSpec
 from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.settings import Settings
@@ -14,13 +14,10 @@ LABEL_MODE = "ironclaw.mode"
 LABEL_CREATED_AT = "ironclaw.created_at"
 LABEL_INSTANCE = "ironclaw.instance"
 
-WORKSPACE = "/workspace"
+WORKSPACE = container_env.WORKSPACE_PATH
 SANDBOX_USER = "1000:1000"
 TMPFS_OPTIONS = "rw,nosuid,nodev,size=512m"
 HOST_GATEWAY_NAME = "host.docker.internal"
-# Masked wherever the spec is shown: the job token, or the real credential when opted in.
-CLAUDE_SECRET_ENV_KEYS = frozenset({"ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"})
-CLI_MODEL_ALIASES = ("sonnet", "opus", "haiku")
 
 
 def container_name(mode: JobMode, job_id: str) -> str:
@@ -43,42 +40,26 @@ def build_container_spec(
     mode: JobMode,
     limits: JobLimits,
     created_at: datetime,
-    deadline: datetime,
     token: str,
     orchestrator_url: str,
     project_dir: str,
-    wait_for_prompts: bool = False,
     network: str | None = None,
 ) -> ContainerSpec:
-    """The container of one job. The job never chooses the image, the working dir or mounts."""
-    env: dict[str, str] = {
-        "IRONCLAW_WORKER_TOKEN": token,
-        "IRONCLAW_JOB_ID": job_id,
-        "IRONCLAW_ORCHESTRATOR_URL": orchestrator_url,
-        "IRONCLAW_WORKSPACE": WORKSPACE,
-        "IRONCLAW_MAX_ITERATIONS": str(limits.max_iterations),
-        "IRONCLAW_DEADLINE": deadline.isoformat(),
+    """The container of one job. The job never chooses the image, the working dir or mounts.
+
+    Its environment is its identity and nothing more (``ironclaw_contract.container_env``): how
+    to reach the orchestrator and prove which job it is. No command either: the image's
+    entrypoint (``ironclaw-worker``, ``ironclaw-claude-bridge``) reads everything else about the
+    job (task, limits, deadline, the Claude Code CLI's settings and key) from ``GET /job``, so a
+    container started before its job is known can be given one.
+    """
+    env = {
+        container_env.JOB_ID: job_id,
+        container_env.ORCHESTRATOR_URL: orchestrator_url,
+        container_env.WORKER_TOKEN: token,
+        container_env.WORKSPACE: WORKSPACE,
     }
-    secret_keys = {"IRONCLAW_WORKER_TOKEN"}
-    if mode is JobMode.WORKER:
-        image = settings.worker_image
-        command: tuple[str, ...] = ()  # the image's entrypoint: ironclaw-worker
-    else:
-        image = settings.claude_image
-        command = (
-            "--job-id",
-            job_id,
-            "--orchestrator-url",
-            orchestrator_url,
-            "--max-turns",
-            str(limits.claude_max_turns),
-            "--model",
-            limits.claude_model,
-        )
-        if wait_for_prompts:
-            command += ("--wait-for-prompts",)
-        env.update(_claude_env(settings, job_id, token, orchestrator_url, limits))
-        secret_keys.update(CLAUDE_SECRET_ENV_KEYS)
+    image = settings.worker_image if mode is JobMode.WORKER else settings.claude_image
     memory = limits.memory_mb * 1024 * 1024
     # ``network``: the job's own isolated network (JOB_NETWORK=isolated), where a relay answers
     # as the worker API's host: no host-gateway entry then.
@@ -87,7 +68,7 @@ def build_container_spec(
     return ContainerSpec(
         name=container_name(mode, job_id),
         image=image,
-        command=command,
+        command=(),
         env=env,
         labels=job_labels(settings.instance, job_id, mode, created_at),
         user=SANDBOX_USER,
@@ -108,38 +89,5 @@ def build_container_spec(
             {HOST_GATEWAY_NAME: "host-gateway"} if network == "bridge" and not isolated else {}
         ),
         runtime=settings.worker_runtime,
-        secret_env_keys=frozenset(secret_keys),
+        secret_env_keys=frozenset({container_env.WORKER_TOKEN}),
     )
-
-
-def _claude_env(
-    settings: Settings, job_id: str, token: str, orchestrator_url: str, limits: JobLimits
-) -> Mapping[str, str]:
-    env = {
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MODEL": limits.claude_model,
-        "CLAUDE_CODE_MAX_TURNS": str(limits.claude_max_turns),
-        "CLAUDE_CODE_ALLOWED_TOOLS": ",".join(settings.claude_allowed_tools),
-    }
-    # The CLI resolves --model sonnet|opus|haiku itself; these make it send the ids the
-    # orchestrator's model map (and so its allowlist) names.
-    for alias, model in settings.claude_model_map:
-        if alias in CLI_MODEL_ALIASES:
-            env[f"ANTHROPIC_DEFAULT_{alias.upper()}_MODEL"] = model
-    if settings.claude_key_in_container:
-        # Opt-in (CLAUDE_CODE_KEY_IN_CONTAINER=1), and weaker: the CLI calls Anthropic directly
-        # with the real credential, so anything the agent runs can read and exfiltrate it, and
-        # the orchestrator sees none of the calls: no per-job metering, budget or model
-        # allowlist. For sites whose containers must not route through the orchestrator.
-        if settings.anthropic_api_key:
-            env["ANTHROPIC_API_KEY"] = settings.anthropic_api_key.reveal()
-        elif settings.claude_oauth_token:
-            env["CLAUDE_CODE_OAUTH_TOKEN"] = settings.claude_oauth_token.reveal()
-        if settings.anthropic_base_url:
-            env["ANTHROPIC_BASE_URL"] = settings.anthropic_base_url
-        return env
-    # The default: the container talks Anthropic Messages to the orchestrator's per-job route and
-    # presents its job token as the API key; the real credential never enters the container.
-    env["ANTHROPIC_BASE_URL"] = f"{orchestrator_url}/worker/{job_id}/anthropic"
-    env["ANTHROPIC_API_KEY"] = token
-    return env

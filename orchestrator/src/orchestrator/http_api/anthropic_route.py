@@ -1,12 +1,13 @@
 """The per-job Anthropic Messages route the Claude Code CLI talks to.
 
-A Claude Code container gets ``ANTHROPIC_BASE_URL=<orchestrator>/worker/<job_id>/anthropic`` and
-its job token as ``ANTHROPIC_API_KEY``, so the real credential never enters it. The CLI then
-calls ``POST .../v1/messages?beta=true`` (``stream: true``) with the token in ``x-api-key``.
-This route:
+The bridge of a Claude Code job reads ``GET /job`` and starts the CLI with
+``ANTHROPIC_BASE_URL=<orchestrator>/worker/<job_id>/anthropic`` and the job's LLM key
+(``ircl_...``) as ``ANTHROPIC_API_KEY``, so neither the real credential nor the job's worker
+token enters the CLI's environment. The CLI then calls ``POST .../v1/messages?beta=true``
+(``stream: true``) with the key in ``x-api-key``. This route:
 
-1. checks the token belongs to that job (``x-api-key`` or ``Authorization: Bearer``) and that
-   the job is a Claude Code job;
+1. checks the LLM key belongs to that job (``x-api-key`` or ``Authorization: Bearer``) and that
+   the job is a Claude Code job; the worker token is refused here, and the key everywhere else;
 2. maps a model alias (``CLAUDE_CODE_MODEL_MAP``) and refuses a model the job may not use;
 3. reserves the call on the job's ledger (one call, the request's input bound and the
    ``max_tokens`` it may have, capped to what the budget still allows), refusing it when calls
@@ -19,8 +20,10 @@ This route:
    events, or the JSON body's ``usage``).
 
 The client is an Anthropic client, so every error is Anthropic's error document
-``{"type": "error", "error": {"type", "message"}}``. Refusals by the job's policy carry
-``x-should-retry: false``: the CLI honours it and reports the error at once, where it would
+``{"type": "error", "error": {"type", "message", "refusal"?}}``; a refusal by the job's policy
+carries its code (``ironclaw_contract.worker_api.Refusal``) and is recorded on the job, where
+the bridge reads it (``GET /job``'s ``llm_refusal``) to learn why the CLI stopped. Refusals
+carry ``x-should-retry: false``: the CLI honours it and reports the error at once, where it would
 otherwise retry a 429 for minutes. Upstream answers are passed through with their status (the
 CLI relies on a 400 to fall back from betas an endpoint lacks, and on 429/529 to back off),
 except 401/403, which concern the orchestrator's credential, not the job's: those become 502.
@@ -38,12 +41,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ironclaw_contract.worker_api import Refusal
 from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.errors import (
-    BudgetExceeded,
     InvalidArgument,
+    ModelNotAllowed,
     OrchestratorError,
-    Unauthenticated,
 )
 from orchestrator.jobs.ledger import Reservation
 from orchestrator.jobs.manager import ContainerJobManager
@@ -82,12 +85,9 @@ _FORWARDED_RESPONSE_HEADERS = frozenset(
 )
 _FORWARDED_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
 
-Authenticate = Callable[[web.Request, bool], str]
+# The path's job id, if the request carries that job's live LLM key (else Unauthenticated).
+Authenticate = Callable[[web.Request], str]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ModelNotAllowed(BudgetExceeded):
-    """The job may not use the model the request names."""
 
 
 # ---- pure policy helpers ------------------------------------------------------------------
@@ -114,10 +114,7 @@ def resolve_claude_model(
     name = requested.strip()
     model = aliases.get(name, name)
     allowed = allowed_claude_models(job_model, aliases, allowlist)
-    try:
-        return policy.resolve_model(model, allowed[0], allowed[1:])
-    except BudgetExceeded as exc:
-        raise ModelNotAllowed(exc.message) from None
+    return policy.resolve_model(model, allowed[0], allowed[1:])
 
 
 @dataclass(frozen=True)
@@ -292,32 +289,43 @@ class UsageMeter:
 
 
 def anthropic_error(
-    status: int, error_type: str, message: str, *, retry: bool | None = None
+    status: int,
+    error_type: str,
+    message: str,
+    *,
+    retry: bool | None = None,
+    refusal: Refusal | None = None,
 ) -> web.Response:
-    """Anthropic's error document; ``retry=False`` tells the client not to retry."""
+    """Anthropic's error document; ``retry=False`` tells the client not to retry. A refusal's
+    code goes next to the message (``error.refusal``), where Anthropic clients ignore it."""
     headers = {} if retry is None else {"x-should-retry": "true" if retry else "false"}
-    return web.json_response(
-        {"type": "error", "error": {"type": error_type, "message": message}},
-        status=status,
-        headers=headers,
-    )
+    error: dict[str, str] = {"type": error_type, "message": message}
+    if refusal is not None:
+        error["refusal"] = refusal.value
+    return web.json_response({"type": "error", "error": error}, status=status, headers=headers)
+
+
+# Anthropic's error type for each status the orchestrator answers with itself.
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def _error_for(exc: OrchestratorError) -> web.Response:
-    if isinstance(exc, Unauthenticated):
-        return anthropic_error(401, "authentication_error", exc.message, retry=False)
-    if isinstance(exc, ModelNotAllowed):
-        return anthropic_error(403, "permission_error", exc.message, retry=False)
-    if isinstance(exc, BudgetExceeded):
-        return anthropic_error(429, "rate_limit_error", exc.message, retry=False)
     status = exc.kind.value.http_status
-    error_type = {
-        400: "invalid_request_error",
-        404: "not_found_error",
-        413: "request_too_large",
-        422: "invalid_request_error",
-    }.get(status, "api_error")
-    return anthropic_error(status, error_type, exc.message, retry=False if status < 500 else None)
+    return anthropic_error(
+        status,
+        _ERROR_TYPES.get(status, "api_error"),
+        exc.message,
+        retry=False if status < 500 else None,
+        refusal=exc.refusal,
+    )
 
 
 # ---- the route ----------------------------------------------------------------------------
@@ -359,7 +367,7 @@ class AnthropicPassthrough:
         self, request: web.Request, path: str, *, metered: bool
     ) -> web.StreamResponse:
         try:
-            job_id = self._authenticate(request, True)
+            job_id = self._authenticate(request)
             job = self._manager.get_job(job_id)
             if job.mode is not JobMode.CLAUDE_CODE:
                 return anthropic_error(
@@ -387,7 +395,7 @@ class AnthropicPassthrough:
                     raw, limits=job.limits, aliases=self._aliases, allowlist=self._allowlist
                 )
             except ModelNotAllowed as exc:
-                self._manager.ledger.note_refusal(job_id, exc.message)
+                self._manager.ledger.note_refusal(job_id, exc.refusal)
                 raise
             # Every call holds its worst case on the ledger before it goes upstream: a
             # count_tokens call counts as a call and holds no tokens.
@@ -594,16 +602,26 @@ def openapi_paths() -> dict[str, Any]:
             "error": {
                 "type": "object",
                 "required": ["type", "message"],
-                "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+                "properties": {
+                    "type": {"type": "string"},
+                    "message": {"type": "string"},
+                    "refusal": {
+                        "type": "string",
+                        "enum": [code.value for code in Refusal],
+                        "description": "why the job's policy refused the call (403, 429)",
+                    },
+                },
             },
         },
     }
     errors = {
         "400": "Malformed path or body",
-        "401": "Invalid job token (x-api-key or bearer)",
-        "403": "Not a Claude Code job, or a model the job may not use",
+        "401": "Invalid LLM key (x-api-key or bearer): missing, unknown, revoked, another "
+        "job's, or the job's worker token",
+        "403": "Not a Claude Code job, or a model the job may not use (refusal model_not_allowed)",
         "413": "Request body too large",
-        "429": "The job's LLM budget is exhausted (the message has the numbers)",
+        "429": "The job's LLM budget is exhausted (refusal call_budget_exhausted or "
+        "token_budget_exhausted; the message has the numbers)",
         "502": "The upstream failed or refused the orchestrator's credential",
         "503": "No Anthropic credential configured",
     }
@@ -624,8 +642,8 @@ def openapi_paths() -> dict[str, Any]:
             }
         return {
             "summary": summary,
-            # The CLI sends the token as x-api-key; a bearer token is accepted as well.
-            "security": [{"bearer": []}],
+            # The job's LLM key, which the CLI sends as x-api-key; as a bearer token too.
+            "security": [{"llm_key": []}, {"bearer": []}],
             "parameters": [
                 {
                     "name": "job_id",

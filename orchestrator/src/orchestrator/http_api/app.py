@@ -1,7 +1,9 @@
 """The worker HTTP API: the only door out of a job container (SPEC.md, "Worker HTTP API").
 
-Every ``/worker/{job_id}/...`` route needs the job's own bearer token. Errors are JSON
-``{"error", "message"}`` with the spec's codes, never a stack trace.
+Every ``/worker/{job_id}/...`` route needs the job's own bearer token, except the Anthropic
+route of a Claude Code job, which takes the job's LLM key instead (and refuses the token, as
+every other route refuses the key). Errors are JSON ``{"error", "message", "refusal"?}`` with
+the spec's codes, never a stack trace; ``refusal`` is the code a client acts on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ironclaw_contract.worker_api import Refusal
 from orchestrator.errors import (
     ErrorKind,
     InvalidArgument,
@@ -24,6 +27,7 @@ from orchestrator.errors import (
 )
 from orchestrator.http_api import schemas
 from orchestrator.http_api.anthropic_route import add_anthropic_routes
+from orchestrator.http_api.job_info import build_job_info
 from orchestrator.http_api.openapi import build_openapi
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.start_gate import START_HOLD_S
@@ -41,11 +45,13 @@ PROXY_KEY = web.AppKey("proxy", LlmProxy)
 _BEARER = "Bearer "
 
 
-def error_response(kind: ErrorKind, message: str) -> web.Response:
+def error_response(kind: ErrorKind, message: str, refusal: Refusal | None = None) -> web.Response:
+    """The JSON error body of ``kind``, with the refusal's code when there is one."""
     codes = kind.value
-    return web.json_response(
-        {"error": codes.http_code, "message": message}, status=codes.http_status
-    )
+    body = {"error": codes.http_code, "message": message}
+    if refusal is not None:
+        body["refusal"] = refusal.value
+    return web.json_response(body, status=codes.http_status)
 
 
 @web.middleware
@@ -54,7 +60,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except OrchestratorError as exc:
-        return error_response(exc.kind, exc.message)
+        return error_response(exc.kind, exc.message, exc.refusal)
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(ErrorKind.PAYLOAD_TOO_LARGE, f"request body too large: {exc.text}")
     except web.HTTPNotFound:
@@ -91,14 +97,14 @@ def request_token(request: web.Request, allow_api_key: bool = False) -> str:
     if header.startswith(_BEARER):
         return header[len(_BEARER) :].strip()
     if allow_api_key:
-        return request.headers.get("x-api-key", "")
+        return request.headers.get("x-api-key", "").strip()
     return ""
 
 
-def authenticate(request: web.Request, allow_api_key: bool = False) -> str:
-    """The path's job id, if the request carries that job's live token."""
+def authenticate(request: web.Request) -> str:
+    """The path's job id, if the request carries that job's live worker token (bearer)."""
     job_id = _job_id(request)
-    token = request_token(request, allow_api_key)
+    token = request_token(request)
     if not token:
         raise Unauthenticated()
     request.app[MANAGER_KEY].authenticate(job_id, token)
@@ -126,6 +132,20 @@ async def start_gate(request: web.Request, handler: Handler) -> web.StreamRespon
                 headers={"Retry-After": "1"},
             )
     return await handler(request)
+
+
+def authenticate_llm_key(request: web.Request) -> str:
+    """The path's job id, if the request carries that job's live LLM key, as ``x-api-key`` (how
+    the Claude Code CLI sends it) or as a bearer token. The worker token is refused here."""
+    job_id = _job_id(request)
+    header = request.headers.get("Authorization", "")
+    if header.startswith(_BEARER):
+        key = header[len(_BEARER) :].strip()
+    else:
+        key = request.headers.get("x-api-key", "").strip()
+    if not key or not request.app[MANAGER_KEY].tokens.validate_llm_key(job_id, key):
+        raise Unauthenticated("Invalid LLM key")
+    return job_id
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:
@@ -182,22 +202,17 @@ class WorkerApi:
 
     async def get_job(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        job = self._manager.get_job(job_id)
-        settings = self._manager.settings
-        body = schemas.JobInfo(
-            job_id=job.job_id,
-            task_description=job.task,
-            project_dir="/workspace",
-            mode=job.mode.value,
-            max_iterations=job.limits.max_iterations,
-            deadline=job.deadline.isoformat(),
-            wait_for_prompts=job.wait_for_prompts,
-            credential_env={g.name: g.env_name for g in self._manager.tokens.grants(job.job_id)},
-            claude_max_turns=job.limits.claude_max_turns,
-            claude_model=job.limits.claude_model,
-            claude_allowed_tools=list(settings.claude_allowed_tools),
+        manager = self._manager
+        tokens = manager.tokens
+        body = build_job_info(
+            manager.get_job(job_id),
+            manager.settings,
+            credential_env={g.name: g.env_name for g in tokens.grants(job_id)},
+            orchestrator_url=manager.orchestrator_url,
+            llm_key=tokens.llm_key(job_id),
+            llm_refusal=manager.llm_refusal(job_id),
         )
-        return web.json_response(body.model_dump())
+        return web.json_response(body.model_dump(mode="json"))
 
     async def credentials(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
@@ -329,7 +344,7 @@ def build_app(
     app.router.add_post(f"{prefix}/complete", api.complete_job)
     app.router.add_post(f"{prefix}/llm/complete", api.llm_complete)
     app.router.add_post(f"{prefix}/llm/complete_with_tools", api.llm_complete_with_tools)
-    add_anthropic_routes(app, manager, authenticate)
+    add_anthropic_routes(app, manager, authenticate_llm_key)
     return app
 
 

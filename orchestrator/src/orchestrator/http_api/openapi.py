@@ -20,7 +20,9 @@ _ERRORS = {
     "503": "The job is still starting (its workspace not yet verified): retry after Retry-After",
 }
 _LLM_ERRORS = {
-    "429": "Budget exhausted or model not allowed (the message says which, with the numbers)",
+    "403": "The model is not allowed for this job (refusal model_not_allowed)",
+    "429": "The job's LLM budget is exhausted (refusal call_budget_exhausted or "
+    "token_budget_exhausted; the message has the numbers)",
     "502": "The provider failed (its reason, no secrets)",
     "503": "No provider configured, or the job is still starting (then with Retry-After)",
 }
@@ -96,11 +98,16 @@ def build_openapi() -> dict[str, Any]:
             "title": "ironclaw worker API",
             "version": "1",
             "description": "The only door out of a job container. Every /worker/{job_id} route "
-            "needs that job's bearer token.",
+            "needs that job's bearer token, but the Anthropic route of a Claude Code job, which "
+            "needs the job's LLM key (GET /job: claude.api_key). A refusal's error body carries "
+            "a machine-readable refusal code.",
         },
         "components": {
             "schemas": defs.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "llm_key": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
         "paths": {
             "/health": {"get": _operation("Liveness", schemas.HealthBody, authenticated=False)},

@@ -1,11 +1,14 @@
 """Request and response models of the worker HTTP API. The same models validate requests and
-produce the OpenAPI document, so the document says what the server really accepts."""
+produce the OpenAPI document, so the document says what the server really accepts; a test holds
+them equal to the shapes of ``ironclaw_contract.worker_api``, which the agents read."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ironclaw_contract.worker_api import Refusal
 
 MAX_TEXT = 1_000_000
 MAX_EVENT_TEXT = 16_000
@@ -32,26 +35,74 @@ class _Strict(BaseModel):
 class ErrorBody(_Strict):
     error: str
     message: str
+    # Left out when the error is not a refusal; never null.
+    refusal: Refusal | None = Field(
+        default=None,
+        description="why a call the orchestrator understood was refused: act on this code, "
+        "never on the message",
+    )
 
 
 class OkBody(_Strict):
     status: Literal["ok"] = "ok"
 
 
+class JobLimitsInfo(_Strict):
+    """The job's effective limits (settings' defaults, overridden by ``CreateJob.limits``)."""
+
+    max_iterations: int
+    timeout_seconds: int
+    memory_mb: int
+    llm_token_budget: int = Field(description="0: unlimited")
+    llm_call_budget: int = Field(description="0: unlimited")
+    llm_max_tokens_per_call: int
+
+
+class ClaudeInfo(_Strict):
+    """How a Claude Code job's CLI runs; the bridge builds the CLI's environment from it."""
+
+    model: str = Field(description="--model: an alias (sonnet) or a model id")
+    max_turns: int = Field(description="--max-turns, per session")
+    allowed_tools: list[str] = Field(description="--tools / --allowedTools (Bash, Read, ...)")
+    model_aliases: dict[str, str] = Field(
+        description="the CLI's aliases → model ids, as ANTHROPIC_DEFAULT_<ALIAS>_MODEL"
+    )
+    base_url: str | None = Field(
+        description="ANTHROPIC_BASE_URL: the job's Anthropic route (or, opted in, the upstream; "
+        "null: Anthropic's)"
+    )
+    # Secrets: never in a repr.
+    api_key: str | None = Field(
+        repr=False,
+        description="ANTHROPIC_API_KEY: the job's LLM key, which opens only this job's "
+        "Anthropic route (or, opted in, the operator's key)",
+    )
+    oauth_token: str | None = Field(
+        repr=False, description="CLAUDE_CODE_OAUTH_TOKEN: only when opted in, without an API key"
+    )
+    idle_timeout_s: float = Field(description="a job that waits for prompts ends this idle")
+
+
 class JobInfo(_Strict):
+    """Everything about the job but its identity: the one channel of its configuration."""
+
     job_id: str
     task_description: str
     project_dir: str
     mode: Literal["worker", "claude-code"]
     max_iterations: int
-    deadline: str | None
-    wait_for_prompts: bool = False
+    deadline: str | None = Field(description="ISO 8601, UTC")
+    wait_for_prompts: bool
     credential_env: dict[str, str] = Field(
-        default_factory=dict, description="grant name → env var name the tools should see"
+        description="grant name → env var name the tools should see"
     )
-    claude_max_turns: int | None = None
-    claude_model: str | None = None
-    claude_allowed_tools: list[str] | None = None
+    limits: JobLimitsInfo
+    claude: ClaudeInfo | None = Field(description="null for worker jobs")
+    mcp_servers: list[str] = Field(description="granted MCP servers (GET /tools has them)")
+    wasm_tools: list[str] = Field(description="granted WASM tools (GET /tools has them)")
+    llm_refusal: Refusal | None = Field(
+        description="the code of the job's last LLM refusal (it stays once set), or null"
+    )
 
 
 class McpServerInfo(_Strict):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ironclaw_contract.worker_api import Refusal
 from orchestrator.domain.jobs import JobLimits
 from orchestrator.errors import BudgetExceeded, InvalidArgument
 from orchestrator.jobs.record import JobRecord
@@ -82,6 +83,7 @@ class LlmLedger:
                 job,
                 f"LLM call budget exhausted: {usage.calls} of {limits.llm_call_budget} calls used"
                 + _in_flight(job.reserved_calls, "call"),
+                Refusal.CALL_BUDGET,
             )
         if max_tokens is not None and max_tokens < 1:
             raise InvalidArgument(f"max_tokens must be a positive integer, got {max_tokens}")
@@ -98,6 +100,7 @@ class LlmLedger:
                     f"{limits.llm_token_budget} tokens used"
                     + _in_flight(job.reserved_tokens, "token")
                     + f"; this call may need up to {input_bound} input tokens",
+                    Refusal.TOKEN_BUDGET,
                 )
             granted = min(wanted, left)
         reservation = Reservation(job=job, tokens=input_bound + granted, max_tokens=granted)
@@ -117,10 +120,11 @@ class LlmLedger:
         """The call never reached the upstream: nothing of it is spent."""
         self._close(reservation)
 
-    def note_refusal(self, job_id: str, message: str) -> None:
+    def note_refusal(self, job_id: str, refusal: Refusal | None) -> None:
         """A door refused a call by the job's policy (a model not allowed): a later failure
-        of the job is typed BUDGET_EXCEEDED."""
-        self._lookup(job_id).budget_refused = message
+        of the job is typed BUDGET_EXCEEDED, and ``GET /job`` tells the agent why."""
+        if refusal is not None:
+            self._lookup(job_id).budget_refused = refusal.value
 
     def _close(self, reservation: Reservation) -> bool:
         if not reservation.open:
@@ -132,9 +136,9 @@ class LlmLedger:
         return True
 
     @staticmethod
-    def _refuse(job: JobRecord, message: str) -> BudgetExceeded:
-        job.budget_refused = message
-        return BudgetExceeded(message)
+    def _refuse(job: JobRecord, message: str, refusal: Refusal) -> BudgetExceeded:
+        job.budget_refused = refusal.value
+        return BudgetExceeded(message, refusal=refusal)
 
 
 def _in_flight(amount: int, unit: str) -> str:

@@ -22,6 +22,7 @@ from orchestrator.containers.spec import build_container_spec, container_name
 from orchestrator.domain.jobs import (
     CreateJobRequest,
     FollowUpPrompt,
+    JobMode,
     JobSnapshot,
     JobState,
     JobUpdate,
@@ -125,6 +126,11 @@ class ContainerJobManager:
         return self._ledger
 
     @property
+    def orchestrator_url(self) -> str:
+        """The worker API's URL as containers reach it ("" until it is bound)."""
+        return self._orchestrator_url
+
+    @property
     def tokens(self) -> TokenStore:
         return self._tokens
 
@@ -177,11 +183,15 @@ class ContainerJobManager:
                 return existing
             job = self._record(admitted, str(project.path))
             token = self._tokens.create_token(job.job_id, admitted.grants)
+            # The Claude Code CLI's key: it opens only this job's Anthropic route (tokens.py).
+            llm_key = (
+                self._tokens.create_llm_key(job.job_id) if job.mode is JobMode.CLAUDE_CODE else None
+            )
             # Held until the container is started, so reconciliation never judges the job
             # "vanished" while it is being created. A fresh lock is acquired without suspending.
             await job.lifecycle_lock.acquire()
             try:
-                await self._start(job, admitted, token, project)
+                await self._start(job, admitted, token, llm_key, project)
             except OrchestratorError as exc:
                 self._start_failed(job, exc.message)
                 raise
@@ -234,14 +244,24 @@ class ContainerJobManager:
         return job
 
     async def _start(
-        self, job: JobRecord, admitted: AdmittedJob, token: str, project: HeldProjectDir
+        self,
+        job: JobRecord,
+        admitted: AdmittedJob,
+        token: str,
+        llm_key: str | None,
+        project: HeldProjectDir,
     ) -> None:
         self._lifecycle.publish(
             job, UpdateKind.STATE, {"state": JobState.CREATING, "reason": "job created"}
         )
         grants = admitted.grants
         sealed = self._sealer.seal(job.job_id, grants) if (self._sealer and grants) else None
-        self._store.save_job(record_to_json(job), token_digest(token), sealed)
+        self._store.save_job(
+            record_to_json(job),
+            token_digest(token),
+            sealed,
+            llm_key_digest=token_digest(llm_key) if llm_key else None,
+        )
         # The job must be on disk before its container can call back or outlive us.
         await self._store.flush()
         log.info("job created", job_id=job.job_id, mode=job.mode.value, project_dir=job.project_dir)
@@ -257,11 +277,9 @@ class ContainerJobManager:
             mode=job.mode,
             limits=job.limits,
             created_at=job.created_at,
-            deadline=job.deadline,
             token=token,
             orchestrator_url=self._orchestrator_url,
             project_dir=job.project_dir,
-            wait_for_prompts=job.wait_for_prompts,
         )
         if job.state is JobState.CREATING:
             job.container_id = await self._backend.create_and_start(spec)
@@ -427,6 +445,10 @@ class ContainerJobManager:
             self._lifecycle.persist(job)
         else:
             self._lifecycle.publish(job, UpdateKind.USAGE, {"usage": job.usage})
+
+    def llm_refusal(self, job_id: str) -> str | None:
+        """The code of the job's last LLM refusal, or None (``GET /job``'s ``llm_refusal``)."""
+        return self._live_record(job_id).budget_refused
 
     async def complete_job(
         self,

@@ -62,7 +62,9 @@ class JobRecord:
     usage: LlmUsage = field(default_factory=LlmUsage)
     log_tail: str = ""
     container_id: str | None = None
-    budget_refused: str | None = None  # the last budget refusal, to type a later failure
+    # The code (a Refusal) of the last LLM call the job's policy refused: types a later failure
+    # and tells the agent why (GET /job's llm_refusal).
+    budget_refused: str | None = None
     # The ledger's reservations for LLM calls in flight (never persisted: a restart ends them).
     reserved_calls: int = 0
     reserved_tokens: int = 0

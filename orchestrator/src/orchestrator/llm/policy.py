@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from orchestrator.errors import BudgetExceeded, InvalidArgument
+from orchestrator.errors import InvalidArgument, ModelNotAllowed
 
 
 def resolve_model(requested: str | None, default_model: str, allowlist: Iterable[str]) -> str:
-    """Returns the model a call will use, or raises :class:`BudgetExceeded` if it is refused.
+    """Returns the model a call will use, or raises :class:`ModelNotAllowed` if it is refused.
 
     No requested model means the default. The default is always allowed (the operator chose
     it); with an empty allowlist it is the *only* model allowed, so a job can never pick an
@@ -27,7 +27,7 @@ def resolve_model(requested: str | None, default_model: str, allowlist: Iterable
     allowed = [name for name in dict.fromkeys([default_model, *allowlist]) if name]
     if model not in allowed:
         names = ", ".join(allowed) or "none"
-        raise BudgetExceeded(f"model {model!r} is not allowed for this job (allowed: {names})")
+        raise ModelNotAllowed(f"model {model!r} is not allowed for this job (allowed: {names})")
     return model
 
 

@@ -79,7 +79,7 @@ class LlmProxy:
                 model, self._settings.llm_model, self._settings.llm_model_allowlist
             )
         except BudgetExceeded as exc:
-            ledger.note_refusal(job_id, exc.message)
+            ledger.note_refusal(job_id, exc.refusal)
             self._count_error(model or "", exc)
             raise
         try:

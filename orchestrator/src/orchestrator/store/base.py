@@ -17,19 +17,21 @@ from orchestrator.domain.jobs import JobUpdate
 
 @dataclass(frozen=True)
 class StoredJob:
-    """One job as loaded at start: its durable fields, history, token digest, sealed grants."""
+    """One job as loaded at start: its durable fields, history, token digest, sealed grants
+    and, for a Claude Code job, its LLM key's digest."""
 
     data: dict[str, Any]
     updates: Sequence[JobUpdate]
     token_digest: bytes | None
     sealed_grants: bytes | None
+    llm_key_digest: bytes | None = None
 
 
 class JobStore(abc.ABC):
     """Persists jobs, their state transitions, bounded event history, results and usage.
 
     Writes are queued and applied in order by one writer; :meth:`flush` waits until everything
-    queued so far is durable. Implementations never store a token in clear.
+    queued so far is durable. Implementations never store a token or an LLM key in clear.
     """
 
     @abc.abstractmethod
@@ -38,8 +40,10 @@ class JobStore(abc.ABC):
         data: dict[str, Any],
         token_digest: bytes | None = None,
         sealed_grants: bytes | None = None,
+        llm_key_digest: bytes | None = None,
     ) -> None:
-        """Queues the job's current durable fields (a later save of the same job wins)."""
+        """Queues the job's current durable fields (a later save of the same job wins; a
+        digest or sealed grants left out keep their stored value)."""
 
     @abc.abstractmethod
     def append_update(self, job_id: str, update: JobUpdate) -> None:
@@ -47,7 +51,8 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def forget_secrets(self, job_id: str) -> None:
-        """Queues dropping the job's token digest and sealed grants (the job ended)."""
+        """Queues dropping the job's token and LLM key digests and sealed grants (the job
+        ended)."""
 
     @abc.abstractmethod
     async def flush(self) -> None:

@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS updates (
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 """
+# Columns added after the first release, each with its type: a database made before gets them
+# at open (ALTER TABLE ... ADD COLUMN keeps every row, the new column at its default).
+_ADDED_JOB_COLUMNS = (("llm_key_digest", "BLOB"), ("hidden", "INTEGER NOT NULL DEFAULT 0"))
 # Kinds that are never pruned: the job's transitions and its result are its history.
 _KEPT_KINDS = (UpdateKind.STATE.value, UpdateKind.RESULT.value)
 _PRUNE_EVERY = 500
@@ -59,7 +62,8 @@ _PAGE_ROWS = 64
 # Jobs a restart picks up: not ended, or ended with their container not yet removed.
 # Placeholders only (the values are bound), so the f-string is no injection.
 _UNFINISHED = (
-    "SELECT job_id, data, token_digest, sealed_grants FROM jobs WHERE state NOT IN "  # noqa: S608
+    "SELECT job_id, data, token_digest, sealed_grants, llm_key_digest FROM jobs "  # noqa: S608
+    "WHERE state NOT IN "
     f"({', '.join('?' for _ in _TERMINAL_STATES)}) "
     "OR json_extract(data, '$.container_id') IS NOT NULL ORDER BY ord"
 )
@@ -139,17 +143,20 @@ class SqliteJobStore(JobStore):
         data: dict[str, Any],
         token_digest: bytes | None = None,
         sealed_grants: bytes | None = None,
+        llm_key_digest: bytes | None = None,
     ) -> None:
         text = json.dumps(data)
         job_id, order, state = data["job_id"], data["order"], data["state"]
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO jobs (job_id, ord, state, data, token_digest, sealed_grants) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET state=excluded.state,"
-                " data=excluded.data, token_digest=COALESCE(excluded.token_digest, token_digest),"
-                " sealed_grants=COALESCE(excluded.sealed_grants, sealed_grants)",
-                (job_id, order, state, text, token_digest, sealed_grants),
+                "INSERT INTO jobs (job_id, ord, state, data, token_digest, sealed_grants,"
+                " llm_key_digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET"
+                " state=excluded.state, data=excluded.data,"
+                " token_digest=COALESCE(excluded.token_digest, token_digest),"
+                " sealed_grants=COALESCE(excluded.sealed_grants, sealed_grants),"
+                " llm_key_digest=COALESCE(excluded.llm_key_digest, llm_key_digest)",
+                (job_id, order, state, text, token_digest, sealed_grants, llm_key_digest),
             )
 
         self._queue.put(write)
@@ -186,7 +193,8 @@ class SqliteJobStore(JobStore):
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE jobs SET token_digest = NULL, sealed_grants = NULL WHERE job_id = ?",
+                "UPDATE jobs SET token_digest = NULL, sealed_grants = NULL,"
+                " llm_key_digest = NULL WHERE job_id = ?",
                 (job_id,),
             )
 
@@ -221,8 +229,9 @@ class SqliteJobStore(JobStore):
                     self._updates(conn, job_id, history_limit),
                     digest,
                     sealed,
+                    llm_key_digest,
                 )
-                for job_id, data, digest, sealed in rows
+                for job_id, data, digest, sealed, llm_key_digest in rows
             ]
         finally:
             conn.close()
@@ -304,10 +313,17 @@ class SqliteJobStore(JobStore):
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    # Stores written before a column existed get it with its default.
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    if "hidden" not in columns:
-        conn.execute("ALTER TABLE jobs ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0")
+    """Brings a ``jobs`` table made by an earlier release up to date (idempotent)."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name, sql_type in _ADDED_JOB_COLUMNS:
+        if name in present:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
+        except sqlite3.OperationalError as exc:
+            # Another process opening the same file added it a moment ago.
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _placeholders(values: Collection[Any]) -> str:

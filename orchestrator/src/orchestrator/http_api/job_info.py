@@ -1,0 +1,98 @@
+"""The body of ``GET /worker/{job_id}/job``: everything an agent needs to run its job.
+
+A job container starts with its identity only (``ironclaw_contract.container_env``); the task,
+the limits, the deadline, the names of its credentials and custom tools, and for Claude Code the
+CLI's settings and the key it calls the model with all come from here. A pure function of the
+job, the settings and the job's secrets, tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ironclaw_contract import container_env
+from ironclaw_contract.claude import CLI_MODEL_ALIASES
+from ironclaw_contract.worker_api import ANTHROPIC, Refusal, job_route
+from orchestrator.domain.jobs import JobMode, JobSnapshot
+from orchestrator.http_api import schemas
+from orchestrator.secrets import Secret
+from orchestrator.settings import Settings
+
+_REFUSALS = {code.value: code for code in Refusal}
+
+
+def build_job_info(
+    job: JobSnapshot,
+    settings: Settings,
+    *,
+    credential_env: Mapping[str, str],
+    orchestrator_url: str,
+    llm_key: Secret | None,
+    llm_refusal: str | None,
+) -> schemas.JobInfo:
+    """What ``GET /job`` answers for ``job``. ``llm_key`` is the job's LLM key while this
+    process holds it (a Claude Code job's; None after a restart, when the bridge has it)."""
+    limits = job.limits
+    return schemas.JobInfo(
+        job_id=job.job_id,
+        task_description=job.task,
+        project_dir=container_env.WORKSPACE_PATH,
+        mode=job.mode.value,
+        max_iterations=limits.max_iterations,
+        deadline=job.deadline.isoformat(),
+        wait_for_prompts=job.wait_for_prompts,
+        credential_env=dict(credential_env),
+        limits=schemas.JobLimitsInfo(
+            max_iterations=limits.max_iterations,
+            timeout_seconds=limits.timeout_seconds,
+            memory_mb=limits.memory_mb,
+            llm_token_budget=limits.llm_token_budget,
+            llm_call_budget=limits.llm_call_budget,
+            llm_max_tokens_per_call=limits.llm_max_tokens_per_call,
+        ),
+        claude=(
+            _claude_info(job, settings, orchestrator_url, llm_key)
+            if job.mode is JobMode.CLAUDE_CODE
+            else None
+        ),
+        mcp_servers=list(job.mcp_servers),
+        wasm_tools=list(job.wasm_tools),
+        # A record from before refusal codes holds English here: not a code, so not served.
+        llm_refusal=_REFUSALS.get(llm_refusal or ""),
+    )
+
+
+def _claude_info(
+    job: JobSnapshot, settings: Settings, orchestrator_url: str, llm_key: Secret | None
+) -> schemas.ClaudeInfo:
+    # The CLI resolves --model sonnet|opus|haiku itself; ANTHROPIC_DEFAULT_<ALIAS>_MODEL makes it
+    # send the ids the orchestrator's model map (and so its allowlist) names.
+    aliases = {
+        alias: model for alias, model in settings.claude_model_map if alias in CLI_MODEL_ALIASES
+    }
+    if settings.claude_key_in_container:
+        # Opt-in (CLAUDE_CODE_KEY_IN_CONTAINER=1), and weaker: the CLI calls Anthropic directly
+        # with the real credential, so anything the agent runs can read and exfiltrate it, and
+        # the orchestrator sees none of the calls: no per-job metering, budget or model
+        # allowlist. For sites whose containers must not route through the orchestrator.
+        api_key = settings.anthropic_api_key.reveal() if settings.anthropic_api_key else None
+        oauth = settings.claude_oauth_token
+        base_url = settings.anthropic_base_url
+        oauth_token = oauth.reveal() if oauth and not api_key else None
+    else:
+        # The default: the CLI talks Anthropic Messages to the job's own route with the job's
+        # LLM key, which opens that route and nothing else; neither the real credential nor the
+        # worker token reaches the CLI.
+        base_url = orchestrator_url.rstrip("/") + job_route(job.job_id, ANTHROPIC)
+        api_key = llm_key.reveal() if llm_key else None
+        oauth_token = None
+    return schemas.ClaudeInfo(
+        model=job.limits.claude_model,
+        max_turns=job.limits.claude_max_turns,
+        allowed_tools=list(settings.claude_allowed_tools),
+        model_aliases=aliases,
+        base_url=base_url,
+        api_key=api_key,
+        oauth_token=oauth_token,
+        idle_timeout_s=settings.claude_idle_timeout_s,
+    )
