@@ -154,7 +154,7 @@ async def test_count_tokens_is_forwarded_and_counts_as_a_call(
     sent = len(upstream.requests)
     async with route.session.post(
         route.url(job.job_id, "v1/messages/count_tokens?beta=true"),
-        headers=route.headers(job.token),
+        headers=route.headers(job.key),
         json=counting,
     ) as response:
         assert response.status == 429

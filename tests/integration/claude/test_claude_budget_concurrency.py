@@ -24,7 +24,7 @@ async def _call(route: ClaudeRoute, job: Any, index: int) -> int:
         "messages": [{"role": "user", "content": f"call {index}: write as much as you can"}],
     }
     async with route.session.post(
-        route.url(job.job_id), headers=route.headers(job.token), json=body
+        route.url(job.job_id), headers=route.headers(job.key), json=body
     ) as response:
         await response.read()
         return response.status
