@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ironclaw_contract.llm_key import llm_key_for
 from orchestrator.api.v1 import jobs_pb2 as pb
 from tests.durability.conftest import job_stub
 from tests.fakes.fake_anthropic import FakeAnthropic
@@ -270,9 +271,9 @@ async def test_the_llm_key_of_a_claude_job_survives_a_restart_as_a_digest(
         base = f"http://172.17.0.1:{orch.env['ORCHESTRATOR_HTTP_PORT']}/worker/{job.job_id}"
         async with aiohttp.ClientSession() as http:
             bearer = {"Authorization": f"Bearer {token}"}
-            key = (await (await http.get(f"{base}/job", headers=bearer)).json())["claude"][
-                "api_key"
-            ]
+            claude = (await (await http.get(f"{base}/job", headers=bearer)).json())["claude"]
+            assert claude["api_key"] is None  # no key travels: the bridge derives it
+            key = llm_key_for(token, job.job_id)
             assert key.startswith("ircl_")
             orch.kill9()
             db = Path(orch.env["IRONCLAW_BASE_DIR"]) / "orchestrator.db"

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from bridge.runner import BridgeConfig, ClaudeBridge
+from ironclaw_contract.llm_key import llm_key_for
 from worker.agent import EXIT_TERMINATED, EXIT_USAGE
 from worker.client import WorkerApiClient
 from worker.main import (
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout_s=idle,
         poll_interval_s=args.poll_interval_s,
         base_env=dict(env),
+        llm_key=llm_key_for(token, job_id),
     )
     log.info("claude-bridge for job %s starting, orchestrator %s", job_id, url)
     with client, sigterm_raises_terminated():

@@ -100,6 +100,9 @@ class BridgeConfig:
     # would end the job without its result.
     deadline_margin_s: float = 5.0
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    # The job's LLM key, derived from the worker token (ironclaw_contract.llm_key): the only
+    # credential the CLI gets, unless the operator put the real one in GET /job.
+    llm_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -149,15 +152,15 @@ def job_settings(job: Mapping[str, Any], config: BridgeConfig) -> JobSettings:
         wait_for_prompts=bool(config.wait_for_prompts or job.get("wait_for_prompts", False)),
         idle_timeout_s=float(idle),
         deadline=deadline,
-        cli_env=cli_settings_env(claude),
+        cli_env=cli_settings_env(claude, config.llm_key),
     )
 
 
-def cli_settings_env(claude: Mapping[str, Any]) -> dict[str, str]:
+def cli_settings_env(claude: Mapping[str, Any], llm_key: str = "") -> dict[str, str]:
     """The CLI's own settings from ``GET /job``'s ``claude``: where it calls the model
-    (``ANTHROPIC_BASE_URL``), with which key (``ANTHROPIC_API_KEY``, or
-    ``CLAUDE_CODE_OAUTH_TOKEN``), which ids its model aliases stand for, and no traffic but
-    the model's."""
+    (``ANTHROPIC_BASE_URL``), with which key (the job's ``llm_key`` as ``ANTHROPIC_API_KEY``,
+    or, when the operator opted in, the real key or ``CLAUDE_CODE_OAUTH_TOKEN``), which ids its
+    model aliases stand for, and no traffic but the model's."""
     env = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
     base_url = claude.get("base_url")
     if isinstance(base_url, str) and base_url:
@@ -168,11 +171,10 @@ def cli_settings_env(claude: Mapping[str, Any]) -> dict[str, str]:
         env["ANTHROPIC_API_KEY"] = api_key
     elif isinstance(oauth_token, str) and oauth_token:
         env["CLAUDE_CODE_OAUTH_TOKEN"] = oauth_token
+    elif llm_key:
+        env["ANTHROPIC_API_KEY"] = llm_key
     else:
-        raise BridgeConfigError(
-            "GET /job gave the CLI no Anthropic key (claude.api_key): the orchestrator hands "
-            "it out until it restarts, so a bridge started after a restart cannot run"
-        )
+        raise BridgeConfigError("the CLI has no Anthropic key: neither the job's nor GET /job's")
     aliases = claude.get("model_aliases")
     for alias, model in aliases.items() if isinstance(aliases, Mapping) else ():
         # Only the CLI's own aliases: anything else would be an arbitrary variable name.

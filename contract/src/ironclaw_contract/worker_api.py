@@ -134,8 +134,9 @@ class ClaudeInfo(TypedDict):
     # ANTHROPIC_BASE_URL of the CLI: the job's own Anthropic route on the worker API; when the
     # operator opted into the key in the container, the upstream's (None: Anthropic's).
     base_url: str | None
-    # ANTHROPIC_API_KEY of the CLI: the job's LLM key (``ircl_...``), which opens that job's
-    # Anthropic route and nothing else; when opted in, the operator's API key.
+    # ANTHROPIC_API_KEY of the CLI when the operator opted into the key in the container: its
+    # API key. Otherwise None: the CLI gets the job's LLM key, which the bridge derives from
+    # its worker token (ironclaw_contract.llm_key) and which opens only the job's route.
     api_key: str | None
     # CLAUDE_CODE_OAUTH_TOKEN of the CLI: only when opted in and no API key is configured.
     oauth_token: str | None

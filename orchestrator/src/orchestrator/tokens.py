@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from ironclaw_contract.env_names import GRANT_NAME_PATTERN, default_env_name, env_name_problem
+from ironclaw_contract.llm_key import LLM_KEY_PREFIX, llm_key_for
 from orchestrator.domain.jobs import CredentialGrant
 from orchestrator.errors import InvalidArgument
 from orchestrator.secrets import Secret
@@ -31,7 +32,6 @@ from orchestrator.secrets import Secret
 TOKEN_PREFIX = "irc_"  # noqa: S105 - a prefix, not a secret
 # Distinct from the token's ("ircl_" does not start with "irc_"), so neither is ever taken for
 # the other; ironclaw_contract.secret_patterns masks both.
-LLM_KEY_PREFIX = "ircl_"
 _TOKEN_BYTES = 32
 # A credential is a token, a key or a small file (a kubeconfig, a PEM key): 64 KiB is ample.
 MAX_CREDENTIAL_BYTES = 64 * 1024
@@ -101,7 +101,6 @@ class TokenStore:
     def __init__(self) -> None:
         self._digests: dict[str, bytes] = {}
         self._llm_key_digests: dict[str, bytes] = {}
-        self._llm_keys: dict[str, Secret] = {}
         self._grants: dict[str, tuple[CredentialGrant, ...]] = {}
         # The HTTP API validates on the event loop while the manager may revoke from callbacks;
         # dict operations are atomic, the lock only keeps create/revoke pairs consistent.
@@ -133,19 +132,18 @@ class TokenStore:
             return False
         return hmac.compare_digest(expected, token_digest(token))
 
-    def create_llm_key(self, job_id: str) -> str:
-        """Mints the job's LLM key (replacing any earlier one); revoked with the token."""
-        key = LLM_KEY_PREFIX + secrets.token_urlsafe(_TOKEN_BYTES)
+    def create_llm_key(self, job_id: str, token: str) -> str:
+        """The job's LLM key, derived from its token (``ironclaw_contract.llm_key``): only
+        its digest is kept, and it is revoked with the token."""
+        key = llm_key_for(token, job_id)
         with self._lock:
             self._llm_key_digests[job_id] = token_digest(key)
-            self._llm_keys[job_id] = Secret(key)
         return key
 
     def adopt_llm_key_digest(self, job_id: str, digest: bytes) -> None:
         """Restores a job's LLM key from its stored digest (after an orchestrator restart)."""
         with self._lock:
             self._llm_key_digests[job_id] = digest
-            self._llm_keys.pop(job_id, None)
 
     def validate_llm_key(self, job_id: str, key: str) -> bool:
         """True only if ``key`` is the live LLM key of exactly ``job_id``."""
@@ -154,17 +152,12 @@ class TokenStore:
             return False
         return hmac.compare_digest(expected, token_digest(key))
 
-    def llm_key(self, job_id: str) -> Secret | None:
-        """The job's live LLM key, while this process minted it (None after a restart)."""
-        return self._llm_keys.get(job_id)
-
     def revoke(self, job_id: str) -> bool:
         """Kills the job's token and LLM key and forgets its grants at once; True if the token
         was live."""
         with self._lock:
             self._grants.pop(job_id, None)
             self._llm_key_digests.pop(job_id, None)
-            self._llm_keys.pop(job_id, None)
             return self._digests.pop(job_id, None) is not None
 
     def is_live(self, job_id: str) -> bool:

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from ironclaw_contract.llm_key import llm_key_for
 from orchestrator.domain.jobs import CreateJobRequest, JobLimitOverrides, JobMode
 from tests.conftest import IN_CI, ROOT
 from tests.fakes.fake_anthropic import FakeAnthropic, ReceivedRequest
@@ -70,8 +71,8 @@ class ClaudeRoute:
         assert created.token is not None
         job_id = created.job.job_id
         self.jobs.append(job_id)
-        info = await self.get_job(job_id, created.token)
-        key = info["claude"]["api_key"] if info["claude"] else ""
+        # What the bridge gives the CLI: the job's LLM key, derived from its token.
+        key = llm_key_for(created.token, job_id) if mode is JobMode.CLAUDE_CODE else ""
         return Job(job_id, created.token, key)
 
     async def get_job(self, job_id: str, token: str) -> Any:

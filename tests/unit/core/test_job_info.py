@@ -17,13 +17,11 @@ from orchestrator.domain.jobs import GrantedTools, JobLimits, JobMode
 from orchestrator.http_api import schemas
 from orchestrator.http_api.job_info import build_job_info
 from orchestrator.http_api.openapi import build_openapi
-from orchestrator.secrets import Secret
 from orchestrator.settings import Settings
 from tests.helpers import job_record
 
 JOB_ID = "8c5c1f3e-0000-4000-8000-000000000001"
 URL = "http://host.docker.internal:50052"
-LLM_KEY = "ircl_" + "k" * 43
 LIMITS = JobLimits(
     max_iterations=12,
     timeout_seconds=900,
@@ -41,7 +39,6 @@ def _body(
     mode: JobMode,
     settings: Settings,
     *,
-    llm_key: str | None = LLM_KEY,
     llm_refusal: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
@@ -59,7 +56,6 @@ def _body(
         settings,
         credential_env={"github": "GH_TOKEN"},
         orchestrator_url=URL,
-        llm_key=Secret(llm_key) if llm_key else None,
         llm_refusal=llm_refusal,
     )
     # What the route sends: the JSON, read back as the agent reads it.
@@ -97,7 +93,7 @@ def test_a_worker_job_gets_its_task_limits_deadline_credential_names_and_tools()
     }
 
 
-def test_a_claude_job_gets_the_cli_settings_its_route_and_its_llm_key() -> None:
+def test_a_claude_job_gets_the_cli_settings_and_its_route_but_no_key() -> None:
     settings = Settings.from_env(
         {
             "ANTHROPIC_API_KEY": "sk-ant-real-key-" + "r" * 20,
@@ -119,16 +115,12 @@ def test_a_claude_job_gets_the_cli_settings_its_route_and_its_llm_key() -> None:
             "haiku": "claude-h-1",
         },
         "base_url": f"{URL}/worker/{JOB_ID}/anthropic",
-        "api_key": LLM_KEY,
+        # The bridge derives the job's LLM key from its token: no key travels.
+        "api_key": None,
         "oauth_token": None,
         "idle_timeout_s": 90.0,
     }
     assert "sk-ant-real-key" not in json.dumps(body)
-
-
-def test_after_a_restart_the_key_is_not_there_to_hand_out() -> None:
-    settings = Settings.from_env({"ANTHROPIC_API_KEY": "sk-ant-real"})
-    assert _body(JobMode.CLAUDE_CODE, settings, llm_key=None)["claude"]["api_key"] is None
 
 
 def test_the_opt_in_serves_the_real_credential_through_the_same_channel() -> None:
@@ -167,19 +159,19 @@ def test_the_llm_refusal_is_served_as_its_code_only() -> None:
 
 
 def test_secrets_never_show_in_a_repr() -> None:
-    settings = Settings.from_env({"ANTHROPIC_API_KEY": "sk-ant-real"})
+    real = "sk-ant-real-key-" + "r" * 20
+    settings = Settings.from_env({"ANTHROPIC_API_KEY": real, "CLAUDE_CODE_KEY_IN_CONTAINER": "1"})
     info = build_job_info(
         job_record(JOB_ID, mode=JobMode.CLAUDE_CODE, limits=LIMITS).snapshot(),
         settings,
         credential_env={},
         orchestrator_url=URL,
-        llm_key=Secret(LLM_KEY),
         llm_refusal=None,
     )
     assert info.claude is not None
-    assert info.claude.api_key == LLM_KEY
-    assert LLM_KEY not in repr(info)
-    assert LLM_KEY not in str(info)
+    assert info.claude.api_key == real
+    assert real not in repr(info)
+    assert real not in str(info)
 
 
 # -- the pydantic models are the contract's shapes -------------------------------------------

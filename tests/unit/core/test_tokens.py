@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from ironclaw_contract.llm_key import llm_key_for
 from orchestrator.errors import InvalidArgument
 from orchestrator.secrets import Secret
 from orchestrator.tokens import TokenStore, default_env_name, validate_grant
@@ -113,7 +114,7 @@ def test_llm_key_shape_differs_from_the_token_and_is_masked_like_it() -> None:
 
     store = TokenStore()
     token = store.create_token("a")
-    key = store.create_llm_key("a")
+    key = store.create_llm_key("a", token)
     assert re.fullmatch(r"ircl_[A-Za-z0-9_\-]{43}", key)
     assert not key.startswith("irc_")
     assert key != token
@@ -123,35 +124,33 @@ def test_llm_key_shape_differs_from_the_token_and_is_masked_like_it() -> None:
 def test_llm_key_and_token_each_open_only_their_own_door() -> None:
     store = TokenStore()
     token = store.create_token("a")
-    key = store.create_llm_key("a")
-    store.create_token("b")
-    other = store.create_llm_key("b")
+    key = store.create_llm_key("a", token)
+    other = store.create_llm_key("b", store.create_token("b"))
     assert store.validate_llm_key("a", key)
     assert not store.validate_llm_key("a", token)
     assert not store.validate("a", key)
     assert not store.validate_llm_key("a", other)
     assert not store.validate_llm_key("c", key)
-    assert store.llm_key("a") == Secret(key)
     assert key not in repr(store)
-    assert key not in repr(store.llm_key("a"))
+    # The key is the bridge's to derive from the token, the same way, one way.
+    assert key == llm_key_for(token, "a")
+    assert llm_key_for(token, "b") != key
 
 
 def test_llm_key_dies_with_the_token() -> None:
     store = TokenStore()
-    store.create_token("a")
-    key = store.create_llm_key("a")
+    key = store.create_llm_key("a", store.create_token("a"))
     assert store.revoke("a")
     assert not store.validate_llm_key("a", key)
-    assert store.llm_key("a") is None
 
 
 def test_llm_key_survives_a_restart_as_its_digest_only() -> None:
     from orchestrator.tokens import token_digest
 
     first = TokenStore()
-    first.create_token("a")
-    key = first.create_llm_key("a")
+    token = first.create_token("a")
+    key = first.create_llm_key("a", token)
     restarted = TokenStore()
     restarted.adopt_llm_key_digest("a", token_digest(key))
-    assert restarted.validate_llm_key("a", key)
-    assert restarted.llm_key("a") is None  # nothing in clear to hand out again
+    # The bridge derives the same key from its token after the restart too.
+    assert restarted.validate_llm_key("a", llm_key_for(token, "a"))

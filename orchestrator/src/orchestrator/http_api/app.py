@@ -209,7 +209,6 @@ class WorkerApi:
             manager.settings,
             credential_env={g.name: g.env_name for g in tokens.grants(job_id)},
             orchestrator_url=manager.orchestrator_url,
-            llm_key=tokens.llm_key(job_id),
             llm_refusal=manager.llm_refusal(job_id),
         )
         return web.json_response(body.model_dump(mode="json"))

@@ -2,8 +2,9 @@
 
 A job container starts with its identity only (``ironclaw_contract.container_env``); the task,
 the limits, the deadline, the names of its credentials and custom tools, and for Claude Code the
-CLI's settings and the key it calls the model with all come from here. A pure function of the
-job, the settings and the job's secrets, tested without a server.
+CLI's settings all come from here (the CLI's key is derived by the bridge from its token:
+``ironclaw_contract.llm_key``). A pure function of the job and the settings, tested without a
+server.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from ironclaw_contract.claude import CLI_MODEL_ALIASES
 from ironclaw_contract.worker_api import ANTHROPIC, Refusal, job_route
 from orchestrator.domain.jobs import JobMode, JobSnapshot
 from orchestrator.http_api import schemas
-from orchestrator.secrets import Secret
 from orchestrator.settings import Settings
 
 _REFUSALS = {code.value: code for code in Refusal}
@@ -27,11 +27,9 @@ def build_job_info(
     *,
     credential_env: Mapping[str, str],
     orchestrator_url: str,
-    llm_key: Secret | None,
     llm_refusal: str | None,
 ) -> schemas.JobInfo:
-    """What ``GET /job`` answers for ``job``. ``llm_key`` is the job's LLM key while this
-    process holds it (a Claude Code job's; None after a restart, when the bridge has it)."""
+    """What ``GET /job`` answers for ``job``."""
     limits = job.limits
     return schemas.JobInfo(
         job_id=job.job_id,
@@ -51,7 +49,7 @@ def build_job_info(
             llm_max_tokens_per_call=limits.llm_max_tokens_per_call,
         ),
         claude=(
-            _claude_info(job, settings, orchestrator_url, llm_key)
+            _claude_info(job, settings, orchestrator_url)
             if job.mode is JobMode.CLAUDE_CODE
             else None
         ),
@@ -62,9 +60,7 @@ def build_job_info(
     )
 
 
-def _claude_info(
-    job: JobSnapshot, settings: Settings, orchestrator_url: str, llm_key: Secret | None
-) -> schemas.ClaudeInfo:
+def _claude_info(job: JobSnapshot, settings: Settings, orchestrator_url: str) -> schemas.ClaudeInfo:
     # The CLI resolves --model sonnet|opus|haiku itself; ANTHROPIC_DEFAULT_<ALIAS>_MODEL makes it
     # send the ids the orchestrator's model map (and so its allowlist) names.
     aliases = {
@@ -81,10 +77,10 @@ def _claude_info(
         oauth_token = oauth.reveal() if oauth and not api_key else None
     else:
         # The default: the CLI talks Anthropic Messages to the job's own route with the job's
-        # LLM key, which opens that route and nothing else; neither the real credential nor the
-        # worker token reaches the CLI.
+        # LLM key, which opens that route and nothing else and which the bridge derives from
+        # its token; neither the real credential nor the worker token reaches the CLI.
         base_url = orchestrator_url.rstrip("/") + job_route(job.job_id, ANTHROPIC)
-        api_key = llm_key.reveal() if llm_key else None
+        api_key = None
         oauth_token = None
     return schemas.ClaudeInfo(
         model=job.limits.claude_model,

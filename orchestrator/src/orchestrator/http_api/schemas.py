@@ -74,8 +74,8 @@ class ClaudeInfo(_Strict):
     # Secrets: never in a repr.
     api_key: str | None = Field(
         repr=False,
-        description="ANTHROPIC_API_KEY: the job's LLM key, which opens only this job's "
-        "Anthropic route (or, opted in, the operator's key)",
+        description="ANTHROPIC_API_KEY when opted in: the operator's key; null otherwise, "
+        "when the bridge derives the job's LLM key from its token",
     )
     oauth_token: str | None = Field(
         repr=False, description="CLAUDE_CODE_OAUTH_TOKEN: only when opted in, without an API key"

@@ -185,7 +185,9 @@ class ContainerJobManager:
             token = self._tokens.create_token(job.job_id, admitted.grants)
             # The Claude Code CLI's key: it opens only this job's Anthropic route (tokens.py).
             llm_key = (
-                self._tokens.create_llm_key(job.job_id) if job.mode is JobMode.CLAUDE_CODE else None
+                self._tokens.create_llm_key(job.job_id, token)
+                if job.mode is JobMode.CLAUDE_CODE
+                else None
             )
             # Held until the container is started, so reconciliation never judges the job
             # "vanished" while it is being created. A fresh lock is acquired without suspending.
