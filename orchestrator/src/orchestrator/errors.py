@@ -30,6 +30,7 @@ class ErrorKind(enum.Enum):
     FAILED_PRECONDITION = WireCodes("FAILED_PRECONDITION", 409, "failed_precondition")
     UNAUTHENTICATED = WireCodes("UNAUTHENTICATED", 401, "invalid_token")
     RESOURCE_EXHAUSTED = WireCodes("RESOURCE_EXHAUSTED", 429, "budget_exceeded")
+    RATE_LIMITED = WireCodes("RESOURCE_EXHAUSTED", 429, "rate_limited")
     PAYLOAD_TOO_LARGE = WireCodes("INVALID_ARGUMENT", 413, "body_too_large")
     PROVIDER_FAILED = WireCodes("UNAVAILABLE", 502, "provider_failed")
     PROVIDER_NOT_CONFIGURED = WireCodes("FAILED_PRECONDITION", 503, "no_provider")
@@ -92,6 +93,16 @@ class BudgetExceeded(OrchestratorError):
     """A job's LLM budget (tokens, calls, per-call cap) or the model allowlist refused a call."""
 
     kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class RateLimited(OrchestratorError):
+    """A job sent more than its rate allows; it may send again after ``retry_after_s``."""
+
+    kind = ErrorKind.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PayloadTooLarge(OrchestratorError):

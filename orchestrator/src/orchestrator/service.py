@@ -127,7 +127,11 @@ async def start_orchestrator(
     http_host = await resolve_http_bind(settings, backend)
     if isinstance(backend, DockerBackend):
         await verify_projects_dir_on_host(settings.projects_dir)
-    store = SqliteJobStore(settings.store_path) if settings.persist else None
+    store = (
+        SqliteJobStore(settings.store_path, history_max_bytes=settings.job_history_max_bytes)
+        if settings.persist
+        else None
+    )
     sealer = GrantSealer(settings.secrets_key) if settings.secrets_key else None
     manager = ContainerJobManager(
         settings,

@@ -41,6 +41,8 @@ from orchestrator.errors import (
     OrchestratorError,
     Unauthenticated,
 )
+from orchestrator.http_api.bodies import read_body
+from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.models import JobLimits, JobMode
 from orchestrator.llm import policy
@@ -124,12 +126,15 @@ def prepare_request_body(
     allowlist: Iterable[str],
 ) -> tuple[bytes, str]:
     """Checks a Messages (or count_tokens) body against the job's policy; returns the bytes to
-    send upstream and the model. The original bytes go out unless the model was an alias or
-    ``max_tokens`` exceeds the job's per-call cap (``JOB_LLM_MAX_TOKENS_PER_CALL``)."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidArgument("request body is not valid JSON") from None
+    send upstream and the model.
+
+    The body must be strict JSON (no duplicate key, so the upstream reads the same document as
+    this check; nesting within ``MAX_JSON_DEPTH``), and ``max_tokens`` (and a thinking budget)
+    a whole number: ``64000.0`` counts as 64000, ``64000.5`` or ``"64000"`` is refused (400).
+    The original bytes go out unless something was changed: an alias mapped, a count given as
+    a float, ``max_tokens`` clamped to the job's per-call cap (``JOB_LLM_MAX_TOKENS_PER_CALL``);
+    then the checked body itself is serialized and sent."""
+    body = loads_strict(raw)
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     requested = body.get("model")
@@ -138,16 +143,57 @@ def prepare_request_body(
     model = resolve_claude_model(requested, limits.claude_model, aliases, allowlist)
     changed = model != requested
     body["model"] = model
-    max_tokens = body.get("max_tokens")
-    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
-        capped = policy.cap_max_tokens(max_tokens, limits.llm_max_tokens_per_call)
-        if capped != max_tokens:
-            body["max_tokens"] = capped
-            _fit_thinking_budget(body, capped)
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and "budget_tokens" in thinking:
+        budget, was_float = _whole_number(thinking["budget_tokens"], "thinking.budget_tokens")
+        if was_float:
+            thinking["budget_tokens"] = budget
             changed = True
+    if "max_tokens" in body:
+        max_tokens, was_float = _whole_number(body["max_tokens"], "max_tokens")
+        capped = policy.cap_max_tokens(max_tokens, limits.llm_max_tokens_per_call)
+        if capped != max_tokens or was_float:
+            body["max_tokens"] = capped
+            changed = True
+        if capped != max_tokens:
+            _fit_thinking_budget(body, capped)
     if not changed:
         return raw, model
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), model
+    try:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a number out of float range (1e400) came in as infinity
+        raise InvalidArgument("request body has a number out of range") from None
+    return text.encode(), model
+
+
+def _whole_number(value: Any, name: str) -> tuple[int, bool]:
+    """``value`` as an int, and whether it came as a float (64000.0); raises InvalidArgument
+    for anything else (a fraction, a string, a boolean, null, a negative count)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{name}: must be a whole number, got {_json_type(value)}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidArgument(f"{name}: must be a whole number, got {value!r}")
+        value_int, was_float = int(value), True
+    else:
+        value_int, was_float = value, False
+    if value_int < 0:
+        raise InvalidArgument(f"{name}: must not be negative, got {value_int}")
+    return value_int, was_float
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def _fit_thinking_budget(body: dict[str, Any], max_tokens: int) -> None:
@@ -217,7 +263,7 @@ class UsageMeter:
             return
         try:
             document = json.loads(bytes(self._body))
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if isinstance(document, dict):
             self._add(document.get("usage"))
@@ -229,7 +275,7 @@ class UsageMeter:
             return
         try:
             event = json.loads(line[5:])
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if not isinstance(event, dict):
             return
@@ -299,6 +345,7 @@ class AnthropicPassthrough:
         )
         self._aliases = settings.claude_model_aliases
         self._allowlist = settings.llm_model_allowlist
+        self._max_body = settings.http_max_body_bytes
         self._session: aiohttp.ClientSession | None = None
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -336,12 +383,7 @@ class AnthropicPassthrough:
                     "ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN",
                     retry=False,
                 )
-            try:
-                raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return anthropic_error(
-                    413, "request_too_large", "request body exceeds the size limit", retry=False
-                )
+            raw = await read_body(request, self._max_body)
             try:
                 body, model = prepare_request_body(
                     raw, limits=job.limits, aliases=self._aliases, allowlist=self._allowlist
@@ -512,7 +554,7 @@ def _response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 def _error_text(raw: bytes) -> str:
     try:
         document = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw.decode(errors="replace").strip()[:300] or "no details"
     error = document.get("error") if isinstance(document, dict) else None
     if isinstance(error, dict):

@@ -6,7 +6,6 @@ Every ``/worker/{job_id}/...`` route needs the job's own bearer token. Errors ar
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,17 +13,21 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ironclaw_contract.worker_api import MAX_REPORT_BODY_BYTES, Refusal
 from orchestrator.errors import (
     ErrorKind,
     InvalidArgument,
     OrchestratorError,
-    PayloadTooLarge,
+    RateLimited,
     SchemaViolation,
     Unauthenticated,
 )
 from orchestrator.http_api import schemas
 from orchestrator.http_api.anthropic_route import add_anthropic_routes
+from orchestrator.http_api.bodies import read_body
 from orchestrator.http_api.openapi import build_openapi
+from orchestrator.http_api.rate_limit import JobRateLimiter, retry_after_header
+from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm.proxy import LlmProxy
 from orchestrator.log_context import job_log_context
@@ -37,14 +40,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MANAGER_KEY = web.AppKey("manager", ContainerJobManager)
 PROXY_KEY = web.AppKey("proxy", LlmProxy)
+MAX_BODY_KEY = web.AppKey("max_body", int)
 _BEARER = "Bearer "
 
 
-def error_response(kind: ErrorKind, message: str) -> web.Response:
+def error_response(kind: ErrorKind, message: str, refusal: str | None = None) -> web.Response:
     codes = kind.value
-    return web.json_response(
-        {"error": codes.http_code, "message": message}, status=codes.http_status
-    )
+    body = {"error": codes.http_code, "message": message}
+    if refusal is not None:
+        body["refusal"] = refusal
+    return web.json_response(body, status=codes.http_status)
 
 
 @web.middleware
@@ -52,6 +57,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turns every failure into the spec's JSON error body."""
     try:
         return await handler(request)
+    except RateLimited as exc:
+        response = error_response(exc.kind, exc.message, Refusal.RATE_LIMITED.value)
+        response.headers["Retry-After"] = retry_after_header(exc.retry_after_s)
+        return response
     except OrchestratorError as exc:
         return error_response(exc.kind, exc.message)
     except web.HTTPRequestEntityTooLarge as exc:
@@ -100,20 +109,20 @@ def authenticate(request: web.Request, allow_api_key: bool = False) -> str:
     return job_id
 
 
-async def parse_body(request: web.Request, model: type[M]) -> M:
-    """Reads and validates a JSON body: 400 if it is not JSON, 422 if it breaks the schema."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"request body exceeds {exc.text}") from None
+async def parse_body(request: web.Request, model: type[M], limit: int | None = None) -> M:
+    """Reads and validates a JSON body: 413 over ``limit`` bytes (default: the application's
+    limit), 400 if it is not strict JSON (duplicate keys, nesting deeper than
+    ``MAX_JSON_DEPTH``), 422 if it breaks the schema."""
+    raw = await read_body(request, limit or request.app[MAX_BODY_KEY])
     if not raw:
         raise InvalidArgument("request body is empty: send a JSON object")
+    # Parsed once, strictly, then validated from the parsed value: the same strict types as
+    # validating the bytes, at about the same cost as that alone.
+    value = loads_strict(raw)
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate(value)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise InvalidArgument("request body is not valid JSON") from None
         described = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:5]
         )
@@ -124,27 +133,21 @@ def _ok() -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _bounded(value: Any, limit: int = schemas.MAX_EVENT_TEXT, depth: int = 0) -> Any:
-    """Truncates long strings inside event data, with a marker saying how much was cut."""
-    if isinstance(value, str):
-        if len(value) > limit:
-            return value[:limit] + f"…[truncated {len(value) - limit} chars]"
-        return value
-    if depth > 8:
-        return "…[truncated: nested too deep]"
-    if isinstance(value, dict):
-        return {str(k)[:256]: _bounded(v, limit, depth + 1) for k, v in list(value.items())[:200]}
-    if isinstance(value, list):
-        return [_bounded(v, limit, depth + 1) for v in value[:200]]
-    return value
-
-
 class WorkerApi:
     """Route handlers; each is a thin call into the job manager or the LLM proxy."""
 
     def __init__(self, manager: ContainerJobManager, proxy: LlmProxy) -> None:
         self._manager = manager
         self._proxy = proxy
+        settings = manager.settings
+        # One bucket per job for status lines and events together: what a job can make the
+        # orchestrator record, and every watcher relay, per second.
+        self._reports = JobRateLimiter(
+            settings.job_event_rate,
+            settings.job_event_burst,
+            what="status lines and events",
+            setting="JOB_EVENT_RATE, JOB_EVENT_BURST",
+        )
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -181,14 +184,17 @@ class WorkerApi:
 
     async def status(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.StatusRequest)
+        self._reports.check(job_id)  # before the body is read: a refusal costs nothing
+        body = await parse_body(request, schemas.StatusRequest, MAX_REPORT_BODY_BYTES)
         self._manager.record_status(job_id, body.message, body.iteration)
         return _ok()
 
     async def event(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.EventRequest)
-        self._manager.record_event(job_id, body.event_type, _bounded(body.data))
+        self._reports.check(job_id)
+        body = await parse_body(request, schemas.EventRequest, MAX_REPORT_BODY_BYTES)
+        # The manager bounds the data (MAX_EVENT_JSON_BYTES), whoever records an event.
+        self._manager.record_event(job_id, body.event_type, body.data)
         return _ok()
 
     async def prompt(self, request: web.Request) -> web.Response:
@@ -200,20 +206,19 @@ class WorkerApi:
 
     async def complete_job(self, request: web.Request) -> web.StreamResponse:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.JobCompleteRequest)
-        details = body.details
-        if details is not None and len(json.dumps(details, default=str)) > 64_000:
-            raise SchemaViolation("details: larger than 64000 bytes of JSON")
+        body = await parse_body(request, schemas.JobCompleteRequest, MAX_REPORT_BODY_BYTES)
         # The result is recorded and the token revoked now; the container is stopped only after
-        # this answer has been sent, so the agent is never killed mid-request.
+        # this answer has been sent, so the agent is never killed mid-request. The manager cuts
+        # an oversized message or details (with markers) rather than losing the result.
         self._manager.complete_job(
             job_id,
             body.success,
             body.message,
             iterations=body.iterations,
-            details=details,
+            details=body.details,
             teardown=False,
         )
+        self._reports.forget(job_id)
         response = web.json_response({"status": "ok"})
         try:
             await response.prepare(request)
@@ -286,6 +291,7 @@ def build_app(
     )
     app[MANAGER_KEY] = manager
     app[PROXY_KEY] = proxy
+    app[MAX_BODY_KEY] = manager.settings.http_max_body_bytes
     api = WorkerApi(manager, proxy)
     prefix = "/worker/{job_id}"
     app.router.add_get("/health", api.health)

@@ -18,6 +18,9 @@ _ERRORS = {
     "413": "Request body too large",
     "422": "The body does not match the schema",
 }
+_REPORT_ERRORS = {
+    "429": "Too many status lines and events (refusal rate_limited): wait Retry-After seconds",
+}
 _LLM_ERRORS = {
     "429": "Budget exhausted or model not allowed (the message says which, with the numbers)",
     "502": "The provider failed (its reason, no secrets)",
@@ -114,10 +117,14 @@ def build_openapi() -> dict[str, Any]:
                 "get": _operation("Custom tools granted to the job (MCP, WASM)", schemas.ToolsInfo)
             },
             "/worker/{job_id}/status": {
-                "post": _operation("Report status", schemas.OkBody, schemas.StatusRequest)
+                "post": _operation(
+                    "Report status", schemas.OkBody, schemas.StatusRequest, _REPORT_ERRORS
+                )
             },
             "/worker/{job_id}/event": {
-                "post": _operation("Record an event", schemas.OkBody, schemas.EventRequest)
+                "post": _operation(
+                    "Record an event", schemas.OkBody, schemas.EventRequest, _REPORT_ERRORS
+                )
             },
             "/worker/{job_id}/prompt": {"get": prompt_ok},
             "/worker/{job_id}/complete": {

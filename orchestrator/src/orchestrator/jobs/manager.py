@@ -25,6 +25,7 @@ from orchestrator.errors import (
     JobNotFound,
     OrchestratorError,
 )
+from orchestrator.jobs.bounds import bound_event_data, bound_result, bound_status_message
 from orchestrator.jobs.isolation import job_network_request
 from orchestrator.jobs.models import (
     NO_TOOLS,
@@ -226,6 +227,7 @@ class ContainerJobManager:
             llm_provider=self._llm_provider_name,
             wait_for_prompts=request.wait_for_prompts,
             history_limit=HISTORY_LIMIT,
+            history_max_bytes=self._settings.job_history_max_bytes,
             tools=tools,
         )
         self._jobs[job_id] = job
@@ -454,6 +456,7 @@ class ContainerJobManager:
         job = self._get(job_id)
         if job.state.is_terminal:
             return
+        message = bound_status_message(message)
         job.status_message = message
         if iteration is not None:
             job.iteration = iteration
@@ -463,7 +466,9 @@ class ContainerJobManager:
         job = self._get(job_id)
         if job.state.is_terminal:
             return
-        self._publish(job, UpdateKind.EVENT, {"event_type": event_type, "data": dict(data)})
+        # Never more than the bound is kept, whatever arrived (long text cut with a marker).
+        bounded = bound_event_data(data)
+        self._publish(job, UpdateKind.EVENT, {"event_type": event_type, "data": bounded})
 
     def send_prompt(self, job_id: str, content: str, done: bool) -> None:
         """Queues a follow-up for the job's agent (read by ``GET /prompt``)."""
@@ -533,6 +538,7 @@ class ContainerJobManager:
         job = self._get(job_id)
         if job.state.is_terminal:
             raise FailedPrecondition(f"job {job.job_id} has already ended ({job.state.value})")
+        message, details = bound_result(message, details)
         if success:
             reason = TerminalReason.COMPLETED
         else:
@@ -637,7 +643,7 @@ class ContainerJobManager:
             return 0
         live = 0
         for stored in self._store.load(HISTORY_LIMIT):
-            job = record_from_json(stored.data, HISTORY_LIMIT)
+            job = record_from_json(stored.data, HISTORY_LIMIT, self._settings.job_history_max_bytes)
             job.history.extend(stored.updates)
             if stored.updates:
                 job.sequence = max(job.sequence, stored.updates[-1].sequence)

@@ -27,7 +27,7 @@ from orchestrator.jobs.models import (
     UpdateKind,
 )
 from orchestrator.jobs.once_flag import OnceFlag
-from orchestrator.jobs.update_history import UpdateHistory
+from orchestrator.jobs.update_history import DEFAULT_MAX_BYTES, UpdateHistory
 
 
 def utcnow() -> datetime:
@@ -52,6 +52,7 @@ class JobRecord:
     llm_provider: str
     wait_for_prompts: bool
     history_limit: int
+    history_max_bytes: int = DEFAULT_MAX_BYTES  # JOB_HISTORY_MAX_MB
     tools: GrantedTools = NO_TOOLS  # shared: most jobs have none
     state: JobState = JobState.CREATING
     started_at: datetime | None = None
@@ -71,7 +72,7 @@ class JobRecord:
     _waiters: list[asyncio.Future[None]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.history = UpdateHistory(self.history_limit)
+        self.history = UpdateHistory(self.history_limit, self.history_max_bytes)
 
     @property
     def prompts(self) -> deque[FollowUpPrompt]:

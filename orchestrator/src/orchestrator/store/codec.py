@@ -19,6 +19,7 @@ from orchestrator.jobs.models import (
     UpdateKind,
 )
 from orchestrator.jobs.record import JobRecord
+from orchestrator.jobs.update_history import DEFAULT_MAX_BYTES
 
 
 def _dt(value: datetime | None) -> str | None:
@@ -123,7 +124,9 @@ def _tools_from_json(data: dict[str, Any] | None) -> GrantedTools:
     )
 
 
-def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
+def record_from_json(
+    data: dict[str, Any], history_limit: int, history_max_bytes: int = DEFAULT_MAX_BYTES
+) -> JobRecord:
     created = _parse_dt(data["created_at"])
     deadline = _parse_dt(data["deadline"])
     assert created is not None
@@ -143,6 +146,7 @@ def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
         llm_provider=data["llm_provider"],
         wait_for_prompts=data["wait_for_prompts"],
         history_limit=history_limit,
+        history_max_bytes=history_max_bytes,
         state=JobState(data["state"]),
         started_at=_parse_dt(data["started_at"]),
         finished_at=_parse_dt(data["finished_at"]),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.jobs.models import JobUpdate, UpdateKind
+from orchestrator.jobs.update_history import DEFAULT_MAX_BYTES
 from orchestrator.logging import get_logger
 from orchestrator.store.base import JobStore, StoredJob
 from orchestrator.store.codec import payload_to_json, update_from_row
@@ -46,14 +47,49 @@ CREATE TABLE IF NOT EXISTS updates (
 # Kinds that are never pruned: the job's transitions and its result are its history.
 _KEPT_KINDS = (UpdateKind.STATE.value, UpdateKind.RESULT.value)
 _PRUNE_EVERY = 500
+# A job's stored history is pruned each time it has grown by this share of its byte bound, down
+# to the bound less that share: so what is stored never exceeds the bound.
+_PRUNE_BYTES_DIVISOR = 8
+# What a row costs beyond its payload, in the bytes the bound counts (key, time, kind, b-tree).
+ROW_OVERHEAD = 64
+
+# Both statements rank a job's rows newest first, by count and by bytes (payload plus the row
+# overhead), and keep what is within both bounds; kept kinds count, and are never dropped.
+# ?1 job id, ?2 rows, ?3 bytes, ?4 and ?5 the kept kinds, ?6 the row overhead.
+_LOAD = """
+SELECT seq, time, kind, payload FROM (
+    SELECT seq, time, kind, payload,
+           ROW_NUMBER() OVER newest AS newer_rows,
+           SUM(LENGTH(payload) + ?6) OVER newest AS newer_bytes
+    FROM updates WHERE job_id = ?1
+    WINDOW newest AS (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING)
+) WHERE (newer_rows <= ?2 AND newer_bytes <= ?3) OR kind IN (?4, ?5) ORDER BY seq
+"""
+_PRUNE = """
+DELETE FROM updates WHERE job_id = ?1 AND kind NOT IN (?4, ?5) AND seq IN (
+    SELECT seq FROM (
+        SELECT seq,
+               ROW_NUMBER() OVER newest AS newer_rows,
+               SUM(LENGTH(payload) + ?6) OVER newest AS newer_bytes
+        FROM updates WHERE job_id = ?1
+        WINDOW newest AS (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING)
+    ) WHERE newer_rows > ?2 OR newer_bytes > ?3
+)
+"""
 
 
 class SqliteJobStore(JobStore):
     """A JobStore in one SQLite file."""
 
-    def __init__(self, path: Path, history_limit: int = 2000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        history_limit: int = 2000,
+        history_max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self._path = path
         self._history_limit = history_limit
+        self._history_max_bytes = history_max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.SimpleQueue[Callable[[sqlite3.Connection], None] | Future[None] | None]
         self._queue = queue.SimpleQueue()
@@ -61,7 +97,8 @@ class SqliteJobStore(JobStore):
         conn.executescript(SCHEMA)
         conn.commit()
         conn.close()
-        self._appended: dict[str, int] = {}
+        # job id → [updates, payload bytes] appended since its history was last pruned
+        self._appended: dict[str, list[int]] = {}
         self._writer = threading.Thread(target=self._run, name="job-store", daemon=True)
         self._writer.start()
 
@@ -128,17 +165,25 @@ class SqliteJobStore(JobStore):
         self._queue.put(write)
 
     def append_update(self, job_id: str, update: JobUpdate) -> None:
-        row = (
+        # ASCII JSON: what LENGTH() counts in SQL is then its bytes.
+        payload = json.dumps(payload_to_json(update.kind, update.payload), default=str)
+        row = (job_id, update.sequence, update.time.isoformat(), update.kind.value, payload)
+        appended = self._appended.get(job_id)
+        if appended is None:
+            appended = self._appended[job_id] = [0, 0]
+        appended[0] += 1
+        appended[1] += len(payload) + ROW_OVERHEAD
+        slack = self._history_max_bytes // _PRUNE_BYTES_DIVISOR
+        prune = appended[0] >= _PRUNE_EVERY or appended[1] >= slack
+        if prune:
+            appended[0] = appended[1] = 0
+        bounds = (
             job_id,
-            update.sequence,
-            update.time.isoformat(),
-            update.kind.value,
-            json.dumps(payload_to_json(update.kind, update.payload), default=str),
+            self._history_limit,
+            self._history_max_bytes - slack,
+            *_KEPT_KINDS,
+            ROW_OVERHEAD,
         )
-        count = self._appended.get(job_id, 0) + 1
-        self._appended[job_id] = count
-        prune = count % _PRUNE_EVERY == 0
-        limit = self._history_limit
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -147,10 +192,7 @@ class SqliteJobStore(JobStore):
                 row,
             )
             if prune:
-                conn.execute(
-                    "DELETE FROM updates WHERE job_id = ? AND seq <= ? AND kind NOT IN (?, ?)",
-                    (job_id, update.sequence - limit, *_KEPT_KINDS),
-                )
+                conn.execute(_PRUNE, bounds)
 
         self._queue.put(write)
 
@@ -177,13 +219,9 @@ class SqliteJobStore(JobStore):
             rows = conn.execute(
                 "SELECT job_id, data, token_digest, sealed_grants FROM jobs ORDER BY ord"
             ).fetchall()
+            bounds = (history_limit, self._history_max_bytes, *_KEPT_KINDS, ROW_OVERHEAD)
             for job_id, data, digest, sealed in rows:
-                update_rows = conn.execute(
-                    "SELECT seq, time, kind, payload FROM updates WHERE job_id = ? "
-                    "AND (seq > (SELECT COALESCE(MAX(seq), 0) FROM updates WHERE job_id = ?) - ?"
-                    " OR kind IN (?, ?)) ORDER BY seq",
-                    (job_id, job_id, history_limit, *_KEPT_KINDS),
-                ).fetchall()
+                update_rows = conn.execute(_LOAD, (job_id, *bounds)).fetchall()
                 updates = [
                     update_from_row(seq, time, kind, json.loads(payload))
                     for seq, time, kind, payload in update_rows
