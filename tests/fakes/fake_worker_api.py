@@ -74,6 +74,8 @@ class _Failure:
     status: int
     error: str
     message: str
+    refusal: str | None = None
+    retry_after: str | None = None
 
 
 @dataclass
@@ -139,11 +141,18 @@ class FakeWorkerApi:
         times: int = 1,
         error: str | None = None,
         message: str | None = None,
+        refusal: str | None = None,
+        retry_after: str | None = None,
     ) -> None:
-        """The next ``times`` authorised requests to ``route`` get ``status`` and an error body."""
+        """The next ``times`` authorised requests to ``route`` get ``status`` and an error body
+        (with a ``refusal`` code and a ``Retry-After`` header when given)."""
         queue = self._failures.setdefault(route, deque())
         for _ in range(times):
-            queue.append(_Failure(status, error or f"http_{status}", message or "injected"))
+            queue.append(
+                _Failure(
+                    status, error or f"http_{status}", message or "injected", refusal, retry_after
+                )
+            )
 
     def revoke_on(self, route: str) -> None:
         """The next request to ``route`` revokes the token and is answered 401."""
@@ -220,9 +229,10 @@ class FakeWorkerApi:
         failures = self._failures.get(route)
         if failures:
             failure = failures.popleft()
-            return await self._answer(
-                record, _error(failure.status, failure.error, failure.message)
-            )
+            response = _error(failure.status, failure.error, failure.message, failure.refusal)
+            if failure.retry_after is not None:
+                response.headers["Retry-After"] = failure.retry_after
+            return await self._answer(record, response)
         handler = self._handlers().get((request.method, route))
         if handler is None:
             return await self._answer(record, _error(404, "not_found", f"no route {route}"))
@@ -312,5 +322,8 @@ class FakeWorkerApi:
         return web.json_response({"status": "ok"})
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+def _error(status: int, code: str, message: str, refusal: str | None = None) -> web.Response:
+    body = {"error": code, "message": message}
+    if refusal is not None:
+        body["refusal"] = refusal
+    return web.json_response(body, status=status)

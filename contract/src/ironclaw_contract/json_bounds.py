@@ -68,12 +68,16 @@ def bound_json(
         return value
     limit = max_string
     while True:
-        walk = _Walk(limit, max_depth, budget=None)
-        bounded = walk.value(value, 1)
+        # A walk stops as soon as even strings cut to the floor could not fit: values must be
+        # dropped then, and the rest of a huge value is never looked at.
+        walk = _Walk(limit, max_depth, budget=None, hopeless_over=max_bytes)
+        try:
+            bounded = walk.value(value, 1)
+        except _Hopeless:
+            break
         if walk.size <= max_bytes:
             return bounded
-        # Even strings cut to the floor would not fit: drop values at once, without more rounds.
-        if limit <= _MIN_STRING_CHARS or walk.size - walk.cuttable > max_bytes:
+        if limit <= _MIN_STRING_CHARS:
             break
         limit = max(_MIN_STRING_CHARS, min(limit, walk.longest) // 2)
     return _fit(value, min(limit, _MIN_STRING_CHARS), max_depth, max_bytes)
@@ -104,17 +108,33 @@ def _fit(value: Any, limit: int, max_depth: int, max_bytes: int) -> Any:
 _DROPPED: Any = object()
 
 
+class _Hopeless(Exception):
+    """Cutting strings cannot make this value fit: values have to be dropped."""
+
+
 class _Walk:
     """One pass over a value: cuts strings to ``limit``, replaces what JSON cannot carry, and
     counts the compact JSON size exactly. With a ``budget``, a value that does not fit is
     dropped (a string is cut to fit) and nothing after it is taken: ``full`` says so."""
 
-    __slots__ = ("budget", "cuttable", "full", "limit", "longest", "max_depth", "size")
+    __slots__ = (
+        "budget",
+        "cuttable",
+        "full",
+        "hopeless_over",
+        "limit",
+        "longest",
+        "max_depth",
+        "size",
+    )
 
-    def __init__(self, limit: int, max_depth: int, budget: int | None) -> None:
+    def __init__(
+        self, limit: int, max_depth: int, budget: int | None, hopeless_over: int | None = None
+    ) -> None:
         self.limit = limit
         self.max_depth = max_depth
         self.budget = budget
+        self.hopeless_over = hopeless_over
         self.size = 0
         # Bytes that cutting every string down to the floor could save, at most.
         self.cuttable = 0
@@ -126,6 +146,8 @@ class _Walk:
             self.full = True
             return False
         self.size += cost
+        if self.hopeless_over is not None and self.size - self.cuttable > self.hopeless_over:
+            raise _Hopeless
         return True
 
     def value(self, value: Any, depth: int) -> Any:
@@ -154,12 +176,13 @@ class _Walk:
     def _string(self, original: str) -> Any:
         text = truncate_text(original, self.limit)
         size = _str_size(text)
-        if self._take(size):
+        if self.budget is None:
             self.cuttable += max(0, size - _MIN_STRING_CHARS - 2)
             self.longest = max(self.longest, min(len(original), self.limit))
+            self._take(size)
             return text
-        if self.budget is None:
-            return _DROPPED  # not reached: without a budget everything is taken
+        if self._take(size):
+            return text
         # Cut to what is left, if that leaves something worth reading.
         room = self.budget - self.size
         keep = min(len(original), self.limit, room)

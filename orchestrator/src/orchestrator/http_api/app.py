@@ -13,7 +13,13 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ironclaw_contract.worker_api import MAX_REPORT_BODY_BYTES, Refusal
+from ironclaw_contract.json_bounds import json_size
+from ironclaw_contract.worker_api import (
+    MAX_COMPLETE_BODY_BYTES,
+    MAX_COMPLETE_DETAILS_BYTES,
+    MAX_REPORT_BODY_BYTES,
+    Refusal,
+)
 from orchestrator.errors import (
     ErrorKind,
     InvalidArgument,
@@ -24,9 +30,9 @@ from orchestrator.errors import (
 )
 from orchestrator.http_api import schemas
 from orchestrator.http_api.anthropic_route import add_anthropic_routes
-from orchestrator.http_api.bodies import read_body
+from orchestrator.http_api.bodies import check_declared_length, read_body
 from orchestrator.http_api.openapi import build_openapi
-from orchestrator.http_api.rate_limit import JobRateLimiter, retry_after_header
+from orchestrator.http_api.rate_limit import JobRateLimiter, call_cost, retry_after_header
 from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm.proxy import LlmProxy
@@ -109,11 +115,14 @@ def authenticate(request: web.Request, allow_api_key: bool = False) -> str:
     return job_id
 
 
-async def parse_body(request: web.Request, model: type[M], limit: int | None = None) -> M:
-    """Reads and validates a JSON body: 413 over ``limit`` bytes (default: the application's
-    limit), 400 if it is not strict JSON (duplicate keys, nesting deeper than
+async def parse_body(
+    request: web.Request, model: type[M], limit: int | None = None, raw: bytes | None = None
+) -> M:
+    """Reads (unless ``raw`` was) and validates a JSON body: 413 over ``limit`` bytes (default:
+    the application's limit), 400 if it is not strict JSON (duplicate keys, nesting deeper than
     ``MAX_JSON_DEPTH``), 422 if it breaks the schema."""
-    raw = await read_body(request, limit or request.app[MAX_BODY_KEY])
+    if raw is None:
+        raw = await read_body(request, limit or request.app[MAX_BODY_KEY])
     if not raw:
         raise InvalidArgument("request body is empty: send a JSON object")
     # Parsed once, strictly, then validated from the parsed value: the same strict types as
@@ -182,17 +191,28 @@ class WorkerApi:
         job_id = authenticate(request)
         return web.json_response(self._manager.served_tools(job_id))
 
+    async def _report_body(self, request: web.Request, job_id: str) -> bytes:
+        """A status or event body, once the job's rate allows it: checked before the body is
+        read (so a refusal costs nothing) on its declared length, charged for the rest after."""
+        check_declared_length(request, MAX_REPORT_BODY_BYTES)
+        declared = request.content_length
+        self._reports.check(job_id, call_cost(declared or 0))
+        raw = await read_body(request, MAX_REPORT_BODY_BYTES)
+        if declared is None:
+            self._reports.charge(job_id, call_cost(len(raw)) - 1)
+        return raw
+
     async def status(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        self._reports.check(job_id)  # before the body is read: a refusal costs nothing
-        body = await parse_body(request, schemas.StatusRequest, MAX_REPORT_BODY_BYTES)
+        raw = await self._report_body(request, job_id)
+        body = await parse_body(request, schemas.StatusRequest, raw=raw)
         self._manager.record_status(job_id, body.message, body.iteration)
         return _ok()
 
     async def event(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        self._reports.check(job_id)
-        body = await parse_body(request, schemas.EventRequest, MAX_REPORT_BODY_BYTES)
+        raw = await self._report_body(request, job_id)
+        body = await parse_body(request, schemas.EventRequest, raw=raw)
         # The manager bounds the data (MAX_EVENT_JSON_BYTES), whoever records an event.
         self._manager.record_event(job_id, body.event_type, body.data)
         return _ok()
@@ -206,10 +226,15 @@ class WorkerApi:
 
     async def complete_job(self, request: web.Request) -> web.StreamResponse:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.JobCompleteRequest, MAX_REPORT_BODY_BYTES)
+        body = await parse_body(request, schemas.JobCompleteRequest, MAX_COMPLETE_BODY_BYTES)
+        # Details are refused over their bound (the client bounds them before sending, so only
+        # a client that does not is told); a long message is cut by the manager instead.
+        if body.details is not None and json_size(body.details) > MAX_COMPLETE_DETAILS_BYTES:
+            raise SchemaViolation(
+                f"details: larger than {MAX_COMPLETE_DETAILS_BYTES} bytes of JSON"
+            )
         # The result is recorded and the token revoked now; the container is stopped only after
-        # this answer has been sent, so the agent is never killed mid-request. The manager cuts
-        # an oversized message or details (with markers) rather than losing the result.
+        # this answer has been sent, so the agent is never killed mid-request.
         self._manager.complete_job(
             job_id,
             body.success,

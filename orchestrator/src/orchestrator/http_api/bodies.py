@@ -13,11 +13,16 @@ from aiohttp import web
 from orchestrator.errors import PayloadTooLarge
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request's body, at most ``limit`` bytes; raises PayloadTooLarge (413) beyond."""
+def check_declared_length(request: web.Request, limit: int) -> None:
+    """Raises PayloadTooLarge (413) when the request's ``Content-Length`` exceeds ``limit``."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(_too_large(limit, declared))
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request's body, at most ``limit`` bytes; raises PayloadTooLarge (413) beyond."""
+    check_declared_length(request, limit)
     body = bytearray()
     while chunk := await request.content.readany():
         body += chunk
