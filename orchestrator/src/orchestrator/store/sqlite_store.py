@@ -208,6 +208,8 @@ class SqliteJobStore(JobStore):
         self._queue.put(write)
 
     async def flush(self) -> None:
+        if not self._writer.is_alive():
+            return  # closed: nothing is queued any more, and nothing would answer
         future: Future[None] = Future()
         self._queue.put(future)
         await asyncio.wrap_future(future)
@@ -232,6 +234,8 @@ class SqliteJobStore(JobStore):
             conn.close()
 
     async def close(self) -> None:
+        if not self._writer.is_alive():
+            return
         await self.flush()
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._writer.join, 5.0)
