@@ -65,6 +65,7 @@ SELECT seq, time, kind, payload FROM (
     WINDOW newest AS (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING)
 ) WHERE (newer_rows <= ?2 AND newer_bytes <= ?3) OR kind IN (?4, ?5) ORDER BY seq
 """
+_INSERT = "INSERT OR REPLACE INTO updates (job_id, seq, time, kind, payload) VALUES (?, ?, ?, ?, ?)"
 _PRUNE = """
 DELETE FROM updates WHERE job_id = ?1 AND kind NOT IN (?4, ?5) AND seq IN (
     SELECT seq FROM (
@@ -90,6 +91,8 @@ class SqliteJobStore(JobStore):
         self._path = path
         self._history_limit = history_limit
         self._history_max_bytes = history_max_bytes
+        self._prune_slack = history_max_bytes // _PRUNE_BYTES_DIVISOR
+        self._prune_to = history_max_bytes - self._prune_slack
         path.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.SimpleQueue[Callable[[sqlite3.Connection], None] | Future[None] | None]
         self._queue = queue.SimpleQueue()
@@ -173,28 +176,21 @@ class SqliteJobStore(JobStore):
             appended = self._appended[job_id] = [0, 0]
         appended[0] += 1
         appended[1] += len(payload) + ROW_OVERHEAD
-        slack = self._history_max_bytes // _PRUNE_BYTES_DIVISOR
-        prune = appended[0] >= _PRUNE_EVERY or appended[1] >= slack
-        if prune:
-            appended[0] = appended[1] = 0
-        bounds = (
-            job_id,
-            self._history_limit,
-            self._history_max_bytes - slack,
-            *_KEPT_KINDS,
-            ROW_OVERHEAD,
-        )
+        if appended[0] < _PRUNE_EVERY and appended[1] < self._prune_slack:
 
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO updates (job_id, seq, time, kind, payload) "
-                "VALUES (?, ?, ?, ?, ?)",
-                row,
-            )
-            if prune:
-                conn.execute(_PRUNE, bounds)
+            def write(conn: sqlite3.Connection) -> None:
+                conn.execute(_INSERT, row)
 
-        self._queue.put(write)
+            self._queue.put(write)
+            return
+        appended[0] = appended[1] = 0
+        bounds = (job_id, self._history_limit, self._prune_to, *_KEPT_KINDS, ROW_OVERHEAD)
+
+        def write_and_prune(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT, row)
+            conn.execute(_PRUNE, bounds)
+
+        self._queue.put(write_and_prune)
 
     def forget_secrets(self, job_id: str) -> None:
         self._appended.pop(job_id, None)
