@@ -75,6 +75,7 @@ class _Failure:
     error: str
     message: str
     refusal: str | None = None
+    retry_after: str | None = None
 
 
 @dataclass
@@ -146,13 +147,16 @@ class FakeWorkerApi:
         error: str | None = None,
         message: str | None = None,
         refusal: str | None = None,
+        retry_after: str | None = None,
     ) -> None:
         """The next ``times`` authorised requests to ``route`` get ``status`` and an error body
-        (with ``refusal``, the code of a refusal, when given)."""
+        (with a ``refusal`` code and a ``Retry-After`` header when given)."""
         queue = self._failures.setdefault(route, deque())
         for _ in range(times):
             queue.append(
-                _Failure(status, error or f"http_{status}", message or "injected", refusal)
+                _Failure(
+                    status, error or f"http_{status}", message or "injected", refusal, retry_after
+                )
             )
 
     def revoke_on(self, route: str) -> None:
@@ -230,9 +234,10 @@ class FakeWorkerApi:
         failures = self._failures.get(route)
         if failures:
             failure = failures.popleft()
-            return await self._answer(
-                record, _error(failure.status, failure.error, failure.message, failure.refusal)
-            )
+            response = _error(failure.status, failure.error, failure.message, failure.refusal)
+            if failure.retry_after is not None:
+                response.headers["Retry-After"] = failure.retry_after
+            return await self._answer(record, response)
         handler = self._handlers().get((request.method, route))
         if handler is None:
             return await self._answer(record, _error(404, "not_found", f"no route {route}"))

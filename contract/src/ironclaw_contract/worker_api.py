@@ -46,6 +46,10 @@ MAX_EVENT_JSON_BYTES: Final = 64_000
 MAX_COMPLETE_DETAILS_BYTES: Final = 64_000
 MAX_COMPLETE_MESSAGE_CHARS: Final = 64_000
 MAX_JSON_DEPTH: Final = 64
+# Status and event bodies, and complete bodies: what a client that keeps the bounds above sends
+# is well under these; the server refuses a larger one (413) without reading it.
+MAX_REPORT_BODY_BYTES: Final = 256 * 1024
+MAX_COMPLETE_BODY_BYTES: Final = 1 << 20
 
 EventType = Literal["message", "tool_use", "tool_result", "reasoning", "status"]
 EVENT_TYPES: Final = ("message", "tool_use", "tool_result", "reasoning", "status")

@@ -35,6 +35,7 @@ class ErrorKind(enum.Enum):
     UNAUTHENTICATED = WireCodes("UNAUTHENTICATED", 401, "invalid_token")
     PERMISSION_DENIED = WireCodes("PERMISSION_DENIED", 403, "permission_denied")
     RESOURCE_EXHAUSTED = WireCodes("RESOURCE_EXHAUSTED", 429, "budget_exceeded")
+    RATE_LIMITED = WireCodes("RESOURCE_EXHAUSTED", 429, "rate_limited")
     PAYLOAD_TOO_LARGE = WireCodes("INVALID_ARGUMENT", 413, "body_too_large")
     PROVIDER_FAILED = WireCodes("UNAVAILABLE", 502, "provider_failed")
     PROVIDER_NOT_CONFIGURED = WireCodes("FAILED_PRECONDITION", 503, "no_provider")
@@ -124,6 +125,16 @@ class ModelNotAllowed(BudgetExceeded):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, refusal=Refusal.MODEL_NOT_ALLOWED)
+
+
+class RateLimited(OrchestratorError):
+    """A job sent more than its rate allows; it may send again after ``retry_after_s``."""
+
+    kind = ErrorKind.RATE_LIMITED
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, refusal=Refusal.RATE_LIMITED)
+        self.retry_after_s = retry_after_s
 
 
 class PayloadTooLarge(OrchestratorError):

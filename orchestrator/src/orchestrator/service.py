@@ -125,7 +125,11 @@ async def start_orchestrator(
     http_host = await resolve_http_bind(settings, backend)
     await backend.check_host_paths(settings.projects_dir)
     # Without persistence the manager keeps its ended jobs in a temporary store of its own.
-    store = SqliteJobStore(settings.store_path) if settings.persist else None
+    store = (
+        SqliteJobStore(settings.store_path, history_max_bytes=settings.job_history_max_bytes)
+        if settings.persist
+        else None
+    )
     sealer = GrantSealer(settings.secrets_key) if settings.secrets_key else None
     manager = ContainerJobManager(
         settings,

@@ -101,6 +101,11 @@ class Settings:
     persist: bool = True
 
     http_max_body_bytes: int = 32 * 1024 * 1024
+    # Status lines and events a job may send: a token bucket per job (rate 0: unlimited).
+    job_event_rate: float = 50.0
+    job_event_burst: int = 500
+    # What a job's history (events, status lines) may hold, in memory and in the store.
+    job_history_max_bytes: int = 4 * 1024 * 1024
     log_tail_lines: int = 200
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -237,6 +242,9 @@ class Settings:
             http_max_body_bytes=r.get("ORCHESTRATOR_HTTP_MAX_BODY_MB", _int_range(16, 1024), 32)
             * 1024
             * 1024,
+            job_event_rate=r.get("JOB_EVENT_RATE", _float_range(0.0, 100_000.0), 50.0),
+            job_event_burst=r.get("JOB_EVENT_BURST", _int_range(1, 1_000_000), 500),
+            job_history_max_bytes=r.get("JOB_HISTORY_MAX_MB", _int_range(1, 1024), 4) * 1024 * 1024,
             log_tail_lines=r.get("JOB_LOG_TAIL_LINES", _int_range(0, 100_000), 200),
             log_level=r.get("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO"),
             log_format=r.get("LOG_FORMAT", _choice(LOG_FORMATS), "auto"),

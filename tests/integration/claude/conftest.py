@@ -29,14 +29,16 @@ UPSTREAM_KEY = "sk-ant-upstream-" + "k" * 24
 
 
 class RecordingAnthropic(FakeAnthropic):
-    """The fake Anthropic API, also recording each request's query string."""
+    """The fake Anthropic API, also recording each request's query string and raw body."""
 
     def __init__(self, api_key: str = UPSTREAM_KEY) -> None:
         super().__init__(api_key=api_key)
         self.query_strings: list[str] = []
+        self.raw_bodies: list[bytes] = []  # exactly what arrived, before any JSON decoding
 
     async def _record(self, request: web.Request) -> ReceivedRequest:
         self.query_strings.append(request.query_string)
+        self.raw_bodies.append(await request.read())
         return await super()._record(request)
 
 

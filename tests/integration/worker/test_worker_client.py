@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -12,6 +13,7 @@ from tests.fakes.fake_worker_api import FakeWorkerApi, text_answer
 from worker.client import (
     BudgetExhausted,
     FollowUpPrompt,
+    RateLimited,
     RetryPolicy,
     TokenRejected,
     WorkerApiClient,
@@ -243,3 +245,59 @@ async def test_reconnects_after_the_server_closed_the_connection(
     job = await asyncio.to_thread(client.get_job)
     assert job["job_id"] == fake_api.job_id
     assert len({r.peer for r in fake_api.to("job")}) == 2
+
+
+# -- rate limits: wait and send again, never the end of the job -----------------------------
+
+
+async def test_a_rate_limited_event_is_sent_again_after_retry_after(
+    fake_api: FakeWorkerApi, make_client: MakeClient
+) -> None:
+    fake_api.fail(
+        "event", 429, times=2, error="rate_limited", refusal="rate_limited", retry_after="1"
+    )
+    client = make_client()
+    await asyncio.to_thread(client.post_event, "message", {"role": "assistant", "content": "hi"})
+    assert [r.status for r in fake_api.to("event")] == [429, 429, 200]
+    assert fake_api.events == [("message", {"role": "assistant", "content": "hi"})]
+
+
+async def test_a_status_line_still_rate_limited_after_the_retries_is_dropped_and_logged(
+    fake_api: FakeWorkerApi, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_api.fail(
+        "status", 429, times=10, error="rate_limited", refusal="rate_limited", retry_after="1"
+    )
+    fake_api.fail(
+        "event", 429, times=10, error="rate_limited", refusal="rate_limited", retry_after="1"
+    )
+    client = make_client(retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02))
+    with caplog.at_level(logging.WARNING, logger="worker.client"):
+        await asyncio.to_thread(client.post_status, "iteration 3", 3)  # returns: no exception
+        await asyncio.to_thread(client.post_event, "message", {"content": "x"})
+    assert len(fake_api.to("status")) == 3
+    assert len(fake_api.to("event")) == 3
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 2, dropped
+    assert fake_api.token not in caplog.text
+    # The client goes on working.
+    job = await asyncio.to_thread(client.get_job)
+    assert job["job_id"] == fake_api.job_id
+
+
+async def test_a_rate_limit_is_not_a_budget(
+    fake_api: FakeWorkerApi, make_client: MakeClient
+) -> None:
+    fake_api.fail("llm/complete", 429, times=10, error="rate_limited", refusal="rate_limited")
+    client = make_client(retry=RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=0.02))
+    with pytest.raises(RateLimited) as info:
+        await asyncio.to_thread(client.complete, [{"role": "user", "content": "x"}])
+    assert not isinstance(info.value, BudgetExhausted)
+    assert isinstance(info.value, WorkerApiError)
+    assert len(fake_api.to("llm/complete")) == 2
+    # A budget 429 is still final at once.
+    fake_api._failures["llm/complete"].clear()
+    fake_api.fail("llm/complete", 429, error="budget_exceeded", refusal="call_budget_exhausted")
+    with pytest.raises(BudgetExhausted):
+        await asyncio.to_thread(client.complete, [{"role": "user", "content": "x"}])
+    assert len(fake_api.to("llm/complete")) == 3

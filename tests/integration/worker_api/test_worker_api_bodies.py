@@ -8,12 +8,23 @@ from typing import Any
 
 import pytest
 
+from ironclaw_contract.worker_api import MAX_COMPLETE_BODY_BYTES, MAX_REPORT_BODY_BYTES
 from orchestrator.domain.jobs import CreateJobRequest, JobState
 
 pytestmark = pytest.mark.docker
 
 LIMIT = 16 * 1024 * 1024  # ORCHESTRATOR_HTTP_MAX_BODY_MB=16 on the module orchestrator
 POST_ROUTES = ["status", "event", "complete", "llm/complete", "llm/complete_with_tools"]
+# Status lines, events and results need far less than LLM calls: their routes read less.
+REPORT_ROUTES = ("status", "event", "complete")
+
+
+def _limit(route: str) -> int:
+    if route == "complete":
+        return MAX_COMPLETE_BODY_BYTES
+    return MAX_REPORT_BODY_BYTES if route in REPORT_ROUTES else LIMIT
+
+
 WORKER_ROUTES = {
     "/worker/{job_id}/job": "get",
     "/worker/{job_id}/credentials": "get",
@@ -43,21 +54,23 @@ async def test_a_body_over_the_limit_is_413_json(
     api: Any, shared_orch: Any, idle_job: Any, openai_fake: Any, route: str
 ) -> None:
     # Valid JSON all the way, so only the size can be the reason.
-    body = json.dumps({"message": "x" * (LIMIT + 1024)}).encode()
+    body = json.dumps({"message": "x" * (_limit(route) + 1024)}).encode()
     provider_calls = len(openai_fake.requests)
     reply = await api.request("POST", _path(idle_job, route), token=idle_job.token, data=body)
     message = reply.expect_error(413, "body_too_large")
-    assert str(LIMIT) in message
+    assert str(_limit(route)) in message
     assert shared_orch.manager.get_job(idle_job.job.job_id).state is JobState.RUNNING
     assert len(openai_fake.requests) == provider_calls  # nothing was forwarded
 
 
+@pytest.mark.parametrize("route", ["status", "llm/complete"])
 async def test_a_body_just_under_the_limit_is_read(
-    api: Any, shared_orch: Any, idle_job: Any
+    api: Any, shared_orch: Any, idle_job: Any, route: str
 ) -> None:
-    # Near the limit the body is read whole and judged on its schema (status text is bounded).
-    body = json.dumps({"message": "x" * (LIMIT - 1024)}).encode()
-    reply = await api.request("POST", _path(idle_job, "status"), token=idle_job.token, data=body)
+    # Near the limit the body is read whole and judged on its schema (status text is bounded;
+    # an LLM call needs messages).
+    body = json.dumps({"message": "x" * (_limit(route) - 1024)}).encode()
+    reply = await api.request("POST", _path(idle_job, route), token=idle_job.token, data=body)
     assert "message" in reply.expect_error(422, "invalid_body")
 
 

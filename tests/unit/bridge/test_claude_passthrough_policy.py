@@ -113,6 +113,55 @@ def test_bad_bodies_and_refused_models() -> None:
         )
 
 
+def _prepare(raw: bytes) -> tuple[bytes, str]:
+    return prepare_request_body(raw, limits=LIMITS, aliases=ALIASES, allowlist=())
+
+
+def test_a_duplicate_key_is_refused_so_nothing_but_what_was_checked_goes_out() -> None:
+    # The check would read one model and the upstream another.
+    raw = b'{"model": "claude-opus-5-5", "max_tokens": 10, "model": "claude-sonnet-5-5"}'
+    with pytest.raises(InvalidArgument, match="'model' appears twice"):
+        _prepare(raw)
+    with pytest.raises(InvalidArgument, match="'type' appears twice"):
+        _prepare(
+            _body(messages=[]).replace(b'"messages": []', b'"messages": [{"type": 1, "type": 2}]')
+        )
+
+
+def test_max_tokens_as_a_whole_float_is_clamped_and_sent_as_an_integer() -> None:
+    out, _ = _prepare(_body(max_tokens=64000.0))
+    assert b'"max_tokens":8192' in out
+    assert json.loads(out)["max_tokens"] == 8192
+    # A whole float under the cap is sent as the integer too (the bytes change, so the checked
+    # body is what goes out).
+    out, _ = _prepare(_body(max_tokens=512.0))
+    assert b'"max_tokens":512,' in out
+    out, _ = _prepare(_body(thinking={"type": "enabled", "budget_tokens": 2048.0}))
+    assert json.loads(out)["thinking"]["budget_tokens"] == 2048
+    assert b"2048.0" not in out
+
+
+@pytest.mark.parametrize("value", [64000.5, "64000", True, None, [1], {"n": 1}, -5, float("inf")])
+def test_max_tokens_that_is_not_a_whole_number_is_refused(value: Any) -> None:
+    raw = json.dumps({"model": "claude-sonnet-5-5", "max_tokens": value, "messages": []})
+    with pytest.raises(InvalidArgument, match="max_tokens"):
+        _prepare(raw.replace("Infinity", "1e400").encode())
+
+
+def test_a_fractional_thinking_budget_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"thinking\.budget_tokens"):
+        _prepare(_body(thinking={"type": "enabled", "budget_tokens": 1024.5}))
+
+
+def test_a_body_nested_past_the_bound_is_refused_before_any_recursion() -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    raw = b'{"model": "claude-sonnet-5-5", "messages": ' + deep + b"}"
+    with pytest.raises(InvalidArgument, match="nested deeper than 64"):
+        _prepare(raw)
+    within = b"[" * 60 + b"]" * 60
+    assert _prepare(b'{"model": "claude-sonnet-5-5", "messages": ' + within + b"}")[1]
+
+
 # -- metering --------------------------------------------------------------------------------
 
 

@@ -3,10 +3,13 @@
 Standard library only. One keep-alive connection is reused across calls (reconnecting after a
 failure): the agent makes many small calls and a fresh TCP connection per call costs more than the
 call itself. Every call has a connect and a read timeout; connection errors and 502/503 answers are
-retried with exponential backoff and jitter, bounded in attempts and in total time. A 401 is never
-retried: it means the job is over or the token was revoked, so the caller must stop. A refusal is
-told apart by the ``refusal`` code of the error body (``ironclaw_contract.worker_api.Refusal``),
-never by its status alone or by the English of its message.
+retried with exponential backoff and jitter, bounded in attempts and in total time, and so is a
+429 whose refusal is ``rate_limited`` (after the server's ``Retry-After``): too many status lines
+or events for a moment, not a budget. A status line or event still refused after that is
+dropped with a log line; it never ends the job. A 401 is never retried: it means the job is over
+or the token was revoked, so the caller must stop. A refusal is told apart by the ``refusal``
+code of the error body (``ironclaw_contract.worker_api.Refusal``), never by its status alone or
+by the English of its message.
 """
 
 from __future__ import annotations
@@ -23,18 +26,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ironclaw_contract.worker_api import LLM_REFUSALS
+from ironclaw_contract import json_bounds
+from ironclaw_contract.worker_api import (
+    LLM_REFUSALS,
+    MAX_COMPLETE_DETAILS_BYTES,
+    MAX_COMPLETE_MESSAGE_CHARS,
+    MAX_EVENT_JSON_BYTES,
+    MAX_EVENT_STRING_CHARS,
+    MAX_STATUS_CHARS,
+    Refusal,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 15.0
 DEFAULT_LLM_TIMEOUT_S = 300.0
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
-
-# Event data is bounded before it leaves the container; the server bounds it too, but a huge
-# tool output should not cost a 413 and lose the whole event.
-MAX_EVENT_STRING_CHARS = 16_000
-MAX_EVENT_JSON_CHARS = 64_000
 
 _RETRY_STATUSES = frozenset({502, 503})
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
@@ -69,13 +76,19 @@ class BudgetExhausted(WorkerApiError):
     the job can succeed either."""
 
 
+class RateLimited(WorkerApiError):
+    """The server answered 429 ``rate_limited`` and kept doing so through the retries: too many
+    calls in a short time. Waiting helps; it is not a reason to end the job's work."""
+
+
 class WorkerConnectionError(WorkerClientError):
     """The orchestrator could not be reached, even after the retries the policy allows."""
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How connection errors and 502/503 answers are retried.
+    """How connection errors, 502/503 answers and rate-limit refusals are retried (a refusal
+    after the server's ``Retry-After``, capped at ``max_delay_s``).
 
     A new attempt starts only while ``attempt < max_attempts`` and the time spent so far plus the
     next delay stays within ``max_total_s``.
@@ -102,40 +115,19 @@ class FollowUpPrompt:
     done: bool
 
 
-def truncate_text(text: str, limit: int) -> str:
-    """Cuts ``text`` to ``limit`` characters, saying how many were dropped."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}…[truncated {len(text) - limit} chars]"
+truncate_text = json_bounds.truncate_text
 
 
 def bound_json(
     value: Any,
     *,
     max_string: int = MAX_EVENT_STRING_CHARS,
-    max_total: int = MAX_EVENT_JSON_CHARS,
+    max_total: int = MAX_EVENT_JSON_BYTES,
 ) -> Any:
-    """Returns ``value`` with long strings truncated so that its JSON stays near ``max_total``.
-
-    Strings are cut to ``max_string`` characters first; when the whole is still too large the
-    per-string limit shrinks until it fits (or reaches a floor, for values made of many keys).
-    """
-    limit = max_string
-    while True:
-        bounded = _truncate_strings(value, limit)
-        if limit <= 256 or len(json.dumps(bounded, ensure_ascii=False)) <= max_total:
-            return bounded
-        limit //= 4
-
-
-def _truncate_strings(value: Any, limit: int) -> Any:
-    if isinstance(value, str):
-        return truncate_text(value, limit)
-    if isinstance(value, Mapping):
-        return {key: _truncate_strings(item, limit) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_truncate_strings(item, limit) for item in value]
-    return value
+    """``value`` with long strings cut (with a marker) so that its JSON is at most
+    ``max_total`` bytes, as the orchestrator bounds it on receipt
+    (:func:`ironclaw_contract.json_bounds.bound_json`)."""
+    return json_bounds.bound_json(value, max_bytes=max_total, max_string=max_string)
 
 
 class WorkerApiClient:
@@ -268,16 +260,24 @@ class WorkerApiClient:
     def post_status(self, message: str, iteration: int, state: str | None = None) -> None:
         """``POST /status``: a progress line for watchers."""
         body: dict[str, Any] = {
-            "message": truncate_text(message, MAX_EVENT_STRING_CHARS),
+            "message": truncate_text(message, MAX_STATUS_CHARS),
             "iteration": iteration,
         }
         if state is not None:
             body["state"] = state
-        self.request("POST", "status", body)
+        try:
+            self.request("POST", "status", body)
+        except RateLimited as exc:
+            log.warning("status line dropped, the orchestrator is rate limiting: %s", exc.message)
 
     def post_event(self, event_type: str, data: Mapping[str, Any]) -> None:
-        """``POST /event``: one job event; long strings in ``data`` are truncated with a marker."""
-        self.request("POST", "event", {"event_type": event_type, "data": bound_json(data)})
+        """``POST /event``: one job event; long strings in ``data`` are truncated with a marker.
+        An event the orchestrator still rate-limits after the retries is dropped (logged)."""
+        body = {"event_type": event_type, "data": bound_json(data)}
+        try:
+            self.request("POST", "event", body)
+        except RateLimited as exc:
+            log.warning("%s event dropped, the orchestrator is rate limiting: %s", event_type, exc)
 
     def get_prompt(self) -> FollowUpPrompt | None:
         """``GET /prompt``: the next queued follow-up, or ``None`` when nothing is queued (204)."""
@@ -301,12 +301,12 @@ class WorkerApiClient:
         """``POST /complete``: the job's one final result. The token is revoked afterwards."""
         body: dict[str, Any] = {
             "success": success,
-            "message": truncate_text(message, MAX_EVENT_JSON_CHARS),
+            "message": truncate_text(message, MAX_COMPLETE_MESSAGE_CHARS),
         }
         if iterations is not None:
             body["iterations"] = iterations
         if details is not None:
-            body["details"] = bound_json(details)
+            body["details"] = bound_json(details, max_total=MAX_COMPLETE_DETAILS_BYTES)
         self.request("POST", "complete", body)
 
     # -- transport ---------------------------------------------------------------------------
@@ -325,10 +325,11 @@ class WorkerApiClient:
         starting with ``/`` is relative to the orchestrator URL instead (``"/health"``).
         ``timeout`` is the read timeout in seconds (default: the client's ``timeout``).
 
-        Raises :class:`TokenRejected` on 401, :class:`BudgetExhausted` on an LLM refusal (429
-        or 403 with its refusal code), :class:`WorkerApiError` on any other error status
-        (502/503 after the retries; ``refusal`` set when the body has one), and
-        :class:`WorkerConnectionError` when the server stays unreachable.
+        Raises :class:`TokenRejected` on 401, :class:`RateLimited` on a rate-limit 429 (after
+        the retries), :class:`BudgetExhausted` on an LLM refusal (429 or 403 with its refusal
+        code), :class:`WorkerApiError` on any other error status (502/503 after the retries;
+        ``refusal`` set when the body has one), and :class:`WorkerConnectionError` when the
+        server stays unreachable.
         """
         target = self._root + path if path.startswith("/") else self._job_prefix + path
         payload = None
@@ -354,7 +355,7 @@ class WorkerApiClient:
                 error: BaseException | None = exc
                 failure = f"{type(exc).__name__}: {exc}"
             else:
-                if status not in _RETRY_STATUSES:
+                if status not in _RETRY_STATUSES and not _is_rate_limited(status, data):
                     return status, data
                 error = None
                 failure = f"HTTP {status}"
@@ -461,9 +462,15 @@ def _decode(status: int, data: bytes) -> Any:
     code, message, refusal = _error_fields(status, data)
     if status == 401:
         raise TokenRejected(f"worker token rejected ({code}): {message}")
+    if status == 429 and refusal == Refusal.RATE_LIMITED:
+        raise RateLimited(status, code, message, refusal)
     if status in (403, 429) and refusal in LLM_REFUSALS:
         raise BudgetExhausted(status, code, message, refusal)
     raise WorkerApiError(status, code, message, refusal)
+
+
+def _is_rate_limited(status: int, data: bytes) -> bool:
+    return status == 429 and _error_fields(status, data)[2] == Refusal.RATE_LIMITED
 
 
 def _error_fields(status: int, data: bytes) -> tuple[str, str, str | None]:
@@ -472,7 +479,7 @@ def _error_fields(status: int, data: bytes) -> tuple[str, str, str | None]:
     text = data.decode("utf-8", errors="replace")
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict):
         code = body.get("error")

@@ -14,6 +14,10 @@ from typing import Any
 
 from orchestrator.secrets import Secret
 
+# How many bytes of a job's history (its events and status lines) are kept, in memory and in the
+# store, unless JOB_HISTORY_MAX_MB says otherwise; state changes and the result always are.
+HISTORY_MAX_BYTES = 4 * 1024 * 1024
+
 
 class JobState(enum.Enum):
     """Where a job is in its life: Creating → Running → Stopped | Failed."""

@@ -48,6 +48,8 @@ from orchestrator.errors import (
     ModelNotAllowed,
     OrchestratorError,
 )
+from orchestrator.http_api.bodies import read_body
+from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.ledger import Reservation
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm import policy
@@ -125,6 +127,7 @@ class MessagesRequest:
     body: dict[str, Any]
     model: str
     requested_model: str
+    normalized: bool = False  # a count given as a float was made an int
 
     @property
     def max_tokens(self) -> int | None:
@@ -140,27 +143,43 @@ def parse_request_body(
     allowlist: Iterable[str],
 ) -> MessagesRequest:
     """Parses a Messages (or count_tokens) body and resolves its model against the job's
-    policy (ModelNotAllowed for a model the job may not use)."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise InvalidArgument("request body is not valid JSON") from None
+    policy (ModelNotAllowed for a model the job may not use).
+
+    The body must be strict JSON (no duplicate key, so the upstream reads the same document as
+    this check; nesting within ``MAX_JSON_DEPTH``), and ``max_tokens`` (and a thinking budget)
+    a whole number: ``64000.0`` counts as 64000, ``64000.5`` or ``"64000"`` is refused (400)."""
+    body = loads_strict(raw)
     if not isinstance(body, dict):
         raise InvalidArgument("request body must be a JSON object")
     requested = body.get("model")
     if not isinstance(requested, str) or not requested.strip():
         raise InvalidArgument("model: Field required")
     model = resolve_claude_model(requested, limits.claude_model, aliases, allowlist)
-    return MessagesRequest(raw=raw, body=body, model=model, requested_model=requested)
+    normalized = False
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and "budget_tokens" in thinking:
+        budget, was_float = _whole_number(thinking["budget_tokens"], "thinking.budget_tokens")
+        if was_float:
+            body["thinking"] = {**thinking, "budget_tokens": budget}
+            normalized = True
+    if "max_tokens" in body:
+        max_tokens, was_float = _whole_number(body["max_tokens"], "max_tokens")
+        if was_float:
+            body["max_tokens"] = max_tokens
+            normalized = True
+    return MessagesRequest(
+        raw=raw, body=body, model=model, requested_model=requested, normalized=normalized
+    )
 
 
 def upstream_body(request: MessagesRequest, max_tokens: int | None) -> bytes:
-    """The bytes to send upstream: the original ones unless the model was an alias or the
-    call may ask for fewer output tokens than it did (``max_tokens`` from the ledger, which
-    caps it to the per-call limit and to what the budget still allows)."""
+    """The bytes to send upstream: the original ones unless something was changed (an alias
+    mapped, a count given as a float, or the call may ask for fewer output tokens than it did:
+    ``max_tokens`` from the ledger, which caps it to the per-call limit and to what the budget
+    still allows); then the checked body itself is serialized and sent."""
     body = request.body
-    changed = request.model != request.requested_model
-    if changed:
+    changed = request.normalized or request.model != request.requested_model
+    if request.model != request.requested_model:
         body = {**body, "model": request.model}
     if max_tokens is not None and (request.max_tokens is None or request.max_tokens > max_tokens):
         body = {**body, "max_tokens": max_tokens}
@@ -168,7 +187,11 @@ def upstream_body(request: MessagesRequest, max_tokens: int | None) -> bytes:
         changed = True
     if not changed:
         return request.raw
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a number out of float range (1e400) came in as infinity
+        raise InvalidArgument("request body has a number out of range") from None
+    return text.encode()
 
 
 def prepare_request_body(
@@ -184,6 +207,36 @@ def prepare_request_body(
     wanted = request.max_tokens
     cap = policy.cap_max_tokens(wanted, limits.llm_max_tokens_per_call) if wanted else None
     return upstream_body(request, cap), request.model
+
+
+def _whole_number(value: Any, name: str) -> tuple[int, bool]:
+    """``value`` as an int, and whether it came as a float (64000.0); raises InvalidArgument
+    for anything else (a fraction, a string, a boolean, null, a negative count)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{name}: must be a whole number, got {_json_type(value)}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidArgument(f"{name}: must be a whole number, got {value!r}")
+        value_int, was_float = int(value), True
+    else:
+        value_int, was_float = value, False
+    if value_int < 0:
+        raise InvalidArgument(f"{name}: must not be negative, got {value_int}")
+    return value_int, was_float
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def _fit_thinking_budget(body: dict[str, Any], max_tokens: int) -> None:
@@ -253,7 +306,7 @@ class UsageMeter:
             return
         try:
             document = json.loads(bytes(self._body))
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if isinstance(document, dict):
             self._add(document.get("usage"))
@@ -265,7 +318,7 @@ class UsageMeter:
             return
         try:
             event = json.loads(line[5:])
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if not isinstance(event, dict):
             return
@@ -346,6 +399,7 @@ class AnthropicPassthrough:
         )
         self._aliases = settings.claude_model_aliases
         self._allowlist = settings.llm_model_allowlist
+        self._max_body = settings.http_max_body_bytes
         self._session: aiohttp.ClientSession | None = None
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -384,12 +438,7 @@ class AnthropicPassthrough:
                     "ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN",
                     retry=False,
                 )
-            try:
-                raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return anthropic_error(
-                    413, "request_too_large", "request body exceeds the size limit", retry=False
-                )
+            raw = await read_body(request, self._max_body)
             try:
                 parsed = parse_request_body(
                     raw, limits=job.limits, aliases=self._aliases, allowlist=self._allowlist
@@ -571,7 +620,7 @@ def _response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 def _error_text(raw: bytes) -> str:
     try:
         document = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw.decode(errors="replace").strip()[:300] or "no details"
     error = document.get("error") if isinstance(document, dict) else None
     if isinstance(error, dict):

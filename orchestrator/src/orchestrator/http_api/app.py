@@ -8,7 +8,6 @@ the spec's codes, never a stack trace; ``refusal`` is the code a client acts on.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,19 +15,28 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from ironclaw_contract.worker_api import Refusal
+from ironclaw_contract.json_bounds import json_size
+from ironclaw_contract.worker_api import (
+    MAX_COMPLETE_BODY_BYTES,
+    MAX_COMPLETE_DETAILS_BYTES,
+    MAX_REPORT_BODY_BYTES,
+    Refusal,
+)
 from orchestrator.errors import (
     ErrorKind,
     InvalidArgument,
     OrchestratorError,
-    PayloadTooLarge,
+    RateLimited,
     SchemaViolation,
     Unauthenticated,
 )
 from orchestrator.http_api import schemas
 from orchestrator.http_api.anthropic_route import add_anthropic_routes
+from orchestrator.http_api.bodies import check_declared_length, read_body
 from orchestrator.http_api.job_info import build_job_info
 from orchestrator.http_api.openapi import build_openapi
+from orchestrator.http_api.rate_limit import JobRateLimiter, call_cost, retry_after_header
+from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.start_gate import START_HOLD_S
 from orchestrator.llm.proxy import LlmProxy
@@ -42,6 +50,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MANAGER_KEY = web.AppKey("manager", ContainerJobManager)
 PROXY_KEY = web.AppKey("proxy", LlmProxy)
+MAX_BODY_KEY = web.AppKey("max_body", int)
 _BEARER = "Bearer "
 
 
@@ -59,6 +68,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turns every failure into the spec's JSON error body."""
     try:
         return await handler(request)
+    except RateLimited as exc:
+        response = error_response(exc.kind, exc.message, exc.refusal)
+        response.headers["Retry-After"] = retry_after_header(exc.retry_after_s)
+        return response
     except OrchestratorError as exc:
         return error_response(exc.kind, exc.message, exc.refusal)
     except web.HTTPRequestEntityTooLarge as exc:
@@ -148,20 +161,23 @@ def authenticate_llm_key(request: web.Request) -> str:
     return job_id
 
 
-async def parse_body(request: web.Request, model: type[M]) -> M:
-    """Reads and validates a JSON body: 400 if it is not JSON, 422 if it breaks the schema."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"request body exceeds {exc.text}") from None
+async def parse_body(
+    request: web.Request, model: type[M], limit: int | None = None, raw: bytes | None = None
+) -> M:
+    """Reads (unless ``raw`` was) and validates a JSON body: 413 over ``limit`` bytes (default:
+    the application's limit), 400 if it is not strict JSON (duplicate keys, nesting deeper than
+    ``MAX_JSON_DEPTH``), 422 if it breaks the schema."""
+    if raw is None:
+        raw = await read_body(request, limit or request.app[MAX_BODY_KEY])
     if not raw:
         raise InvalidArgument("request body is empty: send a JSON object")
+    # Parsed once, strictly, then validated from the parsed value: the same strict types as
+    # validating the bytes, for a microsecond or two more on a small body.
+    value = loads_strict(raw)
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate(value)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
-        if any(e["type"] == "json_invalid" for e in errors):
-            raise InvalidArgument("request body is not valid JSON") from None
         described = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors[:5]
         )
@@ -172,27 +188,21 @@ def _ok() -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def _bounded(value: Any, limit: int = schemas.MAX_EVENT_TEXT, depth: int = 0) -> Any:
-    """Truncates long strings inside event data, with a marker saying how much was cut."""
-    if isinstance(value, str):
-        if len(value) > limit:
-            return value[:limit] + f"…[truncated {len(value) - limit} chars]"
-        return value
-    if depth > 8:
-        return "…[truncated: nested too deep]"
-    if isinstance(value, dict):
-        return {str(k)[:256]: _bounded(v, limit, depth + 1) for k, v in list(value.items())[:200]}
-    if isinstance(value, list):
-        return [_bounded(v, limit, depth + 1) for v in value[:200]]
-    return value
-
-
 class WorkerApi:
     """Route handlers; each is a thin call into the job manager or the LLM proxy."""
 
     def __init__(self, manager: ContainerJobManager, proxy: LlmProxy) -> None:
         self._manager = manager
         self._proxy = proxy
+        settings = manager.settings
+        # One bucket per job for status lines and events together: what a job can make the
+        # orchestrator record, and every watcher relay, per second.
+        self._reports = JobRateLimiter(
+            settings.job_event_rate,
+            settings.job_event_burst,
+            what="status lines and events",
+            setting="JOB_EVENT_RATE, JOB_EVENT_BURST",
+        )
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -221,16 +231,30 @@ class WorkerApi:
         job_id = authenticate(request)
         return web.json_response(self._manager.served_tools(job_id))
 
+    async def _report_body(self, request: web.Request, job_id: str) -> bytes:
+        """A status or event body, once the job's rate allows it: checked before the body is
+        read (so a refusal costs nothing) on its declared length, charged for the rest after."""
+        check_declared_length(request, MAX_REPORT_BODY_BYTES)
+        declared = request.content_length
+        self._reports.check(job_id, call_cost(declared or 0))
+        raw = await read_body(request, MAX_REPORT_BODY_BYTES)
+        if declared is None:
+            self._reports.charge(job_id, call_cost(len(raw)) - 1)
+        return raw
+
     async def status(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.StatusRequest)
+        raw = await self._report_body(request, job_id)
+        body = await parse_body(request, schemas.StatusRequest, raw=raw)
         self._manager.record_status(job_id, body.message, body.iteration)
         return _ok()
 
     async def event(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.EventRequest)
-        self._manager.record_event(job_id, body.event_type, _bounded(body.data))
+        raw = await self._report_body(request, job_id)
+        body = await parse_body(request, schemas.EventRequest, raw=raw)
+        # The manager bounds the data (MAX_EVENT_JSON_BYTES), whoever records an event.
+        self._manager.record_event(job_id, body.event_type, body.data)
         return _ok()
 
     async def prompt(self, request: web.Request) -> web.Response:
@@ -242,10 +266,13 @@ class WorkerApi:
 
     async def complete_job(self, request: web.Request) -> web.StreamResponse:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.JobCompleteRequest)
-        details = body.details
-        if details is not None and len(json.dumps(details, default=str)) > 64_000:
-            raise SchemaViolation("details: larger than 64000 bytes of JSON")
+        body = await parse_body(request, schemas.JobCompleteRequest, MAX_COMPLETE_BODY_BYTES)
+        # Details are refused over their bound (the client bounds them before sending, so only
+        # a client that does not is told); a long message is cut by the manager instead.
+        if body.details is not None and json_size(body.details) > MAX_COMPLETE_DETAILS_BYTES:
+            raise SchemaViolation(
+                f"details: larger than {MAX_COMPLETE_DETAILS_BYTES} bytes of JSON"
+            )
         # The result is recorded, on disk, and the token revoked now; the container is stopped
         # only after this answer has been sent, so the agent is never killed mid-request.
         await self._manager.complete_job(
@@ -253,9 +280,10 @@ class WorkerApi:
             body.success,
             body.message,
             iterations=body.iterations,
-            details=details,
+            details=body.details,
             teardown=False,
         )
+        self._reports.forget(job_id)
         response = web.json_response({"status": "ok"})
         try:
             await response.prepare(request)
@@ -266,11 +294,12 @@ class WorkerApi:
 
     async def llm_complete(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.CompleteRequest)
+        raw = await read_body(request, request.app[MAX_BODY_KEY])
+        body = await parse_body(request, schemas.CompleteRequest, raw=raw)
         result = await self._proxy.complete(
             job_id,
             [m.model_dump(exclude_none=True) for m in body.messages],
-            request_bytes=len(await request.read()),  # read once already: aiohttp keeps it
+            request_bytes=len(raw),  # bounds the input tokens the ledger holds
             max_tokens=body.max_tokens,
             model=body.model,
             temperature=body.temperature,
@@ -287,11 +316,12 @@ class WorkerApi:
 
     async def llm_complete_with_tools(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
-        body = await parse_body(request, schemas.CompleteWithToolsRequest)
+        raw = await read_body(request, request.app[MAX_BODY_KEY])
+        body = await parse_body(request, schemas.CompleteWithToolsRequest, raw=raw)
         result = await self._proxy.complete(
             job_id,
             [m.model_dump(exclude_none=True) for m in body.messages],
-            request_bytes=len(await request.read()),
+            request_bytes=len(raw),
             max_tokens=body.max_tokens,
             model=body.model,
             temperature=body.temperature,
@@ -330,6 +360,7 @@ def build_app(
     )
     app[MANAGER_KEY] = manager
     app[PROXY_KEY] = proxy
+    app[MAX_BODY_KEY] = manager.settings.http_max_body_bytes
     api = WorkerApi(manager, proxy)
     prefix = "/worker/{job_id}"
     app.router.add_get("/health", api.health)

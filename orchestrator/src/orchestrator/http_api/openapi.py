@@ -19,6 +19,9 @@ _ERRORS = {
     "422": "The body does not match the schema",
     "503": "The job is still starting (its workspace not yet verified): retry after Retry-After",
 }
+_REPORT_ERRORS = {
+    "429": "Too many status lines and events (refusal rate_limited): wait Retry-After seconds",
+}
 _LLM_ERRORS = {
     "403": "The model is not allowed for this job (refusal model_not_allowed)",
     "429": "The job's LLM budget is exhausted (refusal call_budget_exhausted or "
@@ -122,10 +125,14 @@ def build_openapi() -> dict[str, Any]:
                 "get": _operation("Custom tools granted to the job (MCP, WASM)", schemas.ToolsInfo)
             },
             "/worker/{job_id}/status": {
-                "post": _operation("Report status", schemas.OkBody, schemas.StatusRequest)
+                "post": _operation(
+                    "Report status", schemas.OkBody, schemas.StatusRequest, _REPORT_ERRORS
+                )
             },
             "/worker/{job_id}/event": {
-                "post": _operation("Record an event", schemas.OkBody, schemas.EventRequest)
+                "post": _operation(
+                    "Record an event", schemas.OkBody, schemas.EventRequest, _REPORT_ERRORS
+                )
             },
             "/worker/{job_id}/prompt": {"get": prompt_ok},
             "/worker/{job_id}/complete": {

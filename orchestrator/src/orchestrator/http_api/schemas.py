@@ -8,10 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ironclaw_contract.worker_api import Refusal
+from ironclaw_contract.worker_api import MAX_STATUS_CHARS, Refusal
 
 MAX_TEXT = 1_000_000
-MAX_EVENT_TEXT = 16_000
 EventType = Literal["message", "tool_use", "tool_result", "reasoning", "status"]
 
 
@@ -217,7 +216,7 @@ class ToolCompletionBody(CompletionBody):
 
 
 class StatusRequest(_Strict):
-    message: str = Field(max_length=10_000)
+    message: str = Field(max_length=MAX_STATUS_CHARS)
     iteration: NonNegativeInt | None = None
     state: str | None = Field(default=None, max_length=64)
 

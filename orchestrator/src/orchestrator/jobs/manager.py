@@ -37,6 +37,7 @@ from orchestrator.errors import (
     Unauthenticated,
 )
 from orchestrator.jobs.admission import AdmittedJob, admit, check_text, parse_job_id
+from orchestrator.jobs.bounds import bound_event_data, bound_result, bound_status_message
 from orchestrator.jobs.isolation import job_network_request
 from orchestrator.jobs.ledger import LlmLedger
 from orchestrator.jobs.lifecycle import JobLifecycle
@@ -238,6 +239,7 @@ class ContainerJobManager:
             llm_provider=self._llm_provider_name,
             wait_for_prompts=admitted.wait_for_prompts,
             history_limit=HISTORY_LIMIT,
+            history_max_bytes=self._settings.job_history_max_bytes,
             tools=admitted.tools,
         )
         self._table.add(job)
@@ -408,6 +410,7 @@ class ContainerJobManager:
         job = self._live_record(job_id)
         if job.state.is_terminal:
             return
+        message = bound_status_message(message)
         job.status_message = message
         if iteration is not None:
             job.iteration = iteration
@@ -419,9 +422,9 @@ class ContainerJobManager:
         job = self._live_record(job_id)
         if job.state.is_terminal:
             return
-        self._lifecycle.publish(
-            job, UpdateKind.EVENT, {"event_type": event_type, "data": dict(data)}
-        )
+        # Never more than the bound is kept, whatever arrived (long text cut with a marker).
+        bounded = bound_event_data(data)
+        self._lifecycle.publish(job, UpdateKind.EVENT, {"event_type": event_type, "data": bounded})
 
     def send_prompt(self, job_id: str, content: str, done: bool) -> None:
         """Queues a follow-up for the job's agent (read by ``GET /prompt``)."""
@@ -468,6 +471,7 @@ class ContainerJobManager:
         job = self._live_record(job_id)
         if job.state.is_terminal:
             raise FailedPrecondition(f"job {job.job_id} has already ended ({job.state.value})")
+        message, details = bound_result(message, details)
         reason = TerminalReason.COMPLETED if success else _failure_reason(details, job)
         self._lifecycle.finish(
             job,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.domain.jobs import (
+    HISTORY_MAX_BYTES,
     NO_TOOLS,
     GrantedTools,
     JobLimits,
@@ -115,12 +116,15 @@ def _shown_fields(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def record_from_json(data: dict[str, Any], history_limit: int) -> JobRecord:
+def record_from_json(
+    data: dict[str, Any], history_limit: int, history_max_bytes: int = HISTORY_MAX_BYTES
+) -> JobRecord:
     """A record as it was saved (its history is loaded separately)."""
     return JobRecord(
         **_shown_fields(data),
         order=data["order"],
         history_limit=history_limit,
+        history_max_bytes=history_max_bytes,
         container_id=data["container_id"],
         budget_refused=data["budget_refused"],
         sequence=data["sequence"],

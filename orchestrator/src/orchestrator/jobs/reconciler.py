@@ -69,7 +69,9 @@ class Reconciler:
         table.load_counts()
         live = 0
         for stored in table.store.load_unfinished(self._history_limit):
-            job = record_from_json(stored.data, self._history_limit)
+            job = record_from_json(
+                stored.data, self._history_limit, self._settings.job_history_max_bytes
+            )
             job.history.extend(stored.updates)
             if stored.updates:
                 job.sequence = max(job.sequence, stored.updates[-1].sequence)

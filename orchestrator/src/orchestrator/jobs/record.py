@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.domain.jobs import (
+    HISTORY_MAX_BYTES,
     NO_TOOLS,
     FollowUpPrompt,
     GrantedTools,
@@ -52,6 +53,7 @@ class JobRecord:
     llm_provider: str
     wait_for_prompts: bool
     history_limit: int
+    history_max_bytes: int = HISTORY_MAX_BYTES  # JOB_HISTORY_MAX_MB
     tools: GrantedTools = NO_TOOLS  # shared: most jobs have none
     state: JobState = JobState.CREATING
     started_at: datetime | None = None
@@ -79,7 +81,7 @@ class JobRecord:
     _held: list[JobUpdate] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.history = UpdateHistory(self.history_limit)
+        self.history = UpdateHistory(self.history_limit, self.history_max_bytes)
 
     @property
     def prompts(self) -> deque[FollowUpPrompt]:

@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from orchestrator.domain.jobs import JobState, JobUpdate, UpdateKind
+from orchestrator.domain.jobs import HISTORY_MAX_BYTES, JobState, JobUpdate, UpdateKind
 from orchestrator.logging import get_logger
 from orchestrator.store.base import JobStore, StoredJob
 from orchestrator.store.codec import payload_to_json, update_from_row
@@ -67,15 +67,55 @@ _UNFINISHED = (
     f"({', '.join('?' for _ in _TERMINAL_STATES)}) "
     "OR json_extract(data, '$.container_id') IS NOT NULL ORDER BY ord"
 )
+# A job's stored history is pruned each time it has grown by this share of its byte bound, down
+# to the bound less that share: so what is stored never exceeds the bound.
+_PRUNE_BYTES_DIVISOR = 8
+# What a row costs beyond its payload, in the bytes the bound counts (key, time, kind, b-tree).
+ROW_OVERHEAD = 64
+
+# Both statements rank a job's rows newest first, by count and by bytes (payload plus the row
+# overhead), and keep what is within both bounds; kept kinds count, and are never dropped.
+# ?1 job id, ?2 rows, ?3 bytes, ?4 and ?5 the kept kinds, ?6 the row overhead.
+_LOAD = """
+SELECT seq, time, kind, payload FROM (
+    SELECT seq, time, kind, payload,
+           ROW_NUMBER() OVER newest AS newer_rows,
+           SUM(LENGTH(payload) + ?6) OVER newest AS newer_bytes
+    FROM updates WHERE job_id = ?1
+    WINDOW newest AS (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING)
+) WHERE (newer_rows <= ?2 AND newer_bytes <= ?3) OR kind IN (?4, ?5) ORDER BY seq
+"""
+_INSERT = "INSERT OR REPLACE INTO updates (job_id, seq, time, kind, payload) VALUES (?, ?, ?, ?, ?)"
+_PRUNE = """
+DELETE FROM updates WHERE job_id = ?1 AND kind NOT IN (?4, ?5) AND seq IN (
+    SELECT seq FROM (
+        SELECT seq,
+               ROW_NUMBER() OVER newest AS newer_rows,
+               SUM(LENGTH(payload) + ?6) OVER newest AS newer_bytes
+        FROM updates WHERE job_id = ?1
+        WINDOW newest AS (ORDER BY seq DESC ROWS UNBOUNDED PRECEDING)
+    ) WHERE newer_rows > ?2 OR newer_bytes > ?3
+)
+"""
 
 
 class SqliteJobStore(JobStore):
     """A JobStore in one SQLite file."""
 
-    def __init__(self, path: Path, history_limit: int = 2000, *, temporary: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        history_limit: int = 2000,
+        history_max_bytes: int = HISTORY_MAX_BYTES,
+        *,
+        temporary: bool = False,
+    ) -> None:
         self._path = path
         self._temporary = temporary
         self._history_limit = history_limit
+        self._history_max_bytes = history_max_bytes
+        self._prune_slack = history_max_bytes // _PRUNE_BYTES_DIVISOR
+        self._prune_to = history_max_bytes - self._prune_slack
         path.parent.mkdir(parents=True, exist_ok=True)
         self._queue: queue.SimpleQueue[Callable[[sqlite3.Connection], None] | Future[None] | None]
         self._queue = queue.SimpleQueue()
@@ -84,17 +124,20 @@ class SqliteJobStore(JobStore):
         _add_missing_columns(conn)
         conn.commit()
         conn.close()
-        self._appended: dict[str, int] = {}
+        # job id → [updates, payload bytes] appended since its history was last pruned
+        self._appended: dict[str, list[int]] = {}
         self._reader: sqlite3.Connection | None = None
         self._writer = threading.Thread(target=self._run, name="job-store", daemon=True)
         self._writer.start()
 
     @classmethod
-    def temporary(cls, history_limit: int = 2000) -> SqliteJobStore:
+    def temporary(
+        cls, history_limit: int = 2000, history_max_bytes: int = HISTORY_MAX_BYTES
+    ) -> SqliteJobStore:
         """A store that lasts as long as the process (``ORCHESTRATOR_PERSIST=0``): ended jobs
         still go to disk rather than to memory, and nothing is left behind at close."""
         directory = Path(tempfile.mkdtemp(prefix="ironclaw-jobs-"))
-        return cls(directory / "orchestrator.db", history_limit, temporary=True)
+        return cls(directory / "orchestrator.db", history_limit, history_max_bytes, temporary=True)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
@@ -162,31 +205,29 @@ class SqliteJobStore(JobStore):
         self._queue.put(write)
 
     def append_update(self, job_id: str, update: JobUpdate) -> None:
-        row = (
-            job_id,
-            update.sequence,
-            update.time.isoformat(),
-            update.kind.value,
-            json.dumps(payload_to_json(update.kind, update.payload), default=str),
-        )
-        count = self._appended.get(job_id, 0) + 1
-        self._appended[job_id] = count
-        prune = count % _PRUNE_EVERY == 0
-        limit = self._history_limit
+        # ASCII JSON: what LENGTH() counts in SQL is then its bytes.
+        payload = json.dumps(payload_to_json(update.kind, update.payload), default=str)
+        row = (job_id, update.sequence, update.time.isoformat(), update.kind.value, payload)
+        appended = self._appended.get(job_id)
+        if appended is None:
+            appended = self._appended[job_id] = [0, 0]
+        appended[0] += 1
+        appended[1] += len(payload) + ROW_OVERHEAD
+        if appended[0] < _PRUNE_EVERY and appended[1] < self._prune_slack:
 
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO updates (job_id, seq, time, kind, payload) "
-                "VALUES (?, ?, ?, ?, ?)",
-                row,
-            )
-            if prune:
-                conn.execute(
-                    "DELETE FROM updates WHERE job_id = ? AND seq <= ? AND kind NOT IN (?, ?)",
-                    (job_id, update.sequence - limit, *_KEPT_KINDS),
-                )
+            def write(conn: sqlite3.Connection) -> None:
+                conn.execute(_INSERT, row)
 
-        self._queue.put(write)
+            self._queue.put(write)
+            return
+        appended[0] = appended[1] = 0
+        bounds = (job_id, self._history_limit, self._prune_to, *_KEPT_KINDS, ROW_OVERHEAD)
+
+        def write_and_prune(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT, row)
+            conn.execute(_PRUNE, bounds)
+
+        self._queue.put(write_and_prune)
 
     def forget_secrets(self, job_id: str) -> None:
         self._appended.pop(job_id, None)
@@ -202,7 +243,7 @@ class SqliteJobStore(JobStore):
 
     async def flush(self) -> None:
         if not self._writer.is_alive():
-            return  # closed: nothing is queued any more
+            return  # closed: nothing is queued any more, and nothing would answer
         future: Future[None] = Future()
         self._queue.put(future)
         await asyncio.wrap_future(future)
@@ -239,12 +280,8 @@ class SqliteJobStore(JobStore):
     def _updates(
         self, conn: sqlite3.Connection, job_id: str, history_limit: int
     ) -> list[JobUpdate]:
-        rows = conn.execute(
-            "SELECT seq, time, kind, payload FROM updates WHERE job_id = ? "
-            "AND (seq > (SELECT COALESCE(MAX(seq), 0) FROM updates WHERE job_id = ?) - ?"
-            " OR kind IN (?, ?)) ORDER BY seq",
-            (job_id, job_id, history_limit, *_KEPT_KINDS),
-        ).fetchall()
+        bounds = (history_limit, self._history_max_bytes, *_KEPT_KINDS, ROW_OVERHEAD)
+        rows = conn.execute(_LOAD, (job_id, *bounds)).fetchall()
         return [
             update_from_row(seq, time, kind, json.loads(payload))
             for seq, time, kind, payload in rows
