@@ -47,7 +47,7 @@ async def test_a_duplicate_model_key_is_refused_and_nothing_goes_upstream(
             f'{{"model": "{first}", "max_tokens": 1024, "stream": false, '
             f'"messages": {json.dumps(MESSAGES)}, "model": "{last}"}}'
         ).encode()
-        message = _refusal(*await _post(route, job.token, job.job_id, raw))
+        message = _refusal(*await _post(route, job.key, job.job_id, raw))
         assert "'model' appears twice" in message
     assert upstream.requests == []
     assert route.orch.manager.get_job(job.job_id).usage.calls == 0
@@ -62,7 +62,7 @@ async def test_max_tokens_as_a_float_is_clamped_and_forwarded_as_an_integer(
     raw = json.dumps(
         {"model": "claude-sonnet-5-5", "max_tokens": 64000.0, "stream": False, "messages": MESSAGES}
     ).encode()
-    status, _, text = await _post(route, job.token, job.job_id, raw)
+    status, _, text = await _post(route, job.key, job.job_id, raw)
     assert status == 200, text
     forwarded = upstream.raw_bodies[-1]
     assert b'"max_tokens":8192' in forwarded  # JOB_LLM_MAX_TOKENS_PER_CALL, an integer
@@ -80,7 +80,7 @@ async def test_max_tokens_that_is_not_a_whole_number_is_refused(
         f'{{"model": "claude-sonnet-5-5", "max_tokens": {value}, '
         f'"messages": {json.dumps(MESSAGES)}}}'
     ).encode()
-    assert "max_tokens" in _refusal(*await _post(route, job.token, job.job_id, raw))
+    assert "max_tokens" in _refusal(*await _post(route, job.key, job.job_id, raw))
     assert upstream.requests == []
 
 
@@ -92,7 +92,7 @@ async def test_a_body_within_policy_is_forwarded_byte_for_byte(
     upstream.enqueue_text("ok")
     raw = b'{"model": "claude-sonnet-5-5", "max_tokens": 1024, "stream": false, "messages": '
     raw += json.dumps(MESSAGES).encode() + b"}"
-    status, _, text = await _post(route, job.token, job.job_id, raw)
+    status, _, text = await _post(route, job.key, job.job_id, raw)
     assert status == 200, text
     assert upstream.raw_bodies[-1] == raw
 
@@ -106,6 +106,6 @@ async def test_deep_nesting_is_a_400_not_a_500(
     levels = depth - 1  # the body's own object is the first level
     raw = b'{"model": "claude-sonnet-5-5", "messages": ' + b"[" * levels + b"]" * levels + b"}"
     assert len(raw) <= BODY_LIMIT
-    message = _refusal(*await _post(route, job.token, job.job_id, raw))
+    message = _refusal(*await _post(route, job.key, job.job_id, raw))
     assert f"nested deeper than {MAX_JSON_DEPTH} levels" in message
     assert upstream.requests == []

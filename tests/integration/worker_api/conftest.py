@@ -1,10 +1,14 @@
-"""Fixtures for the worker HTTP API tests: one orchestrator per module on the real Docker engine
-(its LLM provider is the fake OpenAI server, through the real ``openai`` SDK), jobs created
-in-process, and an HTTP client that records every response body it sees so a test can assert
-that no secret ever came back.
+"""Fixtures for the worker HTTP API tests: one orchestrator per module on the in-memory engine
+(``tests/fakes/fake_backend.py``; the worker API is the real aiohttp server on a free port, its
+LLM provider the fake OpenAI server through the real ``openai`` SDK), jobs created in-process,
+and an HTTP client that records every response body it sees so a test can assert that no secret
+ever came back. No container runs: a test makes the calls a job's container would make, and
+the suite runs without an engine. The Docker suites prove the same paths with real containers.
 
 Tests that need other settings (no provider, Anthropic, a short timeout) start their own
-orchestrator with the function-scoped ``start_orch`` of ``tests/conftest.py``.
+orchestrator with this directory's ``start_orch``, on one in-memory engine per test (an
+orchestrator started again in the same test finds its jobs' containers there, as after a
+restart on a real engine).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from orchestrator.domain.jobs import (
 from orchestrator.secrets import Secret
 from orchestrator.service import Orchestrator, start_orchestrator
 from orchestrator.settings import Settings
+from tests.fakes.fake_backend import FakeBackend
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.helpers import wait_for
 
@@ -144,8 +149,9 @@ class JobFactory:
         limits: JobLimitOverrides | None = None,
         ready: bool = False,
     ) -> Job:
-        """A new job whose container runs the test agent; ``ready`` waits for the agent's
-        first status so later status checks cannot race it."""
+        """A new job; ``ready`` makes the calls the test agent's container would make when it
+        starts (``GET /job``, then its first status line), so later checks see an agent that
+        is up."""
         credentials = tuple(
             CredentialGrant(name=name, credential_type="api_token", value=Secret(v), env_name="")
             for name, v in (grants or {}).items()
@@ -160,10 +166,7 @@ class JobFactory:
         job = Job(created.job.job_id, created.token)
         self.created.append((orch, job.job_id))
         if ready:
-            await wait_for(
-                lambda: orch.manager.get_job(job.job_id).status_message == AGENT_READY_STATUS,
-                what="the test agent's first status",
-            )
+            await _agent_starts(orch, job)
         return job
 
     async def stop_all(self) -> None:
@@ -172,6 +175,49 @@ class JobFactory:
                 await asyncio.wait_for(orch.manager.stop_job(job_id), timeout=30)
 
         await asyncio.gather(*(stop(orch, job_id) for orch, job_id in self.created))
+
+
+async def _agent_starts(orch: Orchestrator, job: Job) -> None:
+    base = f"http://{orch.http_host}:{orch.http_port}/worker/{job.job_id}"
+    headers = {"Authorization": f"Bearer {job.token}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with session.get(f"{base}/job", headers=headers) as response:
+            assert response.status == 200, await response.text()
+        status = {"message": AGENT_READY_STATUS, "iteration": 1}
+        async with session.post(f"{base}/status", json=status, headers=headers) as response:
+            assert response.status == 200, await response.text()
+    await wait_for(
+        lambda: orch.manager.get_job(job.job_id).status_message == AGENT_READY_STATUS,
+        what="the agent's first status",
+    )
+
+
+# -- orchestrators on the in-memory engine -------------------------------------------------
+
+
+@pytest.fixture
+def test_agent_image() -> str:
+    """No image is run here: the name only fills WORKER_IMAGE."""
+    return "ironclaw-test-agent:in-memory"
+
+
+@pytest.fixture
+async def start_orch(test_instance: str) -> AsyncIterator[Callable[..., Any]]:
+    """Starts orchestrators on free ports, all on one in-memory engine; stops them after."""
+    backend = FakeBackend()
+    started: list[Orchestrator] = []
+
+    async def start(settings: Any, **kwargs: Any) -> Orchestrator:
+        orch = await start_orchestrator(
+            settings, backend=backend, grpc_port=0, http_port=0, reaper_interval=0.5, **kwargs
+        )
+        started.append(orch)
+        return orch
+
+    yield start
+    for orch in started:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(orch.stop(grace=1), timeout=30)
 
 
 # -- module-wide orchestrator --------------------------------------------------------------
@@ -213,8 +259,6 @@ def shared_settings_env(openai_server: FakeOpenAI, openai_key: str) -> dict[str,
 
 @pytest.fixture(scope="module")
 async def shared_orch(
-    docker_engine: Any,
-    test_agent_image: str,
     tmp_path_factory: pytest.TempPathFactory,
     shared_settings_env: dict[str, str],
 ) -> AsyncIterator[Orchestrator]:
@@ -226,26 +270,20 @@ async def shared_orch(
         {
             "IRONCLAW_BASE_DIR": str(base),
             "ORCHESTRATOR_INSTANCE": instance,
-            "WORKER_IMAGE": test_agent_image,
             "WORKER_MEMORY_MB": "256",
             "STOP_GRACE_S": "2",
             "LOG_FORMAT": "console",
             **shared_settings_env,
         }
     )
-    orch = await start_orchestrator(settings, grpc_port=0, http_port=0, reaper_interval=0.5)
+    orch = await start_orchestrator(
+        settings, backend=FakeBackend(), grpc_port=0, http_port=0, reaper_interval=0.5
+    )
     try:
         yield orch
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(orch.stop(grace=1), timeout=30)
-        for container in docker_engine.containers.list(
-            all=True, filters={"label": f"ironclaw.instance={instance}"}
-        ):
-            with contextlib.suppress(Exception):
-                print(f"--- log of {container.name} ---")
-                print(container.logs(tail=50).decode(errors="replace"))
-                container.remove(force=True)
 
 
 # -- per test ----------------------------------------------------------------------------
