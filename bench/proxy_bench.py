@@ -245,7 +245,8 @@ def orchestrator_env(instance: str, base_dir: Path, upstream_url: str) -> dict[s
             "ORCHESTRATOR_PORT": "0",
             "ORCHESTRATOR_HTTP_PORT": "0",
             "ORCHESTRATOR_HTTP_BIND": "127.0.0.1",
-            "WORKER_IMAGE": "ironclaw-test-agent:latest",
+            # The tag build-images.sh gave it (IRONCLAW_IMAGE_TAG), not another checkout's.
+            "WORKER_IMAGE": f"ironclaw-test-agent:{os.environ.get('IRONCLAW_IMAGE_TAG', 'latest')}",
             "WORKER_NETWORK": "host",
             "WORKER_MEMORY_MB": "256",
             "STOP_GRACE_S": "2",
