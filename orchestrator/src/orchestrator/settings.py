@@ -99,6 +99,12 @@ class Settings:
     persist: bool = True
 
     http_max_body_bytes: int = 32 * 1024 * 1024
+    # Worker-API connections: None follows the descriptor limit (http_api/connection_limits.py).
+    http_max_connections: int | None = None
+    http_max_connections_per_source: int = 64
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 60.0
+    http_idle_timeout_s: float = 60.0
     log_tail_lines: int = 200
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -232,6 +238,21 @@ class Settings:
             http_max_body_bytes=r.get("ORCHESTRATOR_HTTP_MAX_BODY_MB", _int_range(16, 1024), 32)
             * 1024
             * 1024,
+            http_max_connections=r.get(
+                "ORCHESTRATOR_HTTP_MAX_CONNECTIONS", _int_range(16, 1_000_000), None
+            ),
+            http_max_connections_per_source=r.get(
+                "ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE", _int_range(1, 1_000_000), 64
+            ),
+            http_header_timeout_s=r.get(
+                "ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S", _float_range(0.1, 3600.0), 10.0
+            ),
+            http_body_timeout_s=r.get(
+                "ORCHESTRATOR_HTTP_BODY_TIMEOUT_S", _float_range(0.1, 3600.0), 60.0
+            ),
+            http_idle_timeout_s=r.get(
+                "ORCHESTRATOR_HTTP_IDLE_TIMEOUT_S", _float_range(0.1, 86400.0), 60.0
+            ),
             log_tail_lines=r.get("JOB_LOG_TAIL_LINES", _int_range(0, 100_000), 200),
             log_level=r.get("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO"),
             log_format=r.get("LOG_FORMAT", _choice(LOG_FORMATS), "auto"),
