@@ -31,6 +31,7 @@ LABEL_NETWORK_JOB_ID = "ironclaw.network.job_id"
 SUBNET_PREFIX = 28
 RELAY_READY_TIMEOUT_S = 10.0
 
+
 class JobNetworkFailed(OrchestratorError):
     """The job's isolated network or its relay could not be set up."""
 
