@@ -7,6 +7,8 @@ It makes the real worker-API calls a job container makes, then does what its tas
   oom              allocate memory until the kernel kills it
   complete OK|FAIL [message]   report a result through /complete, then exit 0
   env              report the names of its environment variables as an event, then sleep
+  python CODE      run CODE (the rest of the task, newlines kept) with call() at hand, then
+                   wait to be stopped; what it prints is the container's log
 Standard library only.
 """
 
@@ -50,6 +52,11 @@ def main():
         success = words[1] == "OK"
         call("POST", "/complete", {"success": success, "message": " ".join(words[2:])})
         return 0
+    if action == "python":
+        code = job["task_description"].split(None, 1)[1]
+        exec(compile(code, "<task>", "exec"), {"__name__": "__task__", "call": call})
+        while True:
+            time.sleep(3600)
     if action == "env":
         call(
             "POST",

@@ -29,15 +29,16 @@ REPORT_EVERY = float(os.environ.get("RELAY_REPORT_INTERVAL_S", "60"))
 state = {"open": 0, "refused": 0, "timed_out": 0, "accept_errors": 0, "reported": 0.0}
 
 def report(force=False):
+    counts = {k: state[k] for k in ("refused", "timed_out", "accept_errors") if state[k]}
+    if not counts:
+        return
     now = time.monotonic()
     if not force and now - state["reported"] < REPORT_EVERY:
         return
-    counts = {k: state[k] for k in ("refused", "timed_out", "accept_errors") if state[k]}
-    if counts:
-        print("relay:", " ".join(f"{k}={v}" for k, v in counts.items()),
-              f"open={state['open']} in the last {REPORT_EVERY:.0f} s", flush=True)
-        for k in counts:
-            state[k] = 0
+    print("relay:", " ".join(f"{k}={v}" for k, v in counts.items()),
+          f"open={state['open']} (counts since the previous line)", flush=True)
+    for k in counts:
+        state[k] = 0
     state["reported"] = now
 
 async def pipe(reader, writer, activity):
