@@ -65,6 +65,8 @@ class Settings:
     job_network: str = "bridge"
     job_network_pool: str = "10.213.0.0/16"  # per-job subnets (/28) come from here
     job_relay_image: str | None = None  # None: the worker image (it has python3)
+    # Connections one job may hold open through its relay (containers/relay_script.py).
+    job_relay_max_connections: int = 64
     state_dir: Path | None = None  # ORCHESTRATOR_STATE_DIR; None: the base dir
     stop_grace_s: int = 10
 
@@ -207,6 +209,9 @@ class Settings:
             job_network=r.get("JOB_NETWORK", _choice(JOB_NETWORK_MODES), "bridge"),
             job_network_pool=r.get("JOB_NETWORK_POOL", _ipv4_pool, "10.213.0.0/16"),
             job_relay_image=r.get("JOB_RELAY_IMAGE", _nonempty, None),
+            job_relay_max_connections=r.get(
+                "JOB_RELAY_MAX_CONNECTIONS", _int_range(1, 100_000), 64
+            ),
             state_dir=r.get("ORCHESTRATOR_STATE_DIR", _path, None),
             stop_grace_s=r.get("STOP_GRACE_S", _int_range(0, 600), 10),
             claude_image=r.get("CLAUDE_CODE_IMAGE", _nonempty, "ironclaw-claude:latest"),

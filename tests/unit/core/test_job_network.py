@@ -96,11 +96,11 @@ def test_projects_base_must_be_mounted_at_its_host_path() -> None:
         check_mapping(projects, [])
 
 
-def test_the_relay_is_bounded_like_one_source_of_the_worker_api() -> None:
+def test_the_relay_is_bounded_by_its_settings() -> None:
     settings = Settings.from_env(
         {
             "JOB_NETWORK": "isolated",
-            "ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE": "12",
+            "JOB_RELAY_MAX_CONNECTIONS": "12",
             "ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S": "4",
             "ORCHESTRATOR_HTTP_IDLE_TIMEOUT_S": "30",
             "LLM_TIMEOUT_S": "100",

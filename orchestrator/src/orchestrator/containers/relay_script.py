@@ -3,9 +3,10 @@
 It forwards ``RELAY_PORT`` to ``RELAY_UPSTREAM_HOST:RELAY_PORT`` byte for byte, standard
 library only, with bounds of its own so a job can neither exhaust it nor amplify through it:
 
-* ``RELAY_MAX_CONNECTIONS`` open client connections at most (the orchestrator's per-source cap:
-  every connection of the job reaches the worker API from this relay's address); excess ones
-  are aborted unread and never cost an upstream connection;
+* ``RELAY_MAX_CONNECTIONS`` open client connections at most (``JOB_RELAY_MAX_CONNECTIONS``):
+  the job's cap wherever the worker API cannot tell jobs apart by address (behind a published
+  port every connection comes from the bridge gateway); excess ones are aborted unread and
+  never cost an upstream connection;
 * a client connection opens its upstream connection only once its first bytes arrived within
   ``RELAY_FIRST_BYTE_TIMEOUT_S``: idle connections never reach the orchestrator;
 * a connection with no byte either way for ``RELAY_IDLE_TIMEOUT_S`` is closed (the orchestrator's

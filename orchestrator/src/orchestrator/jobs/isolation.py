@@ -26,7 +26,7 @@ def job_network_request(
         upstream_host=parts.hostname,
         port=port,
         subnet_pool=settings.job_network_pool,
-        relay_max_connections=settings.http_max_connections_per_source,
+        relay_max_connections=settings.job_relay_max_connections,
         relay_first_byte_timeout_s=settings.http_header_timeout_s,
         relay_idle_timeout_s=relay_idle_timeout_s(settings),
     )
