@@ -245,7 +245,8 @@ def orchestrator_env(instance: str, base_dir: Path, upstream_url: str) -> dict[s
             "ORCHESTRATOR_PORT": "0",
             "ORCHESTRATOR_HTTP_PORT": "0",
             "ORCHESTRATOR_HTTP_BIND": "127.0.0.1",
-            "WORKER_IMAGE": "ironclaw-test-agent:latest",
+            # The tag build-images.sh gave it (IRONCLAW_IMAGE_TAG), not another checkout's.
+            "WORKER_IMAGE": f"ironclaw-test-agent:{os.environ.get('IRONCLAW_IMAGE_TAG', 'latest')}",
             "WORKER_NETWORK": "host",
             "WORKER_MEMORY_MB": "256",
             "STOP_GRACE_S": "2",
@@ -253,6 +254,9 @@ def orchestrator_env(instance: str, base_dir: Path, upstream_url: str) -> dict[s
             "LLM_BASE_URL": upstream_url,
             "OPENAI_API_KEY": UPSTREAM_KEY,
             "LLM_MODEL": "gpt-4o-mini",
+            # One load generator on loopback stands for many jobs, each of which would come
+            # from its own address: one source may hold as many connections as they would.
+            "ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE": "4096",
             "JOB_LLM_CALL_BUDGET": "0",
             "JOB_LLM_TOKEN_BUDGET": "0",
             "LOG_FORMAT": "json",

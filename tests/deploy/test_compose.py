@@ -104,11 +104,20 @@ def test_compose_deployment_serves_health_and_runs_the_demo_job(
         )
         assert json.loads(answer.stdout)["status"] == "SERVING"
         # The worker API is not published on loopback, nor anywhere but the bridge gateway.
-        ports = docker_engine.api.inspect_container(f"{project_name}_orchestrator_1")[
-            "NetworkSettings"
-        ]["Ports"]
+        container = docker_engine.api.inspect_container(f"{project_name}_orchestrator_1")
+        ports = container["NetworkSettings"]["Ports"]
         assert ports["50051/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(grpc_port)}]
         assert ports["50052/tcp"] == [{"HostIp": gateway, "HostPort": str(http_port)}]
+        # Descriptors for thousands of worker-API connections, and the service runs with them.
+        assert container["HostConfig"]["Ulimits"] == [
+            {"Name": "nofile", "Soft": 65536, "Hard": 65536}
+        ]
+        started = docker_engine.api.logs(container["Id"]).decode(errors="replace")
+        limit_lines = [
+            json.loads(line) for line in started.splitlines() if "descriptor limit" in line
+        ]
+        assert limit_lines, started[-2000:]
+        assert limit_lines[0]["soft"] == 65536
 
         job = _run_demo_job(target, base_on_host / "projects" / "demo", docker_engine)
         assert job.state == pb.JOB_STATE_STOPPED, job.result

@@ -60,8 +60,10 @@ def main():
         call("POST", "/complete", {"success": success, "message": " ".join(words[2:])})
         return 0
     if action == "python":
-        source = job["task_description"].split(None, 1)[1]
-        exec(compile(source, "<task>", "exec"), {"__name__": "__task__", "call": call})
+        code = job["task_description"].split(None, 1)[1]
+        exec(compile(code, "<task>", "exec"), {"__name__": "__task__", "call": call})
+        while True:
+            time.sleep(3600)
     if action == "env":
         call(
             "POST",

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from orchestrator.accept_errors import listening_socket
 from orchestrator.logging import get_logger
 
 if TYPE_CHECKING:
@@ -131,6 +132,32 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self.worker_api_connections = Gauge(
+            "ironclaw_worker_api_connections",
+            "Worker API connections open now",
+            registry=r,
+        )
+        self.worker_api_connections_refused = Counter(
+            "ironclaw_worker_api_connections_refused",
+            "Worker API connections closed at the accept, unread: over the cap of their source "
+            "(per_source) or of the worker API (total)",
+            ["reason"],
+            registry=r,
+        )
+        self.worker_api_connections_timed_out = Counter(
+            "ironclaw_worker_api_connections_timed_out",
+            "Worker API connections closed for taking too long: header_timeout, body_timeout, "
+            "idle_timeout (keep-alive), send_timeout (a response left unread)",
+            ["reason"],
+            registry=r,
+        )
+        self.accept_errors = Counter(
+            "ironclaw_accept_errors",
+            "accept() failures for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM), each "
+            "followed by a second without accepting",
+            ["errno"],
+            registry=r,
+        )
         self.docker_errors = Counter(
             "ironclaw_docker_api_errors",
             "Docker API calls that failed (unreachable, or api_<status>)",
@@ -191,6 +218,21 @@ class Metrics:
 
     def docker_error(self, kind: str) -> None:
         self.docker_errors.labels(kind).inc()
+
+    # ------------------------------------------------------------ connections
+
+    def watch_worker_api_connections(self, count: Callable[[], int]) -> None:
+        """Publishes ``ironclaw_worker_api_connections`` from ``count`` at every scrape."""
+        self.worker_api_connections.set_function(count)
+
+    def worker_api_connection_refused(self, reason: str) -> None:
+        self.worker_api_connections_refused.labels(reason).inc()
+
+    def worker_api_connection_timed_out(self, reason: str) -> None:
+        self.worker_api_connections_timed_out.labels(reason).inc()
+
+    def accept_error(self, errno_name: str) -> None:
+        self.accept_errors.labels(errno_name).inc()
 
     # ------------------------------------------------------------ exposition
 
@@ -258,12 +300,12 @@ async def start_metrics_server(metrics: Metrics, host: str, port: int) -> Metric
     app.router.add_get("/metrics", handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
+        # The socket that ends an accept round at the first EMFILE (accept_errors.py).
+        sock = listening_socket(host, port, backlog=128)
+        site = web.SockSite(runner, sock)
         await site.start()
     except BaseException:
         await runner.cleanup()
         raise
-    sockets = getattr(site._server, "sockets", None) or []
-    bound = int(sockets[0].getsockname()[1]) if sockets else port
-    return MetricsServer(runner, host, bound)
+    return MetricsServer(runner, host, int(sock.getsockname()[1]))

@@ -11,11 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
+from orchestrator.accept_errors import AcceptErrors, install_accept_error_filter
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.errors import EngineUnavailable
+from orchestrator.fd_limit import FdLimit, current_fd_limit, raise_fd_limit
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
 from orchestrator.http_api.app import build_app, start_worker_api
+from orchestrator.http_api.connection_limits import ConnectionLimits, connection_limits
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm.factory import build_provider
 from orchestrator.llm.proxy import LlmProxy
@@ -46,6 +49,9 @@ class Orchestrator:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     metrics: Metrics | None = None
     metrics_server: MetricsServer | None = None
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    accept_errors: AcceptErrors | None = None
+    undo_accept_filter: Any = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -70,6 +76,10 @@ class Orchestrator:
         await self.http_runner.cleanup()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        if self.undo_accept_filter is not None:
+            self.undo_accept_filter()
+        if self.accept_errors is not None:
+            self.accept_errors.close()
         await self.proxy.aclose()
         await self.manager.close()
         await self.backend.close()
@@ -102,8 +112,10 @@ async def start_orchestrator(
     metrics_port: int | None = None,
 ) -> Orchestrator:
     """Starts everything; ports default to the settings (0 picks free ones, for tests)."""
-    backend = backend or DockerBackend()
     metrics = Metrics.for_settings(settings) if settings.metrics_enabled else None
+    # Checked before anything starts: a cap the descriptor limit cannot carry stops the start.
+    limits = connection_limits(settings, current_fd_limit())
+    backend = backend or DockerBackend()
     if metrics is not None:
         backend.report_errors_to(metrics.docker_error)
     try:
@@ -144,7 +156,11 @@ async def start_orchestrator(
     manager.restore()
     proxy = LlmProxy(settings, provider, manager, metrics=metrics)
     port = settings.http_port if http_port is None else http_port
-    runner, bound_port = await start_worker_api(build_app(manager, proxy, metrics), http_host, port)
+    accept_errors = AcceptErrors(metrics.accept_error if metrics is not None else None)
+    undo_accept_filter = install_accept_error_filter(asyncio.get_running_loop(), accept_errors)
+    runner, bound_port = await start_worker_api(
+        build_app(manager, proxy, metrics), http_host, port, limits, metrics
+    )
     # Containers learn the URL only once the port is bound (port 0 picks one in tests).
     orchestrator_url = settings.orchestrator_url or _container_url(bound_port)
     manager.set_orchestrator_url(orchestrator_url)
@@ -159,6 +175,9 @@ async def start_orchestrator(
         http_host=http_host,
         http_port=bound_port,
         metrics=metrics,
+        connection_limits=limits,
+        accept_errors=accept_errors,
+        undo_accept_filter=undo_accept_filter,
     )
     if metrics is not None:
         orch.metrics_server = await _serve_metrics(metrics, settings, metrics_port)
@@ -172,6 +191,8 @@ async def start_orchestrator(
         "orchestrator started",
         grpc=f"{settings.grpc_bind}:{plane.port}",
         worker_api=f"{http_host}:{bound_port}",
+        worker_api_max_connections=limits.max_connections,
+        worker_api_max_connections_per_source=limits.max_per_source,
         container_url=orchestrator_url,
         instance=settings.instance,
         llm_provider=proxy.provider_name,
@@ -206,6 +227,7 @@ def _container_url(port: int) -> str:
 
 async def serve_forever(settings: Settings, drain: bool = False) -> None:
     """Runs until SIGTERM/SIGINT, then shuts down gracefully."""
+    _log_fd_limit(raise_fd_limit())
     orch = await start_orchestrator(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -214,6 +236,21 @@ async def serve_forever(settings: Settings, drain: bool = False) -> None:
     await stop.wait()
     log.info("shutting down", drain=drain)
     await orch.stop(drain=drain)
+
+
+def _log_fd_limit(limit: FdLimit) -> None:
+    if limit.error:
+        log.warning(
+            "could not raise the file-descriptor limit; the worker API's connection cap "
+            "follows the lower limit",
+            soft=limit.soft,
+            hard=limit.hard,
+            error=limit.error,
+        )
+    elif limit.soft != limit.previous_soft:
+        log.info("file-descriptor limit raised", soft=limit.soft, previous=limit.previous_soft)
+    else:
+        log.info("file-descriptor limit", soft=limit.soft, hard=limit.hard)
 
 
 def interface_address(name: str) -> str | None:

@@ -65,6 +65,8 @@ class Settings:
     job_network: str = "bridge"
     job_network_pool: str = "10.213.0.0/16"  # per-job subnets (/28) come from here
     job_relay_image: str | None = None  # None: the worker image (it has python3)
+    # Connections one job may hold open through its relay (containers/relay_script.py).
+    job_relay_max_connections: int = 64
     state_dir: Path | None = None  # ORCHESTRATOR_STATE_DIR; None: the base dir
     stop_grace_s: int = 10
 
@@ -106,6 +108,12 @@ class Settings:
     job_event_burst: int = 500
     # What a job's history (events, status lines) may hold, in memory and in the store.
     job_history_max_bytes: int = 4 * 1024 * 1024
+    # Worker-API connections: None follows the descriptor limit (http_api/connection_limits.py).
+    http_max_connections: int | None = None
+    http_max_connections_per_source: int = 64
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 60.0
+    http_idle_timeout_s: float = 60.0
     log_tail_lines: int = 200
     log_level: str = "INFO"
     log_format: str = "auto"
@@ -208,6 +216,9 @@ class Settings:
             job_network=r.get("JOB_NETWORK", _choice(JOB_NETWORK_MODES), "bridge"),
             job_network_pool=r.get("JOB_NETWORK_POOL", _ipv4_pool, "10.213.0.0/16"),
             job_relay_image=r.get("JOB_RELAY_IMAGE", _nonempty, None),
+            job_relay_max_connections=r.get(
+                "JOB_RELAY_MAX_CONNECTIONS", _int_range(1, 100_000), 64
+            ),
             state_dir=r.get("ORCHESTRATOR_STATE_DIR", _path, None),
             stop_grace_s=r.get("STOP_GRACE_S", _int_range(0, 600), 10),
             claude_image=r.get("CLAUDE_CODE_IMAGE", _nonempty, "ironclaw-claude:latest"),
@@ -245,6 +256,21 @@ class Settings:
             job_event_rate=r.get("JOB_EVENT_RATE", _float_range(0.0, 100_000.0), 50.0),
             job_event_burst=r.get("JOB_EVENT_BURST", _int_range(1, 1_000_000), 500),
             job_history_max_bytes=r.get("JOB_HISTORY_MAX_MB", _int_range(1, 1024), 4) * 1024 * 1024,
+            http_max_connections=r.get(
+                "ORCHESTRATOR_HTTP_MAX_CONNECTIONS", _int_range(16, 1_000_000), None
+            ),
+            http_max_connections_per_source=r.get(
+                "ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE", _int_range(1, 1_000_000), 64
+            ),
+            http_header_timeout_s=r.get(
+                "ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S", _float_range(0.1, 3600.0), 10.0
+            ),
+            http_body_timeout_s=r.get(
+                "ORCHESTRATOR_HTTP_BODY_TIMEOUT_S", _float_range(0.1, 3600.0), 60.0
+            ),
+            http_idle_timeout_s=r.get(
+                "ORCHESTRATOR_HTTP_IDLE_TIMEOUT_S", _float_range(0.1, 86400.0), 60.0
+            ),
             log_tail_lines=r.get("JOB_LOG_TAIL_LINES", _int_range(0, 100_000), 200),
             log_level=r.get("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO"),
             log_format=r.get("LOG_FORMAT", _choice(LOG_FORMATS), "auto"),

@@ -34,7 +34,10 @@ async def test_concurrent_calls_never_get_the_upstream_past_the_budget(
     route_for: Any, upstream: RecordingAnthropic
 ) -> None:
     upstream.responder = answer_to_the_cap
-    route: ClaudeRoute = await route_for(upstream.url)
+    # One source with a hundred calls in flight: above the default cap per source.
+    route: ClaudeRoute = await route_for(
+        upstream.url, ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE="256"
+    )
     job = await route.create(limits=JobLimitOverrides(llm_token_budget=BUDGET))
     statuses = await asyncio.gather(*(_call(route, job, i) for i in range(CALLS)))
 

@@ -254,6 +254,9 @@ def shared_settings_env(openai_server: FakeOpenAI, openai_key: str) -> dict[str,
         "LLM_TIMEOUT_S": "10",
         "LLM_MODEL_ALLOWLIST": "gpt-4o",
         "ORCHESTRATOR_HTTP_MAX_BODY_MB": "16",
+        # Every test here calls from 127.0.0.1, some with a hundred calls in flight at once:
+        # the cap per source is the flood tests' subject, not these.
+        "ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE": "256",
     }
 
 

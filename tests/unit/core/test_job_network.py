@@ -93,3 +93,21 @@ def test_projects_base_must_be_mounted_at_its_host_path() -> None:
         check_mapping(projects, [volume])
     with pytest.raises(ConfigError, match="not bind-mounted"):
         check_mapping(projects, [])
+
+
+def test_the_relay_is_bounded_by_its_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "JOB_NETWORK": "isolated",
+            "JOB_RELAY_MAX_CONNECTIONS": "12",
+            "ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S": "4",
+            "ORCHESTRATOR_HTTP_IDLE_TIMEOUT_S": "30",
+            "LLM_TIMEOUT_S": "100",
+            "LLM_MAX_RETRIES": "1",
+        }
+    )
+    request = job_network_request(settings, JOB_ID, "http://orchestrator:7000")
+    assert request.relay_max_connections == 12
+    assert request.relay_first_byte_timeout_s == 4.0
+    # Never shorter than an LLM call with its retries plus a keep-alive pause.
+    assert request.relay_idle_timeout_s >= 2 * 100 + 30

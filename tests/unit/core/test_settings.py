@@ -73,3 +73,29 @@ def test_instance_is_derived_from_the_base_dir(tmp_path: Path) -> None:
     b = Settings.from_env({"IRONCLAW_BASE_DIR": str(tmp_path / "b")})
     assert a.instance != b.instance
     assert a.instance == Settings.from_env({"IRONCLAW_BASE_DIR": str(tmp_path / "a")}).instance
+
+
+def test_worker_api_connection_settings_have_defaults_and_follow_the_descriptor_limit() -> None:
+    from orchestrator.http_api.connection_limits import connection_limits
+
+    settings = Settings.from_env({})
+    limits = connection_limits(settings, fd_limit=1024)
+    assert (limits.max_connections, limits.max_per_source) == (448, 64)
+    assert (limits.header_timeout_s, limits.body_timeout_s, limits.idle_timeout_s) == (10, 60, 60)
+    assert connection_limits(settings, fd_limit=1 << 20).max_connections == 4096
+    explicit = Settings.from_env(
+        {
+            "ORCHESTRATOR_HTTP_MAX_CONNECTIONS": "300",
+            "ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE": "8",
+            "ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S": "2.5",
+        }
+    )
+    limits = connection_limits(explicit, fd_limit=1024)
+    assert (limits.max_connections, limits.max_per_source, limits.header_timeout_s) == (300, 8, 2.5)
+    # A cap the descriptor limit cannot carry would not protect anything: refused, with the fix.
+    with pytest.raises(ConfigError, match=r"ORCHESTRATOR_HTTP_MAX_CONNECTIONS=300.*LimitNOFILE"):
+        connection_limits(explicit, fd_limit=512)
+    with pytest.raises(ConfigError, match="ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S"):
+        Settings.from_env({"ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S": "0"})
+    with pytest.raises(ConfigError, match="ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE"):
+        Settings.from_env({"ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE": "many"})

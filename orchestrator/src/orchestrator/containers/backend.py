@@ -64,6 +64,11 @@ class JobNetworkRequest:
     upstream_host: str
     port: int
     subnet_pool: str
+    # The relay's own bounds (containers/relay_script.py): its connections are the job's
+    # connections to the worker API.
+    relay_max_connections: int = 64
+    relay_first_byte_timeout_s: float = 10.0
+    relay_idle_timeout_s: float = 900.0
 
 
 @dataclass(frozen=True)

@@ -23,44 +23,13 @@ from typing import Any
 import docker.errors
 
 from orchestrator.containers.backend import JobNetworkRequest
+from orchestrator.containers.relay_script import RELAY_SCRIPT
 from orchestrator.errors import OrchestratorError
 
 LABEL_NETWORK_INSTANCE = "ironclaw.network.instance"
 LABEL_NETWORK_JOB_ID = "ironclaw.network.job_id"
 SUBNET_PREFIX = 28
 RELAY_READY_TIMEOUT_S = 10.0
-
-# Forwards RELAY_PORT to RELAY_UPSTREAM_HOST:RELAY_PORT, byte for byte. Standard library only.
-RELAY_SCRIPT = """
-import asyncio, os
-HOST = os.environ["RELAY_UPSTREAM_HOST"]
-PORT = int(os.environ["RELAY_PORT"])
-async def pipe(reader, writer):
-    try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    except Exception:
-        pass
-    finally:
-        writer.close()
-async def handle(reader, writer):
-    try:
-        up_reader, up_writer = await asyncio.open_connection(HOST, PORT)
-    except Exception:
-        writer.close()
-        return
-    await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-async def main():
-    server = await asyncio.start_server(handle, "0.0.0.0", PORT)
-    print("relay ready", flush=True)
-    async with server:
-        await server.serve_forever()
-asyncio.run(main())
-"""
 
 
 class JobNetworkFailed(OrchestratorError):
@@ -151,6 +120,8 @@ def _start_relay(api: Any, network: str, labels: dict[str, str], r: JobNetworkRe
     extra_hosts = (
         {"host.docker.internal": "host-gateway"} if r.upstream_network == "bridge" else None
     )
+    # Two descriptors per relayed connection, one per refused one while it is aborted.
+    nofile = 4 * r.relay_max_connections + 64
     host_config = api.create_host_config(
         network_mode=r.upstream_network,
         extra_hosts=extra_hosts,
@@ -161,6 +132,8 @@ def _start_relay(api: Any, network: str, labels: dict[str, str], r: JobNetworkRe
         security_opt=["no-new-privileges:true"],
         read_only=True,
         restart_policy={"Name": "unless-stopped"},
+        # Its connection cap keeps it far below this; the limit bounds it whatever happens.
+        ulimits=[docker.types.Ulimit(name="nofile", soft=nofile, hard=nofile)],
     )
     try:
         created = api.create_container(
@@ -168,7 +141,13 @@ def _start_relay(api: Any, network: str, labels: dict[str, str], r: JobNetworkRe
             entrypoint=["python3", "-c", RELAY_SCRIPT],
             command=[],
             name=name,
-            environment={"RELAY_UPSTREAM_HOST": r.upstream_host, "RELAY_PORT": str(r.port)},
+            environment={
+                "RELAY_UPSTREAM_HOST": r.upstream_host,
+                "RELAY_PORT": str(r.port),
+                "RELAY_MAX_CONNECTIONS": str(r.relay_max_connections),
+                "RELAY_FIRST_BYTE_TIMEOUT_S": str(r.relay_first_byte_timeout_s),
+                "RELAY_IDLE_TIMEOUT_S": str(r.relay_idle_timeout_s),
+            },
             labels=labels,
             user="65534:65534",
             host_config=host_config,

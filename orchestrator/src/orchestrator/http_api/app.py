@@ -22,6 +22,7 @@ from ironclaw_contract.worker_api import (
     MAX_REPORT_BODY_BYTES,
     Refusal,
 )
+from orchestrator.accept_errors import listening_socket
 from orchestrator.errors import (
     ErrorKind,
     InvalidArgument,
@@ -33,6 +34,8 @@ from orchestrator.errors import (
 from orchestrator.http_api import schemas
 from orchestrator.http_api.anthropic_route import add_anthropic_routes
 from orchestrator.http_api.bodies import check_declared_length, read_body
+from orchestrator.http_api.connection_limits import ConnectionLimits
+from orchestrator.http_api.guarded_server import ConnectionGuard, GuardedSite
 from orchestrator.http_api.job_info import build_job_info
 from orchestrator.http_api.openapi import build_openapi
 from orchestrator.http_api.rate_limit import JobRateLimiter, call_cost, retry_after_header
@@ -91,6 +94,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             {"error": exc.reason.lower().replace(" ", "_"), "message": exc.text or exc.reason},
             status=exc.status,
         )
+    except ConnectionResetError:
+        if request.transport is not None and not request.transport.is_closing():
+            log.exception("worker API request failed", path=request.path)
+            return error_response(ErrorKind.INTERNAL, "internal error; see the orchestrator log")
+        # The client went away (or its connection was closed for being too slow): there is
+        # nobody to answer and nothing worth a traceback.
+        log.debug("worker API client disconnected", path=request.path)
+        return error_response(ErrorKind.INTERNAL, "client disconnected")
     except Exception:
         log.exception("worker API request failed", path=request.path)
         return error_response(ErrorKind.INTERNAL, "internal error; see the orchestrator log")
@@ -378,13 +389,40 @@ def build_app(
     return app
 
 
-async def start_worker_api(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serves ``app`` on host:port (0 picks a free port); returns the runner and the port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+# Connections the kernel queues before the loop accepts them: a burst of jobs starting at once.
+LISTEN_BACKLOG = 1024
+
+
+async def start_worker_api(
+    app: web.Application,
+    host: str,
+    port: int,
+    limits: ConnectionLimits | None = None,
+    metrics: Metrics | None = None,
+) -> tuple[web.AppRunner, int]:
+    """Serves ``app`` on host:port (0 picks a free port) behind the connection caps and
+    timeouts of ``limits``; returns the runner and the port."""
+    limits = limits or ConnectionLimits()
+    # aiohttp's own keep-alive timer stays as a backstop behind the guard's deadlines.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=limits.idle_timeout_s + limits.header_timeout_s,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(bound)
+    assert runner.server is not None
+    try:
+        sock = listening_socket(host, port, LISTEN_BACKLOG)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    guard = ConnectionGuard(runner.server, limits, metrics)
+    site = GuardedSite(runner, sock, guard, backlog=LISTEN_BACKLOG)
+    try:
+        await site.start()
+    except BaseException:
+        sock.close()
+        await runner.cleanup()
+        raise
+    return runner, int(sock.getsockname()[1])

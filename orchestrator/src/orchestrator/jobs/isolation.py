@@ -26,4 +26,14 @@ def job_network_request(
         upstream_host=parts.hostname,
         port=port,
         subnet_pool=settings.job_network_pool,
+        relay_max_connections=settings.job_relay_max_connections,
+        relay_first_byte_timeout_s=settings.http_header_timeout_s,
+        relay_idle_timeout_s=relay_idle_timeout_s(settings),
     )
+
+
+def relay_idle_timeout_s(settings: Settings) -> float:
+    """The longest silence a relayed connection has in normal use: an LLM call with all its
+    retries (nothing flows until the answer), then a keep-alive pause; plus a margin."""
+    llm_call = settings.llm_timeout_s * (settings.llm_max_retries + 1)
+    return llm_call + settings.http_idle_timeout_s + 60.0
