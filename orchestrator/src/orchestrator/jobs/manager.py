@@ -52,6 +52,7 @@ from orchestrator.jobs.record import JobRecord, utcnow
 from orchestrator.jobs.state import check_transition
 from orchestrator.llm.policy import check_budget
 from orchestrator.logging import get_logger
+from orchestrator.model_names import model_name_problem
 from orchestrator.settings import Settings
 from orchestrator.store.base import JobStore
 from orchestrator.store.codec import record_from_json, record_to_json
@@ -898,6 +899,8 @@ def _validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
 
 
 def _validate_model_name(model: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:\-\[\]/]{0,127}", model):
-        raise InvalidArgument(f"model name {model[:64]!r} is invalid")
+    # The rule lives with the settings' (model_names): CLAUDE_CODE_MODEL is checked by it at start.
+    problem = model_name_problem(model)
+    if problem:
+        raise InvalidArgument(problem)
     return model
