@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -48,6 +49,16 @@ _KEPT_KINDS = (UpdateKind.STATE.value, UpdateKind.RESULT.value)
 _PRUNE_EVERY = 500
 
 
+def _make_private(path: Path) -> None:
+    # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's
+    # mode, and the store holds token digests and sealed grants. Files an older version left
+    # 0644 are tightened too.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
+
+
 class SqliteJobStore(JobStore):
     """A JobStore in one SQLite file."""
 
@@ -55,6 +66,7 @@ class SqliteJobStore(JobStore):
         self._path = path
         self._history_limit = history_limit
         path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path)
         self._queue: queue.SimpleQueue[Callable[[sqlite3.Connection], None] | Future[None] | None]
         self._queue = queue.SimpleQueue()
         conn = self._connect()
