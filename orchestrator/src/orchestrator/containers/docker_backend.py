@@ -75,6 +75,11 @@ class DockerBackend(ContainerBackend):
         self._writable_layer_limit = False
 
     @property
+    def limits_writable_layer(self) -> bool:
+        """Whether job containers get a writable-layer size (found by :meth:`capabilities`)."""
+        return self._writable_layer_limit
+
+    @property
     def engine_address(self) -> str:
         return self._base_url
 
