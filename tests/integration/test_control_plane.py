@@ -59,6 +59,12 @@ async def test_grpcurl_lists_describes_and_calls_through_reflection(orch: Any) -
     assert "rpc WatchJob" in out
 
     code, out, err = await _run(
+        GRPCURL, "-plaintext", target, "describe", "ironclaw.orchestrator.v1.JobService.CreateJob"
+    )
+    assert code == 0, err
+    assert "ironclaw.orchestrator.v1.JobService.CreateJob is a method" in out
+
+    code, out, err = await _run(
         GRPCURL,
         "-plaintext",
         "-d",

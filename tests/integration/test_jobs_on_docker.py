@@ -87,7 +87,17 @@ async def test_container_host_config_matches_the_spec(
     assert host["CapDrop"] == ["ALL"]
     assert host["CapAdd"] == ["CHOWN"]
     assert host["SecurityOpt"] == ["no-new-privileges:true"]
-    assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=512m"}
+    assert host["Tmpfs"] == {
+        "/tmp": "rw,nosuid,nodev,size=512m",
+        "/home/sandbox": "rw,nosuid,nodev,exec,size=1024m,uid=1000,gid=1000,mode=0700",
+    }
+    assert host["ReadonlyRootfs"] is True
+    assert host["NanoCpus"] == 1_000_000_000  # WORKER_CPUS=1: a quota, not only shares
+    # Bounded where the engine's storage driver can (checked at start), never asked otherwise.
+    if orch.backend.limits_writable_layer:
+        assert host["StorageOpt"] == {"size": str(4096 << 20)}
+    else:
+        assert not host.get("StorageOpt")
     assert host["Memory"] == 256 * 1024 * 1024
     assert host["MemorySwap"] == host["Memory"]  # no swap
     assert host["CpuShares"] == 1024

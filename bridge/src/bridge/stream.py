@@ -12,16 +12,22 @@ One JSON object per line (as printed by the real CLI 2.1.327):
 - ``{"type": "result", ...}`` → the session's :class:`SessionResult` (reported once, by the
   bridge, as the job's result; not an event).
 
-Anything else that is JSON is ignored; a line that is not JSON becomes a status. Nothing here
-raises on odd input: the CLI's output is data, never a reason to crash.
+Any other line becomes a status too: a line of a type (or a ``system`` subtype) this mapper does
+not know, newer CLIs add some, is named by its type, subtype and field names, never its values
+(they can be anything, of any size); a line that is not JSON is shown as it is, truncated.
+Every status is bounded and masked for secret-shaped text. Nothing here raises on odd input:
+the CLI's output is data, never a reason to crash.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ironclaw_contract.secret_patterns import mask_secrets
 
 # Keys of the result's usage that are summed over a job's sessions.
 USAGE_KEYS = (
@@ -31,6 +37,10 @@ USAGE_KEYS = (
     "cache_read_input_tokens",
 )
 MAX_STATUS_LINE = 2000
+# What an unknown line's status shows of it: its type and subtype, and the names of its fields.
+_MAX_FIELDS_SHOWN = 12
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_ROUTINE_FIELDS = frozenset({"type", "subtype", "session_id", "uuid", "parent_tool_use_id"})
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,7 @@ class StreamJsonMapper:
         if kind == "result":
             self.result = SessionResult.from_line(item)
             return []
-        return []
+        return [_unknown_line(item)]
 
     def _system(self, item: Mapping[str, Any]) -> list[BridgeEvent]:
         subtype = item.get("subtype")
@@ -143,7 +153,7 @@ class StreamJsonMapper:
                     f"{item.get('max_retries')} in {_int(item.get('retry_delay_ms')) / 1000:g} s"
                 )
             ]
-        return []
+        return [_unknown_line(item)]
 
     def _assistant(self, item: Mapping[str, Any]) -> list[BridgeEvent]:
         events: list[BridgeEvent] = []
@@ -226,7 +236,25 @@ def _blocks(item: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [block for block in content if isinstance(block, Mapping)]
 
 
+def _unknown_line(item: Mapping[str, Any]) -> BridgeEvent:
+    """A status naming a line this mapper does not know, without any of its values."""
+    described = f"type {_name(item.get('type'))}"
+    if "subtype" in item:
+        described += f", subtype {_name(item.get('subtype'))}"
+    fields = [_name(key) for key in item if key not in _ROUTINE_FIELDS]
+    if len(fields) > _MAX_FIELDS_SHOWN:
+        fields = [*fields[:_MAX_FIELDS_SHOWN], f"… {len(fields) - _MAX_FIELDS_SHOWN} more"]
+    shown = f" (fields: {', '.join(fields)})" if fields else ""
+    return _status(f"claude: stream-json line not mapped to an event: {described}{shown}")
+
+
+def _name(value: Any) -> str:
+    # A type, subtype or field name as an identifier; anything else is not shown.
+    return value if isinstance(value, str) and _NAME.fullmatch(value) else "?"
+
+
 def _status(message: str) -> BridgeEvent:
+    message = mask_secrets(message)
     if len(message) > MAX_STATUS_LINE:
         message = message[:MAX_STATUS_LINE] + f"…[truncated {len(message) - MAX_STATUS_LINE}]"
     return BridgeEvent("status", {"message": message})

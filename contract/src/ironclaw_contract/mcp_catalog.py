@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ironclaw_contract.env_names import GRANT_NAME_PATTERN, is_reserved_env_key
 from ironclaw_contract.secret_patterns import (
@@ -27,6 +27,7 @@ from ironclaw_contract.secret_patterns import (
 )
 
 Transport = Literal["stdio", "http"]
+T = TypeVar("T")
 
 # Tools of a server reach the model as ``<server>__<tool>``: a server name never holds "__", so
 # the split is unambiguous, and 32 characters leave room for the tool's part in a 64-character
@@ -139,10 +140,12 @@ def parse_catalog(document: object, where: str) -> dict[str, McpServerEntry]:
     servers = document.get("mcpServers", {})
     if not isinstance(servers, Mapping):
         raise McpConfigError(f"{where}: 'mcpServers' must be an object of name → entry")
-    return {
+    parsed = {
         str(name): parse_entry(str(name), raw, f"{where}: server {str(name)[:40]!r}")
         for name, raw in servers.items()
     }
+    check_distinct_names(parsed, f"{where}: servers")
+    return parsed
 
 
 def parse_entry(name: str, raw: object, where: str) -> McpServerEntry:
@@ -205,6 +208,37 @@ def check_server_name(name: str, where: str) -> None:
             f"{where}: the name must be 1-32 letters, digits, '-' or '_' (no '__', no '/'), "
             f"starting with a letter or digit"
         )
+
+
+def name_key(name: str) -> str:
+    """What catalogue names are compared by: ``GitHub`` and ``github`` are one name, as MCP
+    clients (Claude Code among them) treat server names. The name a job sees is the
+    catalogue's own spelling."""
+    return name.casefold()
+
+
+def check_distinct_names(names: Iterable[str], where: str) -> None:
+    """Refuses a catalogue with two names equal but for case: a lookup could not tell them
+    apart."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name_key(name), name)
+        if other != name:
+            raise McpConfigError(
+                f"{where} {other!r} and {name!r} differ only in case; names are matched "
+                "case-insensitively: rename one"
+            )
+
+
+def find_by_name(entries: Mapping[str, T], name: str) -> tuple[str, T] | None:
+    """The catalogue's spelling of ``name`` and its entry, matched case-insensitively."""
+    if name in entries:
+        return name, entries[name]
+    key = name_key(name)
+    for spelled, entry in entries.items():
+        if name_key(spelled) == key:
+            return spelled, entry
+    return None
 
 
 def resolve_references(value: str, credentials: Mapping[str, str]) -> str:

@@ -190,7 +190,8 @@ def check_tool_name(name: object, where: str) -> str:
             f"{where}: name {str(name)[:40]!r} must be 1-32 letters, digits, '-' or '_' "
             "(no '__'), starting with a letter or digit"
         )
-    if name in BUILTIN_TOOL_NAMES:
+    # Compared as catalogue names are (case-insensitively): "Shell" would read as "shell".
+    if name.casefold() in BUILTIN_TOOL_NAMES:
         raise WasmManifestError(f"{where}: name {name!r} is a built-in tool's: choose another")
     return name
 

@@ -115,7 +115,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     # Libraries (grpc, aiohttp, docker/urllib3) log through stdlib: keep them quiet and masked.
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_StdlibRedactionFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(getattr(logging, level), logging.WARNING))
@@ -127,6 +127,13 @@ class _StdlibRedactionFilter(logging.Filter):
         record.msg = _mask_text(record.getMessage())
         record.args = None
         return True
+
+
+class _RedactingFormatter(logging.Formatter):
+    # The filter above masks the message; a traceback is only rendered here, so mask the whole
+    # line too (a library's exception text can carry a header or a token).
+    def format(self, record: logging.LogRecord) -> str:
+        return _mask_text(super().format(record))
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -14,7 +14,8 @@ from aiohttp import web
 from orchestrator.accept_errors import AcceptErrors, install_accept_error_filter
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
-from orchestrator.errors import EngineUnavailable
+from orchestrator.containers.engine_checks import check_engine_capabilities
+from orchestrator.errors import ConfigError, EngineUnavailable
 from orchestrator.fd_limit import FdLimit, current_fd_limit, raise_fd_limit
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
 from orchestrator.http_api.app import build_app, start_worker_api
@@ -85,6 +86,24 @@ class Orchestrator:
         await self.backend.close()
 
 
+async def check_engine(settings: Settings, backend: ContainerBackend) -> None:
+    """Stops the start (ConfigError) on a setting the engine would refuse for every job; logs
+    what it cannot enforce."""
+    caps = await backend.capabilities(probe_image=settings.worker_image)
+    check = check_engine_capabilities(settings, caps)
+    for warning in check.warnings:
+        log.warning(warning)
+    if check.errors:
+        raise ConfigError("; ".join(check.errors))
+    log.info(
+        "job container limits",
+        cpus=settings.worker_cpus or "no quota",
+        read_only_rootfs=settings.worker_read_only_rootfs,
+        writable_layer_limit=caps.writable_layer_limit,
+        storage_driver=caps.storage_driver or "?",
+    )
+
+
 async def resolve_http_bind(settings: Settings, backend: ContainerBackend) -> str:
     """Where the worker API listens: the configured address, else the Docker bridge gateway
     (reachable from containers, not from the LAN)."""
@@ -120,6 +139,7 @@ async def start_orchestrator(
         backend.report_errors_to(metrics.docker_error)
     try:
         await backend.ping()
+        await check_engine(settings, backend)
     except EngineUnavailable as exc:
         # Serve anyway: jobs are not judged lost until reconciliation can see the engine.
         log.error("container engine unreachable at start; will keep retrying", error=exc.message)

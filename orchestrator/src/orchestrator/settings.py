@@ -1,26 +1,32 @@
 """Orchestrator settings: read once from the environment, validated, frozen, passed explicitly.
 
-Every variable has a documented default; a bad value is a :class:`ConfigError` naming the
-variable, never a silent fallback.
+Each setting is declared once, as a field of :class:`Settings` made by :func:`setting`: its
+environment variable, its parser, its default (as the text an operator would write) and a
+one-line meaning. The dataclass default, :meth:`Settings.from_env` and the README's
+configuration table (checked by a test, printable with ``python -m orchestrator.settings``) all
+come from that declaration. A bad value is a :class:`ConfigError` naming the variable, never a
+silent fallback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Final, Generic, TypeVar, overload
 
 from ironclaw_contract.claude import CLAUDE_TOOL_NAMES
 from orchestrator.errors import ConfigError
+from orchestrator.model_names import model_name_problem
 from orchestrator.secrets import Secret
 
 T = TypeVar("T")
-
-# The seed's lowercase tool names → the Claude Code CLI's: one table, kept with the bridge.
+Parser = Callable[[str, str], T]
 
 # What Claude Code 2.1.327 itself sends for each alias; CLAUDE_CODE_MODEL_MAP overrides entries.
 CLAUDE_MODEL_MAP_DEFAULT: tuple[tuple[str, str], ...] = (
@@ -28,267 +34,22 @@ CLAUDE_MODEL_MAP_DEFAULT: tuple[tuple[str, str], ...] = (
     ("opus", "claude-opus-5-5"),
     ("haiku", "claude-haiku-5-5"),
 )
-_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-\[\]/@]{0,127}")
 
 LLM_PROVIDERS = ("anthropic", "openai", "scripted", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "console")
 JOB_NETWORK_MODES = ("bridge", "isolated")
+_PROVIDER_DEFAULT_MODELS = {
+    "anthropic": "claude-sonnet-5-5",
+    "openai": "gpt-4o-mini",
+    "scripted": "scripted",
+}
+_METADATA_KEY: Final = "ironclaw.setting"
+NOT_SET: Final = "—"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """All orchestrator configuration. Build it with :meth:`from_env`."""
-
-    grpc_port: int = 50051
-    grpc_bind: str = "127.0.0.1"
-    http_port: int = 50052
-    http_bind: str | None = None  # None: the Docker bridge gateway, read from the engine
-    admin_token: Secret | None = None
-    insecure: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    instance: str = ""
-    base_dir: Path = field(default_factory=lambda: Path("~/.ironclaw").expanduser())
-    orchestrator_url: str | None = None  # what containers use; None: derived from http_port
-
-    worker_image: str = "ironclaw-worker:latest"
-    worker_memory_mb: int = 2048
-    worker_cpu_shares: int = 1024
-    worker_pids_limit: int = 1024
-    worker_timeout_s: int = 3600
-    worker_max_iterations: int = 50
-    worker_network: str = "bridge"
-    worker_runtime: str | None = None
-    # "bridge": the seed's behaviour (host.docker.internal, the internet reachable); "isolated":
-    # a per-job internal network whose only peer is a relay to the worker API.
-    job_network: str = "bridge"
-    job_network_pool: str = "10.213.0.0/16"  # per-job subnets (/28) come from here
-    job_relay_image: str | None = None  # None: the worker image (it has python3)
-    # Connections one job may hold open through its relay (containers/relay_script.py).
-    job_relay_max_connections: int = 64
-    state_dir: Path | None = None  # ORCHESTRATOR_STATE_DIR; None: the base dir
-    stop_grace_s: int = 10
-
-    claude_image: str = "ironclaw-claude:latest"
-    claude_memory_mb: int = 4096
-    claude_max_turns: int = 50
-    claude_model: str = "sonnet"
-    claude_allowed_tools: tuple[str, ...] = ("Bash", "Read", "Write")
-    claude_timeout_s: int = 3600
-    # A Claude Code job that waits for prompts ends after this long without one.
-    claude_idle_timeout_s: float = 600.0
-    # Model aliases the Claude Code CLI accepts (--model sonnet) → the model ids sent upstream.
-    claude_model_map: tuple[tuple[str, str], ...] = CLAUDE_MODEL_MAP_DEFAULT
-    # Opt-in: the real Anthropic credential goes into the container (see README, "Claude Code").
-    claude_key_in_container: bool = False
-    anthropic_api_key: Secret | None = None
-    claude_oauth_token: Secret | None = None
-    anthropic_base_url: str | None = None
-
-    llm_provider: str = "none"
-    llm_model: str = ""
-    llm_base_url: str | None = None
-    openai_api_key: Secret | None = None
-    llm_script: Path | None = None
-    llm_timeout_s: float = 120.0
-    llm_max_retries: int = 2
-
-    job_llm_max_tokens_per_call: int = 8192
-    job_llm_token_budget: int = 2_000_000
-    job_llm_call_budget: int = 500
-    llm_model_allowlist: tuple[str, ...] = ()
-
-    secrets_key: Secret | None = None
-    persist: bool = True
-
-    http_max_body_bytes: int = 32 * 1024 * 1024
-    # Status lines and events a job may send: a token bucket per job (rate 0: unlimited).
-    job_event_rate: float = 50.0
-    job_event_burst: int = 500
-    # What a job's history (events, status lines) may hold, in memory and in the store.
-    job_history_max_bytes: int = 4 * 1024 * 1024
-    # Worker-API connections: None follows the descriptor limit (http_api/connection_limits.py).
-    http_max_connections: int | None = None
-    http_max_connections_per_source: int = 64
-    http_header_timeout_s: float = 10.0
-    http_body_timeout_s: float = 60.0
-    http_idle_timeout_s: float = 60.0
-    log_tail_lines: int = 200
-    log_level: str = "INFO"
-    log_format: str = "auto"
-    # Prometheus /metrics on its own port, loopback by default (job containers must not reach it).
-    metrics_enabled: bool = True
-    metrics_port: int = 9464
-    metrics_bind: str = "127.0.0.1"
-
-    @property
-    def projects_dir(self) -> Path:
-        return self.base_dir / "projects"
-
-    @property
-    def store_path(self) -> Path:
-        return (self.state_dir or self.base_dir) / "orchestrator.db"
-
-    @property
-    def claude_auth_configured(self) -> bool:
-        return bool(self.anthropic_api_key) or bool(self.claude_oauth_token)
-
-    @property
-    def claude_model_aliases(self) -> dict[str, str]:
-        """``CLAUDE_CODE_MODEL_MAP`` as a dict: alias → model id."""
-        return dict(self.claude_model_map)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Reads and validates every variable; raises ConfigError naming the bad one."""
-        env = os.environ if env is None else env
-        r = _Reader(env)
-        base_dir = r.get("IRONCLAW_BASE_DIR", _path, Path("~/.ironclaw").expanduser())
-        base_dir = base_dir.expanduser().resolve()
-        grpc_bind = r.get("ORCHESTRATOR_BIND", _nonempty, "127.0.0.1")
-        admin_token = r.get("ORCHESTRATOR_ADMIN_TOKEN", _secret, None)
-        insecure = r.get("ORCHESTRATOR_INSECURE", _bool, False)
-        tls_cert = r.get("ORCHESTRATOR_TLS_CERT", _existing_file, None)
-        tls_key = r.get("ORCHESTRATOR_TLS_KEY", _existing_file, None)
-        if (tls_cert is None) != (tls_key is None):
-            raise ConfigError("ORCHESTRATOR_TLS_CERT and ORCHESTRATOR_TLS_KEY must be set together")
-        if not _is_loopback(grpc_bind):
-            if admin_token is None:
-                raise ConfigError(
-                    f"ORCHESTRATOR_BIND={grpc_bind} is not loopback: set ORCHESTRATOR_ADMIN_TOKEN "
-                    "so the control plane is not open to anyone who can reach it"
-                )
-            if tls_cert is None and not insecure:
-                raise ConfigError(
-                    f"ORCHESTRATOR_BIND={grpc_bind} is not loopback: set ORCHESTRATOR_TLS_CERT and "
-                    "ORCHESTRATOR_TLS_KEY, or ORCHESTRATOR_INSECURE=1 to accept plaintext"
-                )
-        llm_provider = r.get("LLM_PROVIDER", _choice(LLM_PROVIDERS), "")
-        anthropic_key = r.get("ANTHROPIC_API_KEY", _secret, None)
-        openai_key = r.get("OPENAI_API_KEY", _secret, None)
-        llm_script = r.get("LLM_SCRIPT", _existing_file, None)
-        llm_base_url = r.get("LLM_BASE_URL", _url, None)
-        if not llm_provider:
-            # Pick the provider the operator evidently configured; never guess a network one.
-            if llm_script is not None:
-                llm_provider = "scripted"
-            elif anthropic_key is not None:
-                llm_provider = "anthropic"
-            elif openai_key is not None or llm_base_url is not None:
-                llm_provider = "openai"
-            else:
-                llm_provider = "none"
-        if llm_provider == "scripted" and llm_script is None:
-            raise ConfigError("LLM_PROVIDER=scripted needs LLM_SCRIPT (a response file)")
-        if llm_provider == "anthropic" and anthropic_key is None:
-            raise ConfigError("LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
-        if llm_provider == "openai" and openai_key is None and llm_base_url is None:
-            raise ConfigError("LLM_PROVIDER=openai needs OPENAI_API_KEY or LLM_BASE_URL")
-        default_model = {
-            "anthropic": "claude-sonnet-5-5",
-            "openai": "gpt-4o-mini",
-            "scripted": "scripted",
-        }.get(llm_provider, "")
-        default_tools: tuple[str, ...] = ("Bash", "Read", "Write")
-        tools = r.get("CLAUDE_CODE_ALLOWED_TOOLS", _claude_tools, default_tools)
-        instance = r.get("ORCHESTRATOR_INSTANCE", _label_value, None) or _derive_instance(base_dir)
-        return cls(
-            grpc_port=r.get("ORCHESTRATOR_PORT", _port, 50051),
-            grpc_bind=grpc_bind,
-            http_port=r.get("ORCHESTRATOR_HTTP_PORT", _port, 50052),
-            http_bind=r.get("ORCHESTRATOR_HTTP_BIND", _nonempty, None),
-            admin_token=admin_token,
-            insecure=insecure,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            instance=instance,
-            base_dir=base_dir,
-            orchestrator_url=r.get("IRONCLAW_ORCHESTRATOR_URL_FOR_JOBS", _url, None),
-            worker_image=r.get("WORKER_IMAGE", _nonempty, "ironclaw-worker:latest"),
-            worker_memory_mb=r.get("WORKER_MEMORY_MB", _int_range(64, 1 << 20), 2048),
-            worker_cpu_shares=r.get("WORKER_CPU_SHARES", _int_range(2, 262144), 1024),
-            worker_pids_limit=r.get("WORKER_PIDS_LIMIT", _int_range(16, 1 << 22), 1024),
-            worker_timeout_s=r.get("WORKER_TIMEOUT_S", _int_range(1, 7 * 86400), 3600),
-            worker_max_iterations=r.get("WORKER_MAX_ITERATIONS", _int_range(1, 10000), 50),
-            worker_network=r.get("WORKER_NETWORK", _nonempty, "bridge"),
-            worker_runtime=r.get("WORKER_RUNTIME", _nonempty, None),
-            job_network=r.get("JOB_NETWORK", _choice(JOB_NETWORK_MODES), "bridge"),
-            job_network_pool=r.get("JOB_NETWORK_POOL", _ipv4_pool, "10.213.0.0/16"),
-            job_relay_image=r.get("JOB_RELAY_IMAGE", _nonempty, None),
-            job_relay_max_connections=r.get(
-                "JOB_RELAY_MAX_CONNECTIONS", _int_range(1, 100_000), 64
-            ),
-            state_dir=r.get("ORCHESTRATOR_STATE_DIR", _path, None),
-            stop_grace_s=r.get("STOP_GRACE_S", _int_range(0, 600), 10),
-            claude_image=r.get("CLAUDE_CODE_IMAGE", _nonempty, "ironclaw-claude:latest"),
-            claude_memory_mb=r.get("CLAUDE_CODE_MEMORY_MB", _int_range(64, 1 << 20), 4096),
-            claude_max_turns=r.get("CLAUDE_CODE_MAX_TURNS", _int_range(1, 10000), 50),
-            claude_model=r.get("CLAUDE_CODE_MODEL", _nonempty, "sonnet"),
-            claude_allowed_tools=tools,
-            claude_timeout_s=r.get("CLAUDE_CODE_TIMEOUT_S", _int_range(1, 7 * 86400), 3600),
-            claude_idle_timeout_s=r.get(
-                "CLAUDE_CODE_IDLE_TIMEOUT_S", _float_range(1.0, 7 * 86400.0), 600.0
-            ),
-            claude_model_map=r.get("CLAUDE_CODE_MODEL_MAP", _model_map, CLAUDE_MODEL_MAP_DEFAULT),
-            claude_key_in_container=r.get("CLAUDE_CODE_KEY_IN_CONTAINER", _bool, False),
-            anthropic_api_key=anthropic_key,
-            claude_oauth_token=r.get("CLAUDE_CODE_OAUTH_TOKEN", _secret, None),
-            anthropic_base_url=r.get("ANTHROPIC_BASE_URL", _url, None),
-            llm_provider=llm_provider,
-            llm_model=r.get("LLM_MODEL", _nonempty, default_model),
-            llm_base_url=llm_base_url,
-            openai_api_key=openai_key,
-            llm_script=llm_script,
-            llm_timeout_s=r.get("LLM_TIMEOUT_S", _float_range(0.1, 3600.0), 120.0),
-            llm_max_retries=r.get("LLM_MAX_RETRIES", _int_range(0, 10), 2),
-            job_llm_max_tokens_per_call=r.get(
-                "JOB_LLM_MAX_TOKENS_PER_CALL", _int_range(1, 1_000_000), 8192
-            ),
-            job_llm_token_budget=r.get("JOB_LLM_TOKEN_BUDGET", _int_range(0, 1 << 40), 2_000_000),
-            job_llm_call_budget=r.get("JOB_LLM_CALL_BUDGET", _int_range(0, 1 << 30), 500),
-            llm_model_allowlist=r.get("LLM_MODEL_ALLOWLIST", _csv, ()),
-            secrets_key=r.get("ORCHESTRATOR_SECRETS_KEY", _secret, None),
-            persist=r.get("ORCHESTRATOR_PERSIST", _bool, True),
-            http_max_body_bytes=r.get("ORCHESTRATOR_HTTP_MAX_BODY_MB", _int_range(16, 1024), 32)
-            * 1024
-            * 1024,
-            job_event_rate=r.get("JOB_EVENT_RATE", _float_range(0.0, 100_000.0), 50.0),
-            job_event_burst=r.get("JOB_EVENT_BURST", _int_range(1, 1_000_000), 500),
-            job_history_max_bytes=r.get("JOB_HISTORY_MAX_MB", _int_range(1, 1024), 4) * 1024 * 1024,
-            http_max_connections=r.get(
-                "ORCHESTRATOR_HTTP_MAX_CONNECTIONS", _int_range(16, 1_000_000), None
-            ),
-            http_max_connections_per_source=r.get(
-                "ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE", _int_range(1, 1_000_000), 64
-            ),
-            http_header_timeout_s=r.get(
-                "ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S", _float_range(0.1, 3600.0), 10.0
-            ),
-            http_body_timeout_s=r.get(
-                "ORCHESTRATOR_HTTP_BODY_TIMEOUT_S", _float_range(0.1, 3600.0), 60.0
-            ),
-            http_idle_timeout_s=r.get(
-                "ORCHESTRATOR_HTTP_IDLE_TIMEOUT_S", _float_range(0.1, 86400.0), 60.0
-            ),
-            log_tail_lines=r.get("JOB_LOG_TAIL_LINES", _int_range(0, 100_000), 200),
-            log_level=r.get("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO"),
-            log_format=r.get("LOG_FORMAT", _choice(LOG_FORMATS), "auto"),
-            metrics_enabled=r.get("METRICS_ENABLED", _bool, True),
-            metrics_port=r.get("METRICS_PORT", _port, 9464),
-            metrics_bind=r.get("METRICS_BIND", _nonempty, "127.0.0.1"),
-        )
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def get(self, name: str, parse: Callable[[str, str], T], default: T) -> T:
-        raw = self._env.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        return parse(name, raw.strip())
+# --------------------------------------------------------------------------- parsers
+# Each takes the variable's name (for the error) and its stripped, non-empty value.
 
 
 def _nonempty(name: str, raw: str) -> str:
@@ -301,6 +62,10 @@ def _secret(name: str, raw: str) -> Secret:
 
 def _path(name: str, raw: str) -> Path:
     return Path(raw)
+
+
+def _directory(name: str, raw: str) -> Path:
+    return Path(raw).expanduser().resolve()
 
 
 def _existing_file(name: str, raw: str) -> Path:
@@ -317,8 +82,6 @@ def _url(name: str, raw: str) -> str:
 
 
 def _ipv4_pool(name: str, raw: str) -> str:
-    import ipaddress
-
     try:
         pool = ipaddress.IPv4Network(raw, strict=True)
     except ValueError as exc:
@@ -337,11 +100,7 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false)")
 
 
-def _port(name: str, raw: str) -> int:
-    return _int_range(0, 65535)(name, raw)
-
-
-def _int_range(low: int, high: int) -> Callable[[str, str], int]:
+def _int_range(low: int, high: int) -> Parser[int]:
     def parse(name: str, raw: str) -> int:
         try:
             value = int(raw)
@@ -354,7 +113,10 @@ def _int_range(low: int, high: int) -> Callable[[str, str], int]:
     return parse
 
 
-def _float_range(low: float, high: float) -> Callable[[str, str], float]:
+_port = _int_range(0, 65535)
+
+
+def _float_range(low: float, high: float) -> Parser[float]:
     def parse(name: str, raw: str) -> float:
         try:
             value = float(raw)
@@ -367,7 +129,25 @@ def _float_range(low: float, high: float) -> Callable[[str, str], float]:
     return parse
 
 
-def _choice(choices: tuple[str, ...], upper: bool = False) -> Callable[[str, str], str]:
+def _cpus(name: str, raw: str) -> float:
+    # The engine's own bounds for --cpus (0.01 and up); 0 turns the quota off.
+    value = _float_range(0.0, 1024.0)(name, raw)
+    if 0 < value < 0.01:
+        raise ConfigError(f"{name}={value}: give at least 0.01 CPUs, or 0 for no quota")
+    return value
+
+
+def _megabytes(low: int, high: int) -> Parser[int]:
+    """A size given in MiB, kept in bytes."""
+    in_range = _int_range(low, high)
+
+    def parse(name: str, raw: str) -> int:
+        return in_range(name, raw) * 1024 * 1024
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...], upper: bool = False) -> Parser[str]:
     def parse(name: str, raw: str) -> str:
         value = raw.upper() if upper else raw.lower()
         if value not in choices:
@@ -394,6 +174,15 @@ def _claude_tools(name: str, raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tools))
 
 
+def _model_name(name: str, raw: str) -> str:
+    # The rule CreateJob applies to a job's own model: a default that passes here never fails
+    # a job later.
+    problem = model_name_problem(raw)
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
+    return raw
+
+
 def _model_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     """``alias=model,...`` merged over the defaults (an entry replaces that alias only)."""
     merged = dict(CLAUDE_MODEL_MAP_DEFAULT)
@@ -401,16 +190,465 @@ def _model_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
         alias, sep, model = (piece.strip() for piece in part.partition("="))
         if not sep or not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", alias.lower()):
             raise ConfigError(f"{name}: {part!r} is not alias=model (sonnet=claude-sonnet-5-5)")
-        if not _MODEL_ID.fullmatch(model):
-            raise ConfigError(f"{name}: {model!r} is not a model id")
+        problem = model_name_problem(model)
+        if problem:
+            raise ConfigError(f"{name}: {problem}")
         merged[alias.lower()] = model
     return tuple(merged.items())
+
+
+# Docker's image reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest].
+_REF_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REF_DOMAIN = (
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+)
+_IMAGE_REFERENCE = re.compile(
+    rf"(?:{_REF_DOMAIN}/)?{_REF_COMPONENT}(?:/{_REF_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,})?"
+)
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _image(name: str, raw: str) -> str:
+    # The engine refuses a malformed reference on every create: refuse it here instead.
+    if len(raw) > 255 or not (_IMAGE_REFERENCE.fullmatch(raw) or _IMAGE_ID.fullmatch(raw)):
+        raise ConfigError(
+            f"{name}={raw!r} is not an image reference (e.g. ironclaw-worker:latest; lower-case "
+            "name, optional :tag)"
+        )
+    return raw
+
+
+def _network_name(name: str, raw: str) -> str:
+    # A network name, not a network mode: "container:<id>" would share another container's
+    # network namespace, and the engine refuses anything malformed on every create.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", raw):
+        raise ConfigError(f"{name}={raw!r} is not a Docker network name")
+    return raw
 
 
 def _label_value(name: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", raw):
         raise ConfigError(f"{name}={raw!r}: use letters, digits, '.', '_' or '-' (max 63)")
     return raw
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+@dataclass(frozen=True)
+class SettingSpec(Generic[T]):
+    """One setting: where it comes from, how it is read, its default and what it means.
+
+    ``default`` is the text an operator would write (``None``: unset); the field's value when
+    the variable is unset is ``parse(env, default)``. ``shown`` is the README's default column
+    when that is not the literal default (a value derived at start). ``derived``: when unset,
+    :meth:`Settings.from_env` works the value out from other settings.
+    """
+
+    env: str
+    parse: Parser[T]
+    default: str | None
+    meaning: str
+    shown: str | None = None
+    derived: bool = False
+
+    @property
+    def documented_default(self) -> str:
+        """The README's default column, without backticks."""
+        if self.shown is not None:
+            return self.shown
+        return self.default if self.default else NOT_SET
+
+    def read(self, env: Mapping[str, str]) -> T | None:
+        """The value ``env`` gives, its default when unset (``None`` for derived settings)."""
+        raw = env.get(self.env)
+        if raw is None or not raw.strip():
+            if self.derived or self.default is None:
+                return None
+            return self.parse(self.env, self.default)
+        return self.parse(self.env, raw.strip())
+
+
+@overload
+def setting(
+    env: str,
+    parse: Parser[T],
+    default: str,
+    meaning: str,
+    *,
+    shown: str | None = None,
+    derived: bool = False,
+) -> T: ...
+
+
+@overload
+def setting(
+    env: str,
+    parse: Parser[T],
+    default: None,
+    meaning: str,
+    *,
+    shown: str | None = None,
+    derived: bool = False,
+) -> T | None: ...
+
+
+def setting(
+    env: str,
+    parse: Parser[T],
+    default: str | None,
+    meaning: str,
+    *,
+    shown: str | None = None,
+    derived: bool = False,
+) -> T | None:
+    """A :class:`Settings` field read from ``env``; its default is ``parse(env, default)``."""
+    spec = SettingSpec(env, parse, default, meaning, shown, derived)
+    value = None if default is None else parse(env, default)
+    # dataclasses.field returns the Field at run time; to a type checker it is the value.
+    return dataclasses.field(default=value, metadata={_METADATA_KEY: spec})
+
+
+def _derived(env: str, parse: Parser[T], value: T, meaning: str, shown: str) -> T:
+    """A field whose value, when ``env`` is unset, :meth:`Settings.from_env` derives."""
+    spec = SettingSpec(env, parse, None, meaning, shown, derived=True)
+    return dataclasses.field(default=value, metadata={_METADATA_KEY: spec})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All orchestrator configuration. Build it with :meth:`from_env`."""
+
+    grpc_port: int = setting("ORCHESTRATOR_PORT", _port, "50051", "gRPC control plane port")
+    grpc_bind: str = setting(
+        "ORCHESTRATOR_BIND", _nonempty, "127.0.0.1", "control plane address (non-loopback: see TLS)"
+    )
+    admin_token: Secret | None = setting(
+        "ORCHESTRATOR_ADMIN_TOKEN", _secret, None, "required on every RPC but health, when set"
+    )
+    tls_cert: Path | None = setting(
+        "ORCHESTRATOR_TLS_CERT", _existing_file, None, "PEM certificate of the control plane"
+    )
+    tls_key: Path | None = setting(
+        "ORCHESTRATOR_TLS_KEY", _existing_file, None, "PEM key of the control plane"
+    )
+    insecure: bool = setting(
+        "ORCHESTRATOR_INSECURE", _bool, "0", "accept plaintext on a non-loopback bind"
+    )
+    http_port: int = setting("ORCHESTRATOR_HTTP_PORT", _port, "50052", "worker API port")
+    # None: the Docker bridge gateway, read from the engine at start.
+    http_bind: str | None = setting(
+        "ORCHESTRATOR_HTTP_BIND", _nonempty, None, "worker API address", shown="bridge gateway"
+    )
+    http_max_body_bytes: int = setting(
+        "ORCHESTRATOR_HTTP_MAX_BODY_MB", _megabytes(16, 1024), "32", "worker API body limit"
+    )
+    # Worker-API connections: None follows the descriptor limit (http_api/connection_limits.py).
+    http_max_connections: int | None = setting(
+        "ORCHESTRATOR_HTTP_MAX_CONNECTIONS",
+        _int_range(16, 1_000_000),
+        None,
+        "worker-API connections open at once",
+        shown="(descriptor limit - 128) / 2, within 16-4,096: 448 under 1,024",
+    )
+    http_max_connections_per_source: int = setting(
+        "ORCHESTRATOR_HTTP_MAX_CONNECTIONS_PER_SOURCE",
+        _int_range(1, 1_000_000),
+        "64",
+        "worker-API connections open at once from one address",
+    )
+    http_header_timeout_s: float = setting(
+        "ORCHESTRATOR_HTTP_HEADER_TIMEOUT_S",
+        _float_range(0.1, 3600.0),
+        "10",
+        "the whole request head within this",
+    )
+    http_body_timeout_s: float = setting(
+        "ORCHESTRATOR_HTTP_BODY_TIMEOUT_S",
+        _float_range(0.1, 3600.0),
+        "60",
+        "the whole request body within this after its head",
+    )
+    http_idle_timeout_s: float = setting(
+        "ORCHESTRATOR_HTTP_IDLE_TIMEOUT_S",
+        _float_range(0.1, 86400.0),
+        "60",
+        "a keep-alive connection idle this long is closed",
+    )
+    instance: str = _derived(
+        "ORCHESTRATOR_INSTANCE",
+        _label_value,
+        "",
+        "label value separating orchestrators that share an engine",
+        shown="derived from the base dir",
+    )
+    base_dir: Path = setting(
+        "IRONCLAW_BASE_DIR", _directory, "~/.ironclaw", "state; projects under <base>/projects"
+    )
+    # What containers use to reach the worker API; None: derived from the bound port.
+    orchestrator_url: str | None = setting(
+        "IRONCLAW_ORCHESTRATOR_URL_FOR_JOBS",
+        _url,
+        None,
+        "the worker API's URL as job containers reach it",
+        shown="http://host.docker.internal:<worker API port>",
+    )
+
+    worker_image: str = setting("WORKER_IMAGE", _image, "ironclaw-worker:latest", "worker image")
+    worker_memory_mb: int = setting(
+        "WORKER_MEMORY_MB", _int_range(64, 1 << 20), "2048", "memory limit (no swap)"
+    )
+    worker_cpus: float = setting(
+        "WORKER_CPUS", _cpus, "1", "CPU quota of every job container, in CPUs (0: none)"
+    )
+    worker_cpu_shares: int = setting(
+        "WORKER_CPU_SHARES", _int_range(2, 262144), "1024", "CPU shares"
+    )
+    worker_pids_limit: int = setting(
+        "WORKER_PIDS_LIMIT", _int_range(16, 1 << 22), "1024", "pids limit"
+    )
+    worker_read_only_rootfs: bool = setting(
+        "WORKER_READ_ONLY_ROOTFS", _bool, "1", "job containers' root filesystem is read-only"
+    )
+    worker_tmp_bytes: int = setting(
+        "WORKER_TMP_MB", _megabytes(16, 1 << 20), "512", "size of the /tmp tmpfs"
+    )
+    worker_home_bytes: int = setting(
+        "WORKER_HOME_MB", _megabytes(16, 1 << 20), "1024", "size of the $HOME tmpfs"
+    )
+    worker_disk_bytes: int = setting(
+        "WORKER_DISK_MB",
+        _megabytes(64, 1 << 24),
+        "4096",
+        "writable layer limit where the storage driver can enforce one",
+    )
+    worker_timeout_s: int = setting(
+        "WORKER_TIMEOUT_S", _int_range(1, 7 * 86400), "3600", "worker job deadline"
+    )
+    worker_max_iterations: int = setting(
+        "WORKER_MAX_ITERATIONS", _int_range(1, 10000), "50", "agent loop limit"
+    )
+    worker_network: str = setting(
+        "WORKER_NETWORK", _network_name, "bridge", "Docker network of job containers"
+    )
+    worker_runtime: str | None = setting(
+        "WORKER_RUNTIME", _nonempty, None, "OCI runtime of job containers"
+    )
+    # "bridge": the seed's behaviour (host.docker.internal, the internet reachable); "isolated":
+    # a per-job internal network whose only peer is a relay to the worker API.
+    job_network: str = setting(
+        "JOB_NETWORK", _choice(JOB_NETWORK_MODES), "bridge", "bridge or isolated"
+    )
+    job_network_pool: str = setting(
+        "JOB_NETWORK_POOL", _ipv4_pool, "10.213.0.0/16", "where per-job /28 subnets come from"
+    )
+    # None: the worker image (it has python3).
+    job_relay_image: str | None = setting(
+        "JOB_RELAY_IMAGE", _image, None, "image of the per-job relay", shown="the worker image"
+    )
+    job_relay_max_connections: int = setting(
+        "JOB_RELAY_MAX_CONNECTIONS",
+        _int_range(1, 100_000),
+        "64",
+        "connections a job's relay forwards at once",
+    )
+    state_dir: Path | None = setting(
+        "ORCHESTRATOR_STATE_DIR", _path, None, "where orchestrator.db lives", shown="the base dir"
+    )
+    stop_grace_s: int = setting(
+        "STOP_GRACE_S", _int_range(0, 600), "10", "SIGTERM → SIGKILL grace on stop"
+    )
+
+    claude_image: str = setting(
+        "CLAUDE_CODE_IMAGE", _image, "ironclaw-claude:latest", "Claude Code mode image"
+    )
+    claude_memory_mb: int = setting(
+        "CLAUDE_CODE_MEMORY_MB", _int_range(64, 1 << 20), "4096", "its memory limit"
+    )
+    claude_max_turns: int = setting(
+        "CLAUDE_CODE_MAX_TURNS", _int_range(1, 10000), "50", "--max-turns"
+    )
+    claude_model: str = setting("CLAUDE_CODE_MODEL", _model_name, "sonnet", "--model")
+    claude_allowed_tools: tuple[str, ...] = setting(
+        "CLAUDE_CODE_ALLOWED_TOOLS", _claude_tools, "bash,read,write", "the CLI's tools"
+    )
+    claude_timeout_s: int = setting(
+        "CLAUDE_CODE_TIMEOUT_S", _int_range(1, 7 * 86400), "3600", "Claude Code job deadline"
+    )
+    claude_idle_timeout_s: float = setting(
+        "CLAUDE_CODE_IDLE_TIMEOUT_S",
+        _float_range(1.0, 7 * 86400.0),
+        "600",
+        "a job waiting for prompts ends after this long without one",
+    )
+    # Model aliases the Claude Code CLI accepts (--model sonnet) → the model ids sent upstream.
+    claude_model_map: tuple[tuple[str, str], ...] = setting(
+        "CLAUDE_CODE_MODEL_MAP",
+        _model_map,
+        ",".join(f"{alias}={model}" for alias, model in CLAUDE_MODEL_MAP_DEFAULT),
+        "model ids behind the CLI's aliases",
+    )
+    # Opt-in: the real Anthropic credential goes into the container (see README, "Claude Code").
+    claude_key_in_container: bool = setting(
+        "CLAUDE_CODE_KEY_IN_CONTAINER", _bool, "0", "put the real credential into containers"
+    )
+    anthropic_api_key: Secret | None = setting(
+        "ANTHROPIC_API_KEY", _secret, None, "Anthropic API key"
+    )
+    claude_oauth_token: Secret | None = setting(
+        "CLAUDE_CODE_OAUTH_TOKEN", _secret, None, "Claude Code OAuth token"
+    )
+    anthropic_base_url: str | None = setting(
+        "ANTHROPIC_BASE_URL", _url, None, "upstream of the Anthropic provider"
+    )
+
+    llm_provider: str = _derived(
+        "LLM_PROVIDER",
+        _choice(LLM_PROVIDERS),
+        "none",
+        "anthropic, openai, scripted or none",
+        shown="picked from what is configured",
+    )
+    llm_model: str = _derived(
+        "LLM_MODEL", _nonempty, "", "default model of the proxy", shown="per provider"
+    )
+    llm_base_url: str | None = setting("LLM_BASE_URL", _url, None, "OpenAI-compatible server")
+    openai_api_key: Secret | None = setting("OPENAI_API_KEY", _secret, None, "key for it")
+    llm_script: Path | None = setting(
+        "LLM_SCRIPT", _existing_file, None, "response file of the scripted provider"
+    )
+    llm_timeout_s: float = setting(
+        "LLM_TIMEOUT_S", _float_range(0.1, 3600.0), "120", "upstream request timeout"
+    )
+    llm_max_retries: int = setting(
+        "LLM_MAX_RETRIES", _int_range(0, 10), "2", "upstream request retries"
+    )
+
+    job_llm_max_tokens_per_call: int = setting(
+        "JOB_LLM_MAX_TOKENS_PER_CALL", _int_range(1, 1_000_000), "8192", "cap on max_tokens"
+    )
+    job_llm_token_budget: int = setting(
+        "JOB_LLM_TOKEN_BUDGET", _int_range(0, 1 << 40), "2000000", "tokens per job (0: unlimited)"
+    )
+    job_llm_call_budget: int = setting(
+        "JOB_LLM_CALL_BUDGET", _int_range(0, 1 << 30), "500", "LLM calls per job (0: unlimited)"
+    )
+    llm_model_allowlist: tuple[str, ...] = setting(
+        "LLM_MODEL_ALLOWLIST", _csv, "", "models a job may ask for besides the default"
+    )
+
+    # Status lines and events a job may send: a token bucket per job (rate 0: unlimited).
+    job_event_rate: float = setting(
+        "JOB_EVENT_RATE", _float_range(0.0, 100_000.0), "50", "status lines and events a second"
+    )
+    job_event_burst: int = setting(
+        "JOB_EVENT_BURST", _int_range(1, 1_000_000), "500", "status lines and events at once"
+    )
+    # What a job's history (events, status lines) may hold, in memory and in the store.
+    job_history_max_bytes: int = setting(
+        "JOB_HISTORY_MAX_MB", _megabytes(1, 1024), "4", "bytes of a job's history kept"
+    )
+
+    secrets_key: Secret | None = setting(
+        "ORCHESTRATOR_SECRETS_KEY", _secret, None, "seals credential grants in the store"
+    )
+    persist: bool = setting("ORCHESTRATOR_PERSIST", _bool, "1", "keep jobs in the store")
+
+    log_tail_lines: int = setting(
+        "JOB_LOG_TAIL_LINES", _int_range(0, 100_000), "200", "log lines kept from a dead container"
+    )
+    log_level: str = setting("LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "INFO", "log level")
+    log_format: str = setting("LOG_FORMAT", _choice(LOG_FORMATS), "auto", "json, console or auto")
+    # Prometheus /metrics on its own port, loopback by default (job containers must not reach it).
+    metrics_enabled: bool = setting("METRICS_ENABLED", _bool, "1", "serve /metrics")
+    metrics_port: int = setting("METRICS_PORT", _port, "9464", "Prometheus /metrics port")
+    metrics_bind: str = setting("METRICS_BIND", _nonempty, "127.0.0.1", "metrics address")
+
+    @property
+    def projects_dir(self) -> Path:
+        return self.base_dir / "projects"
+
+    @property
+    def store_path(self) -> Path:
+        return (self.state_dir or self.base_dir) / "orchestrator.db"
+
+    @property
+    def claude_auth_configured(self) -> bool:
+        return bool(self.anthropic_api_key) or bool(self.claude_oauth_token)
+
+    @property
+    def claude_model_aliases(self) -> dict[str, str]:
+        """``CLAUDE_CODE_MODEL_MAP`` as a dict: alias → model id."""
+        return dict(self.claude_model_map)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads and validates every variable; raises ConfigError naming the bad one."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field_name, spec in setting_specs():
+            value = spec.read(env)
+            if value is not None or not spec.derived:
+                values[field_name] = value
+        read = cls(**values)
+        return dataclasses.replace(read, **_derived_values(read, env))
+
+
+def setting_specs() -> Iterator[tuple[str, SettingSpec[Any]]]:
+    """Every setting as (field name, declaration), in declaration order."""
+    for item in dataclasses.fields(Settings):
+        spec = item.metadata.get(_METADATA_KEY)
+        if isinstance(spec, SettingSpec):
+            yield item.name, spec
+
+
+def _derived_values(s: Settings, env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings that depend on others, and the checks that span several variables."""
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise ConfigError("ORCHESTRATOR_TLS_CERT and ORCHESTRATOR_TLS_KEY must be set together")
+    if not _is_loopback(s.grpc_bind):
+        if s.admin_token is None:
+            raise ConfigError(
+                f"ORCHESTRATOR_BIND={s.grpc_bind} is not loopback: set ORCHESTRATOR_ADMIN_TOKEN "
+                "so the control plane is not open to anyone who can reach it"
+            )
+        if s.tls_cert is None and not s.insecure:
+            raise ConfigError(
+                f"ORCHESTRATOR_BIND={s.grpc_bind} is not loopback: set ORCHESTRATOR_TLS_CERT and "
+                "ORCHESTRATOR_TLS_KEY, or ORCHESTRATOR_INSECURE=1 to accept plaintext"
+            )
+    derived: dict[str, Any] = {}
+    provider = s.llm_provider if _is_set(env, "LLM_PROVIDER") else _pick_provider(s)
+    if provider == "scripted" and s.llm_script is None:
+        raise ConfigError("LLM_PROVIDER=scripted needs LLM_SCRIPT (a response file)")
+    if provider == "anthropic" and s.anthropic_api_key is None:
+        raise ConfigError("LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+    if provider == "openai" and s.openai_api_key is None and s.llm_base_url is None:
+        raise ConfigError("LLM_PROVIDER=openai needs OPENAI_API_KEY or LLM_BASE_URL")
+    derived["llm_provider"] = provider
+    if not _is_set(env, "LLM_MODEL"):
+        derived["llm_model"] = _PROVIDER_DEFAULT_MODELS.get(provider, "")
+    if not _is_set(env, "ORCHESTRATOR_INSTANCE"):
+        derived["instance"] = _derive_instance(s.base_dir)
+    return derived
+
+
+def _pick_provider(s: Settings) -> str:
+    # The provider the operator evidently configured; never a guessed network one.
+    if s.llm_script is not None:
+        return "scripted"
+    if s.anthropic_api_key is not None:
+        return "anthropic"
+    if s.openai_api_key is not None or s.llm_base_url is not None:
+        return "openai"
+    return "none"
+
+
+def _is_set(env: Mapping[str, str], name: str) -> bool:
+    return bool(env.get(name, "").strip())
 
 
 def _derive_instance(base_dir: Path) -> str:
@@ -421,3 +659,17 @@ def _derive_instance(base_dir: Path) -> str:
 
 def _is_loopback(address: str) -> bool:
     return address in ("localhost", "::1", "[::1]") or address.startswith("127.")
+
+
+def configuration_table() -> str:
+    """The README's configuration table rows (variable and default; the meaning is a start)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for _, spec in setting_specs():
+        default = spec.documented_default
+        shown = default if default == NOT_SET or spec.shown else f"`{default}`"
+        rows.append(f"| `{spec.env}` | {shown} | {spec.meaning} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(configuration_table())

@@ -25,7 +25,10 @@ from typing import Any
 from ironclaw_contract.mcp_catalog import (
     McpConfigError,
     McpServerEntry,
+    check_distinct_names,
     check_server_name,
+    find_by_name,
+    name_key,
     parse_catalog,
 )
 from ironclaw_contract.wasm_catalog import MAX_MODULE_BYTES, WasmToolManifest, parse_wasm_manifest
@@ -112,14 +115,27 @@ class ToolCatalog:
         except OSError:
             return []
 
-    def _wasm_tool(self, name: str) -> _WasmTool:
+    def _wasm_spelling(self, name: str) -> str:
+        """The catalogue's spelling of the tool ``name`` (matched case-insensitively)."""
+        names = self.wasm_tool_names()
+        try:
+            check_distinct_names(names, f"{self.wasm_dir}: WASM tools")
+        except McpConfigError as exc:
+            raise FailedPrecondition(f"the WASM tool catalogue is invalid: {exc}") from None
+        found = find_by_name(dict.fromkeys(names), name)
+        if found is None:
+            raise InvalidArgument(
+                f"WASM tool {name!r} is not in the catalogue {self.wasm_dir}; "
+                f"known: {', '.join(names) or 'none'}"
+            )
+        return found[0]
+
+    def _wasm_tool(self, requested: str) -> _WasmTool:
+        name = self._wasm_spelling(requested)
         manifest_path = self.wasm_dir / f"{name}.json"
         manifest_stamp = _Stamp.of(manifest_path)
         if manifest_stamp is None:
-            raise InvalidArgument(
-                f"WASM tool {name!r} is not in the catalogue {self.wasm_dir}; "
-                f"known: {', '.join(self.wasm_tool_names()) or 'none'}"
-            )
+            raise InvalidArgument(f"WASM tool {name!r} vanished from the catalogue {self.wasm_dir}")
         cached = self._wasm.get(name)
         if cached is not None and cached[0][0] == manifest_stamp:
             module_path = self.wasm_dir / cached[1].manifest.module
@@ -172,13 +188,14 @@ class ToolCatalog:
         granted_credentials = set(credential_names)
         catalogue = self.mcp_servers() if mcp_requested else {}
         servers: list[dict[str, Any]] = []
-        for name in mcp_requested:
-            entry = catalogue.get(name)
-            if entry is None:
+        for requested in mcp_requested:
+            found = find_by_name(catalogue, requested)
+            if found is None:
                 raise InvalidArgument(
-                    f"MCP server {name!r} is not in the catalogue {self.mcp_path}; "
+                    f"MCP server {requested!r} is not in the catalogue {self.mcp_path}; "
                     f"known: {', '.join(sorted(catalogue)) or 'none'}"
                 )
+            name, entry = found
             if entry.disabled:
                 raise InvalidArgument(f"MCP server {name!r} is disabled in {self.mcp_path}")
             missing = sorted(entry.credential_references() - granted_credentials)
@@ -230,8 +247,8 @@ def _unique(names: Iterable[str], kind: str, limit: int) -> list[str]:
             check_server_name(name, f"{kind} {name[:40]!r}")
         except McpConfigError as exc:
             raise InvalidArgument(str(exc)) from None
-        if name in seen:
-            raise InvalidArgument(f"{kind} {name!r} is named twice")
+        if name_key(name) in map(name_key, seen):
+            raise InvalidArgument(f"{kind} {name!r} is named twice (names ignore case)")
         seen.append(name)
     if len(seen) > limit:
         raise InvalidArgument(f"at most {limit} {kind}s per job, {len(seen)} asked for")

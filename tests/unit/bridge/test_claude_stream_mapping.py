@@ -168,7 +168,15 @@ def test_non_json_and_odd_lines_become_status_never_errors() -> None:
         BridgeEvent("status", {"message": "claude: Warning: something odd"})
     ]
     assert mapper.feed("[1, 2]\n") == [BridgeEvent("status", {"message": "claude: [1, 2]"})]
-    assert mapper.feed('{"type": "stream_event", "event": {}}\n') == []
+    assert mapper.feed('{"type": "stream_event", "event": {}}\n') == [
+        BridgeEvent(
+            "status",
+            {
+                "message": "claude: stream-json line not mapped to an event: type stream_event "
+                "(fields: event)"
+            },
+        )
+    ]
     assert mapper.feed('{"type": "assistant", "message": "not an object"}\n') == []
     assert mapper.feed('{"type": "user", "message": {"content": "typed text"}}\n') == []
     assert mapper.feed('{"type": "result"}\n') == []
@@ -177,6 +185,58 @@ def test_non_json_and_odd_lines_become_status_never_errors() -> None:
     assert not mapper.result.succeeded
     huge = mapper.feed("x" * 10_000)
     assert len(huge[0].data["message"]) < 2100
+
+
+def test_an_unknown_line_type_becomes_a_status_naming_it_without_its_values() -> None:
+    secret = "irc_" + "Q" * 43
+    line = _line(
+        {
+            "type": "rate_limit_event",
+            "session_id": SID,
+            "uuid": "5c4e",
+            "rate_limit_info": {"status": "allowed", "note": secret},
+            "payload": "p" * 100_000,
+        }
+    )
+    [event] = StreamJsonMapper().feed(line)
+    assert event == BridgeEvent(
+        "status",
+        {
+            "message": "claude: stream-json line not mapped to an event: type rate_limit_event "
+            "(fields: rate_limit_info, payload)"
+        },
+    )
+
+
+def test_an_unknown_system_subtype_becomes_a_status() -> None:
+    [event] = StreamJsonMapper().feed(
+        _line({"type": "system", "subtype": "compact_boundary", "compact_metadata": {}})
+    )
+    assert event.event_type == "status"
+    assert event.data["message"] == (
+        "claude: stream-json line not mapped to an event: type system, subtype "
+        "compact_boundary (fields: compact_metadata)"
+    )
+
+
+def test_an_unknown_line_is_bounded_and_shows_no_odd_names() -> None:
+    fields = {f"field_{n}": n for n in range(500)}
+    fields["Bearer " + "t" * 40] = 1
+    [event] = StreamJsonMapper().feed(_line({"type": {"nested": "x" * 5000}, **fields}))
+    message = event.data["message"]
+    assert message.startswith("claude: stream-json line not mapped to an event: type ?")
+    assert "field_11" in message
+    assert "field_12," not in message
+    assert "… 489 more" in message
+    assert "t" * 40 not in message
+    assert len(message) < 400
+
+
+def test_a_non_json_line_with_a_secret_is_masked() -> None:
+    secret = "irc_" + "Z" * 43
+    [event] = StreamJsonMapper().feed(f"debug: header Authorization: Bearer {secret}\n")
+    assert secret not in event.data["message"]
+    assert event.data["message"].startswith("claude: debug: header Authorization: ***")
 
 
 def test_thinking_and_empty_text_blocks() -> None:

@@ -9,6 +9,7 @@ import pytest
 from ironclaw_contract.mcp_catalog import (
     McpConfigError,
     McpServerEntry,
+    find_by_name,
     parse_catalog,
     parse_entry,
     resolve_references,
@@ -145,3 +146,17 @@ def test_references_resolve_to_granted_values_and_name_a_missing_grant() -> None
     with pytest.raises(McpConfigError, match="credential 'other' is not granted") as caught:
         resolve_references("${credential:other}", credentials)
     assert "s3cr3t" not in str(caught.value)
+
+
+def test_a_catalogue_with_two_names_equal_but_for_case_is_refused() -> None:
+    with pytest.raises(McpConfigError, match="'Docs' and 'docs' differ only in case"):
+        parse_catalog(
+            {"mcpServers": {"Docs": {"command": "a"}, "docs": {"command": "b"}}}, "mcp.json"
+        )
+
+
+def test_names_are_found_case_insensitively_in_the_catalogue_spelling() -> None:
+    entries = {"GitHub": 1, "docs": 2}
+    assert find_by_name(entries, "github") == ("GitHub", 1)
+    assert find_by_name(entries, "DOCS") == ("docs", 2)
+    assert find_by_name(entries, "git") is None

@@ -327,3 +327,6 @@ def test_the_built_in_tool_names_are_reserved() -> None:
     for name in BUILTIN_TOOL_NAMES:
         with pytest.raises(ValueError, match="built-in tool's"):
             check_tool_name(name, "catalogue")
+        # Compared as every catalogue name is: without regard to case.
+        with pytest.raises(ValueError, match="built-in tool's"):
+            check_tool_name(name.upper(), "catalogue")

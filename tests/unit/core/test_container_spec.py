@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from ironclaw_contract import container_env
-from orchestrator.containers.backend import ContainerSpec
+from orchestrator.containers.backend import ContainerSpec, EngineCapabilities
+from orchestrator.containers.docker_backend import (
+    host_config_arguments,
+    writable_layer_limit_possible,
+)
+from orchestrator.containers.engine_checks import EngineCheck, check_engine_capabilities
 from orchestrator.containers.spec import build_container_spec
 from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.secrets import Secret
@@ -51,7 +57,13 @@ def test_worker_container_is_hardened() -> None:
     assert s.cap_drop == ("ALL",)
     assert s.cap_add == ("CHOWN",)
     assert s.security_opt == ("no-new-privileges:true",)
-    assert s.tmpfs == {"/tmp": "rw,nosuid,nodev,size=512m"}
+    assert s.tmpfs == {
+        "/tmp": "rw,nosuid,nodev,size=512m",
+        "/home/sandbox": "rw,nosuid,nodev,exec,size=1024m,uid=1000,gid=1000,mode=0700",
+    }
+    assert s.read_only_rootfs
+    assert s.nano_cpus == 1_000_000_000
+    assert s.writable_layer_bytes == 4096 << 20
     assert s.memory_bytes == s.memory_swap_bytes == 2048 * 1024 * 1024
     assert s.cpu_shares == 1024
     assert s.pids_limit == 1024
@@ -122,3 +134,95 @@ def test_runtime_and_limits_come_from_settings() -> None:
     assert spec.cpu_shares == 512
     assert spec.pids_limit == 99
     assert Secret("x") != Secret("y")
+
+
+def test_cpu_quota_disk_and_tmpfs_sizes_come_from_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "WORKER_CPUS": "0.5",
+            "WORKER_TMP_MB": "64",
+            "WORKER_HOME_MB": "128",
+            "WORKER_DISK_MB": "512",
+            "WORKER_READ_ONLY_ROOTFS": "0",
+        }
+    )
+    for mode in JobMode:
+        spec = _spec(mode, replace(settings, anthropic_api_key=Secret("k")))
+        assert spec.nano_cpus == 500_000_000
+        assert not spec.read_only_rootfs
+        assert spec.writable_layer_bytes == 512 << 20
+        assert spec.tmpfs["/tmp"].endswith(",size=64m")
+        assert ",size=128m," in spec.tmpfs["/home/sandbox"]
+    assert _spec(settings=Settings.from_env({"WORKER_CPUS": "0"})).nano_cpus == 0
+
+
+def test_host_config_carries_the_quota_read_only_root_and_tmpfs() -> None:
+    spec = _spec()
+    host = host_config_arguments(spec)
+    assert host["nano_cpus"] == 1_000_000_000
+    assert host["read_only"] is True
+    assert host["tmpfs"] == dict(spec.tmpfs)
+    # Only where the storage driver can enforce it: an engine that cannot refuses the create.
+    assert host["storage_opt"] is None
+    limited = host_config_arguments(spec, limit_writable_layer=True)
+    assert limited["storage_opt"] == {"size": str(4096 << 20)}
+    no_quota = host_config_arguments(replace(spec, nano_cpus=0))
+    assert no_quota["nano_cpus"] is None
+
+
+@pytest.mark.parametrize(
+    ("info", "possible"),
+    [
+        ({"Driver": "overlay2", "DriverStatus": [["Backing Filesystem", "xfs"]]}, True),
+        ({"Driver": "overlay2", "DriverStatus": [["Backing Filesystem", "extfs"]]}, False),
+        ({"Driver": "fuse-overlayfs", "DriverStatus": None}, False),
+        ({"Driver": "btrfs", "DriverStatus": []}, True),
+        ({"Driver": "zfs"}, True),
+        ({"Driver": "vfs", "DriverStatus": [["Backing Filesystem", "xfs"]]}, True),
+        ({}, False),
+    ],
+)
+def test_writable_layer_limit_is_tried_only_on_drivers_that_can_have_one(
+    info: dict[str, Any], possible: bool
+) -> None:
+    assert writable_layer_limit_possible(info) is possible
+
+
+def _caps(**fields: Any) -> EngineCapabilities:
+    base: dict[str, Any] = {"cpus": 2, "cpu_quota": True, "runtimes": frozenset({"runc"})}
+    return EngineCapabilities(**{**base, **fields})
+
+
+def test_a_cpu_quota_the_engine_would_refuse_stops_the_start() -> None:
+    too_many = check_engine_capabilities(Settings.from_env({"WORKER_CPUS": "4"}), _caps())
+    assert too_many.errors
+    assert "WORKER_CPUS=4" in too_many.errors[0]
+    assert "2 CPU(s)" in too_many.errors[0]
+    no_cfs = check_engine_capabilities(Settings.from_env({}), _caps(cpu_quota=False))
+    assert no_cfs.errors
+    assert "WORKER_CPUS=0" in no_cfs.errors[0]
+    assert (
+        check_engine_capabilities(
+            Settings.from_env({"WORKER_CPUS": "0"}), _caps(cpus=1, cpu_quota=False)
+        ).errors
+        == ()
+    )
+    assert check_engine_capabilities(Settings.from_env({"WORKER_CPUS": "2"}), _caps()).errors == ()
+    # An engine that cannot tell is not second-guessed.
+    assert (
+        check_engine_capabilities(Settings.from_env({"WORKER_CPUS": "64"}), EngineCapabilities())
+        == EngineCheck()
+    )
+
+
+def test_what_the_engine_cannot_enforce_is_a_warning() -> None:
+    writable = Settings.from_env({"WORKER_READ_ONLY_ROOTFS": "0"})
+    [warning] = check_engine_capabilities(writable, _caps(storage_driver="fuse-overlayfs")).warnings
+    assert "WORKER_DISK_MB is not enforced" in warning
+    assert "fuse-overlayfs" in warning
+    assert check_engine_capabilities(writable, _caps(writable_layer_limit=True)).warnings == ()
+    # A read-only root leaves the job nothing to write in its writable layer.
+    assert check_engine_capabilities(Settings.from_env({}), _caps()).warnings == ()
+    runtime = Settings.from_env({"WORKER_RUNTIME": "runsc"})
+    [warning] = check_engine_capabilities(runtime, _caps()).warnings
+    assert "WORKER_RUNTIME=runsc" in warning

@@ -134,3 +134,44 @@ def test_claude_code_jobs_are_not_offered_custom_tools(tmp_path: Path) -> None:
     # Admission refuses it: nothing is recorded and no engine is involved.
     with pytest.raises(InvalidArgument, match="worker-mode jobs only"):
         admit(request, settings, catalog.grant)
+
+
+def test_mcp_names_match_case_insensitively_and_the_job_sees_the_catalogue_spelling(
+    tmp_path: Path,
+) -> None:
+    write_mcp(tmp_path, {"GitHub": {"command": "gh-mcp"}, "docs": {"command": "docs-mcp"}})
+    catalog = ToolCatalog(tmp_path)
+    granted = catalog.grant(["github", "DOCS"], [], [])
+    assert granted.mcp_server_names == ("GitHub", "docs")
+    assert [entry["name"] for entry in granted.mcp_servers] == ["GitHub", "docs"]
+    with pytest.raises(InvalidArgument, match="named twice"):
+        catalog.grant(["github", "GITHUB"], [], [])
+
+
+def test_an_mcp_catalogue_with_names_equal_but_for_case_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    write_mcp(tmp_path, {"github": {"command": "a"}, "GitHub": {"command": "b"}})
+    catalog = ToolCatalog(tmp_path)
+    with pytest.raises(ConfigError, match="'github' and 'GitHub' differ only in case"):
+        catalog.check()
+    with pytest.raises(FailedPrecondition, match="differ only in case"):
+        catalog.grant(["github"], [], [])
+
+
+def test_wasm_names_match_case_insensitively_and_a_case_twin_is_refused(tmp_path: Path) -> None:
+    write_wasm(tmp_path, "WordCount")
+    catalog = ToolCatalog(tmp_path)
+    granted = catalog.grant([], ["wordcount"], [])
+    [stored] = granted.wasm_tools
+    assert stored["name"] == "WordCount"
+    [served] = catalog.served_tools(granted)["wasm_tools"]
+    assert served["name"] == "WordCount"
+    with pytest.raises(InvalidArgument, match="named twice"):
+        catalog.grant([], ["wordcount", "WORDCOUNT"], [])
+
+    write_wasm(tmp_path, "wordcount")
+    with pytest.raises(ConfigError, match="'WordCount' and 'wordcount' differ only in case"):
+        catalog.check()
+    with pytest.raises(FailedPrecondition, match="differ only in case"):
+        catalog.grant([], ["WordCount"], [])

@@ -45,10 +45,29 @@ class ContainerSpec:
     runtime: str | None = None
     # Keys of ``env`` whose values are secrets (e.g. the job token): never logged.
     secret_env_keys: frozenset[str] = frozenset()
+    # CPU time per second of wall time, in billionths of a CPU (1e9: one CPU); 0: no quota.
+    nano_cpus: int = 0
+    # The image's filesystem is read-only; the job writes to its mounts and tmpfs only.
+    read_only_rootfs: bool = False
+    # The container's writable layer, bounded where the engine's storage driver can do it
+    # (see ContainerBackend.capabilities); None: unbounded.
+    writable_layer_bytes: int | None = None
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in self.secret_env_keys else v) for k, v in self.env.items()}
         return f"ContainerSpec(name={self.name!r}, image={self.image!r}, env={shown!r})"
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What the engine can enforce for a job container; ``None``: the backend cannot tell."""
+
+    cpus: int | None = None  # CPUs a container's quota can span
+    cpu_quota: bool | None = None  # a CPU quota (nano_cpus) can be set
+    runtimes: frozenset[str] | None = None  # OCI runtimes the engine knows
+    storage_driver: str = ""
+    # A size limit on a container's writable layer (ContainerSpec.writable_layer_bytes).
+    writable_layer_limit: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,11 @@ class ContainerBackend(abc.ABC):
         stopped. Backends that bind host paths must override it; raises OrchestratorError
         when the container runs but its mount cannot be read."""
         return None
+
+    async def capabilities(self, probe_image: str | None = None) -> EngineCapabilities:
+        """What the engine can enforce; ``probe_image``, when present on the engine, may be
+        used to try a limit out (nothing is started). Unknown by default."""
+        return EngineCapabilities()
 
     @abc.abstractmethod
     async def default_gateway(self) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -31,6 +32,7 @@ from orchestrator.containers.backend import (
     ContainerInfo,
     ContainerSpec,
     DirectoryIdentity,
+    EngineCapabilities,
     JobNetworkRequest,
 )
 from orchestrator.containers.host_paths import verify_projects_dir_on_host
@@ -77,6 +79,13 @@ class DockerBackend(ContainerBackend):
         self._max_pool = max_workers
         # Called with "unreachable" or "api_<status>" for each failed engine call (metrics).
         self.on_error: Callable[[str], None] | None = None
+        # Set by capabilities(): whether create may pass storage_opt size (else it is refused).
+        self._writable_layer_limit = False
+
+    @property
+    def limits_writable_layer(self) -> bool:
+        """Whether job containers get a writable-layer size (found by :meth:`capabilities`)."""
+        return self._writable_layer_limit
 
     @property
     def engine_address(self) -> str:
@@ -149,7 +158,9 @@ class DockerBackend(ContainerBackend):
 
     def _create_and_start(self, spec: ContainerSpec) -> str:
         api = self._api()
-        host_config = api.create_host_config(**host_config_arguments(spec))
+        host_config = api.create_host_config(
+            **host_config_arguments(spec, limit_writable_layer=self._writable_layer_limit)
+        )
         try:
             created = api.create_container(
                 image=spec.image,
@@ -189,6 +200,45 @@ class DockerBackend(ContainerBackend):
             f"{known}; see `docker info`): install and register it with the engine, or unset "
             f"WORKER_RUNTIME. {_api_error_text('create', exc)}"
         )
+
+    async def capabilities(self, probe_image: str | None = None) -> EngineCapabilities:
+        """From ``docker info``; a writable-layer limit the storage driver may support is tried
+        out by creating (never starting) a container of ``probe_image`` with it."""
+        info = await self._run(lambda: self._api().info())
+        runtimes = info.get("Runtimes")
+        caps = EngineCapabilities(
+            cpus=int(info["NCPU"]) if isinstance(info.get("NCPU"), int) else None,
+            cpu_quota=bool(info["CpuCfsQuota"]) if "CpuCfsQuota" in info else None,
+            runtimes=frozenset(runtimes) if isinstance(runtimes, dict) else None,
+            storage_driver=str(info.get("Driver", "")),
+        )
+        if writable_layer_limit_possible(info) and probe_image:
+            limited = await self._run(functools.partial(self._probe_layer_limit, probe_image))
+            caps = dataclasses.replace(caps, writable_layer_limit=limited)
+        self._writable_layer_limit = caps.writable_layer_limit
+        return caps
+
+    def _probe_layer_limit(self, image: str) -> bool:
+        # overlay2 needs xfs mounted with pquota, which docker info does not show: only the
+        # engine's answer to a create tells.
+        api = self._api()
+        try:
+            created = api.create_container(
+                image=image,
+                command=["true"],
+                host_config=api.create_host_config(storage_opt={"size": "64m"}),
+                labels={"ironclaw.probe": "storage-size"},
+            )
+        except docker.errors.ImageNotFound:
+            log.info("writable layer size limit not tried: no image to try it with", image=image)
+            return False
+        except docker.errors.APIError as exc:
+            reason = _api_error_text("create", exc)
+            log.info("writable layer size limit not supported", reason=reason)
+            return False
+        with contextlib.suppress(docker.errors.APIError):
+            api.remove_container(created["Id"], force=True)
+        return True
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         def stop() -> None:
@@ -439,8 +489,28 @@ class DockerBackend(ContainerBackend):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def host_config_arguments(spec: ContainerSpec) -> dict[str, Any]:
-    """The engine's HostConfig for a spec (the keyword arguments of ``create_host_config``)."""
+def writable_layer_limit_possible(info: dict[str, Any]) -> bool:
+    """Whether ``docker info``'s storage driver can bound a container's writable layer
+    (``--storage-opt size=``): overlay2 (and vfs) on xfs, if mounted with ``pquota``; btrfs,
+    zfs and devicemapper. fuse-overlayfs, overlay2 on ext4 and the others cannot."""
+    driver = str(info.get("Driver", ""))
+    status = {
+        str(row[0]): str(row[1])
+        for row in info.get("DriverStatus") or []
+        if isinstance(row, list | tuple) and len(row) == 2
+    }
+    if driver in ("overlay2", "vfs"):
+        return status.get("Backing Filesystem") == "xfs"
+    return driver in ("btrfs", "zfs", "devicemapper", "windowsfilter")
+
+
+def host_config_arguments(
+    spec: ContainerSpec, *, limit_writable_layer: bool = False
+) -> dict[str, Any]:
+    """The engine's HostConfig for a spec (the keyword arguments of ``create_host_config``);
+    ``limit_writable_layer`` where the storage driver accepts a size (an engine whose driver
+    cannot refuses every create that asks)."""
+    layer = spec.writable_layer_bytes if limit_writable_layer else None
     return dict(
         binds={
             m.host_path: {"bind": m.container_path, "mode": "ro" if m.read_only else "rw"}
@@ -457,6 +527,9 @@ def host_config_arguments(spec: ContainerSpec) -> dict[str, Any]:
         network_mode=spec.network,
         extra_hosts=dict(spec.extra_hosts) or None,
         runtime=spec.runtime,
+        nano_cpus=spec.nano_cpus or None,
+        read_only=spec.read_only_rootfs,
+        storage_opt={"size": str(layer)} if layer else None,
         # No docker-init: it would be PID 1 holding the token in a /proc/1/environ that the
         # agent's tools (same uid) can read. The agent is PID 1, reaps orphans and is
         # non-dumpable.

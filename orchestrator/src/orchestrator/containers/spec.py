@@ -16,7 +16,10 @@ LABEL_INSTANCE = "ironclaw.instance"
 
 WORKSPACE = container_env.WORKSPACE_PATH
 SANDBOX_USER = "1000:1000"
-TMPFS_OPTIONS = "rw,nosuid,nodev,size=512m"
+# The worker image's HOME (the Claude CLI keeps ~/.claude and ~/.claude.json there; pip, npm and
+# cargo their caches). With a read-only root it is a tmpfs of its own, which starts empty: the
+# image's files under it are not seen by the job.
+SANDBOX_HOME = "/home/sandbox"
 HOST_GATEWAY_NAME = "host.docker.internal"
 
 
@@ -79,7 +82,7 @@ def build_container_spec(
         memory_swap_bytes=memory,
         cpu_shares=settings.worker_cpu_shares,
         pids_limit=settings.worker_pids_limit,
-        tmpfs={"/tmp": TMPFS_OPTIONS},  # noqa: S108 - a private tmpfs inside the container
+        tmpfs=writable_tmpfs(settings),
         cap_drop=("ALL",),
         # CHOWN only: tools such as npm and cargo chown their own files. No DAC_OVERRIDE.
         cap_add=("CHOWN",),
@@ -90,4 +93,22 @@ def build_container_spec(
         ),
         runtime=settings.worker_runtime,
         secret_env_keys=frozenset({container_env.WORKER_TOKEN}),
+        # A quota, not only shares: shares divide the CPUs only among jobs that compete, so
+        # one job alone could take every core of the host.
+        nano_cpus=round(settings.worker_cpus * 1e9),
+        read_only_rootfs=settings.worker_read_only_rootfs,
+        writable_layer_bytes=settings.worker_disk_bytes,
     )
+
+
+def writable_tmpfs(settings: Settings) -> dict[str, str]:
+    """The size-bounded tmpfs mounts of a job container (their pages also count against its
+    memory limit). /tmp keeps the engine's default ``noexec``; $HOME is ``exec``, since
+    ``pip install --user``, ``cargo install`` and ``npx`` run what they put there."""
+    return {
+        "/tmp": f"rw,nosuid,nodev,size={settings.worker_tmp_bytes >> 20}m",  # noqa: S108
+        SANDBOX_HOME: (
+            f"rw,nosuid,nodev,exec,size={settings.worker_home_bytes >> 20}m,"
+            "uid=1000,gid=1000,mode=0700"
+        ),
+    }

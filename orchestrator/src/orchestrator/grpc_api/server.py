@@ -12,6 +12,8 @@ from grpc_reflection.v1alpha import reflection
 
 from orchestrator.api.v1 import jobs_pb2, jobs_pb2_grpc
 from orchestrator.grpc_api.auth import AdminTokenInterceptor
+from orchestrator.grpc_api.error_mapping import UnexpectedErrorInterceptor
+from orchestrator.grpc_api.reflection import enable_server_reflection
 from orchestrator.grpc_api.servicer import JobServicer
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.settings import Settings
@@ -39,7 +41,8 @@ async def start_control_plane(
     settings: Settings, manager: ContainerJobManager, port: int | None = None
 ) -> ControlPlane:
     """Starts the gRPC server on ``settings.grpc_bind`` (port 0 picks a free one)."""
-    interceptors = []
+    # The catch-all first, so it also guards what the interceptors after it return.
+    interceptors: list[aio.ServerInterceptor] = [UnexpectedErrorInterceptor()]  # type: ignore[type-arg]
     if settings.admin_token is not None:
         interceptors.append(AdminTokenInterceptor(settings.admin_token.reveal()))
     server = aio.server(
@@ -53,9 +56,7 @@ async def start_control_plane(
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(manager), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     host = settings.grpc_bind
     address = f"[{host}]" if ":" in host and not host.startswith("[") else host
     target = f"{address}:{settings.grpc_port if port is None else port}"

@@ -23,6 +23,7 @@ from orchestrator.domain.jobs import (
     JobMode,
 )
 from orchestrator.errors import FailedPrecondition, InvalidArgument
+from orchestrator.model_names import model_name_problem
 from orchestrator.settings import Settings
 from orchestrator.tokens import validate_grants
 
@@ -31,7 +32,6 @@ MAX_PROJECT_DIR_CHARS = 4096
 MAX_LABELS = 32
 MAX_LABEL_VALUE_CHARS = 256
 LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
-MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-\[\]/]{0,127}")
 TOOL_NAME_MAX_CHARS = 64
 MAX_TOOLS_NAMED = 64
 # Control characters other than tab and newline have no business in a task or a label: they
@@ -128,8 +128,11 @@ def validate_labels(labels: Mapping[str, str]) -> dict[str, str]:
 
 
 def validate_model_name(model: str) -> str:
-    if not MODEL_NAME_PATTERN.fullmatch(model):
-        raise InvalidArgument(f"model name {model[:64]!r} is invalid")
+    # The rule the settings apply to CLAUDE_CODE_MODEL at start (model_names): a default that
+    # passed start-up never fails a job.
+    problem = model_name_problem(model)
+    if problem:
+        raise InvalidArgument(problem)
     return model
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import queue
 import shutil
 import sqlite3
@@ -99,6 +100,16 @@ DELETE FROM updates WHERE job_id = ?1 AND kind NOT IN (?4, ?5) AND seq IN (
 """
 
 
+def _make_private(path: Path) -> None:
+    # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database's
+    # mode, and the store holds token digests and sealed grants. Files an older version left
+    # 0644 are tightened too.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
+
+
 class SqliteJobStore(JobStore):
     """A JobStore in one SQLite file."""
 
@@ -117,6 +128,7 @@ class SqliteJobStore(JobStore):
         self._prune_slack = history_max_bytes // _PRUNE_BYTES_DIVISOR
         self._prune_to = history_max_bytes - self._prune_slack
         path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path)
         self._queue: queue.SimpleQueue[Callable[[sqlite3.Connection], None] | Future[None] | None]
         self._queue = queue.SimpleQueue()
         conn = self._connect()
