@@ -120,8 +120,11 @@ def _start_relay(api: Any, network: str, labels: dict[str, str], r: JobNetworkRe
     extra_hosts = (
         {"host.docker.internal": "host-gateway"} if r.upstream_network == "bridge" else None
     )
-    # Two descriptors per relayed connection, one per refused one while it is aborted.
-    nofile = 4 * r.relay_max_connections + 64
+    # Two descriptors per relayed connection, one per refused one while it is aborted, and a
+    # margin for the connections asyncio accepts in a batch (up to the backlog, several batches
+    # before their handlers run and abort them): without it a flood exhausts the limit before
+    # the cap can refuse anything, and accept stalls for a second at a time.
+    nofile = 4 * r.relay_max_connections + 1024
     host_config = api.create_host_config(
         network_mode=r.upstream_network,
         extra_hosts=extra_hosts,
