@@ -110,14 +110,14 @@ def test_compose_deployment_serves_health_and_runs_the_demo_job(
         assert ports["50052/tcp"] == [{"HostIp": gateway, "HostPort": str(http_port)}]
         # Descriptors for thousands of worker-API connections, and the service runs with them.
         assert container["HostConfig"]["Ulimits"] == [
-            {"Name": "nofile", "Soft": 65536, "Hard": 65536}
+            {"Name": "nofile", "Soft": 16384, "Hard": 16384}
         ]
         started = docker_engine.api.logs(container["Id"]).decode(errors="replace")
         limit_lines = [
             json.loads(line) for line in started.splitlines() if "descriptor limit" in line
         ]
         assert limit_lines, started[-2000:]
-        assert limit_lines[0]["soft"] == 65536
+        assert limit_lines[0]["soft"] == 16384
 
         job = _run_demo_job(target, base_on_host / "projects" / "demo", docker_engine)
         assert job.state == pb.JOB_STATE_STOPPED, job.result
