@@ -11,6 +11,10 @@ from typing import Any
 from bench.attacks import AttackTarget
 
 CONCURRENCY = 100
+# The flood comes from an address of its own, as a job container's calls do: from the probes'
+# address it would meet the per-source connection cap the probes share, and the bench would
+# time the cap instead of the service (Linux answers the whole of 127/8 on loopback).
+FLOOD_SOURCE = ("127.0.0.2", 0)
 
 
 async def llm_flood(target: AttackTarget, stop: asyncio.Event) -> dict[str, Any]:
@@ -38,7 +42,7 @@ async def llm_flood(target: AttackTarget, stop: asyncio.Event) -> dict[str, Any]
         counts[key] += 1
 
     timeout = aiohttp.ClientTimeout(total=60)
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY, local_addr=FLOOD_SOURCE)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         while not stop.is_set():
             await asyncio.gather(*(one(session) for _ in range(CONCURRENCY)))
