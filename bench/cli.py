@@ -19,6 +19,7 @@ from typing import Any
 from bench.attack_bench import AttackOptions, run_attack_bench
 from bench.burst_bench import BurstOptions, run_burst_bench
 from bench.controlplane_bench import ControlPlaneOptions, run_controlplane_bench
+from bench.egress_bench import EgressOptions, render_egress, run_egress_bench
 from bench.footprint_bench import FootprintOptions, run_footprint_bench
 from bench.procs import RESULTS_DIR, BenchError, code_version
 from bench.proxy_bench import ProxyOptions, run_proxy_bench
@@ -27,7 +28,16 @@ from bench.stats import markdown_table
 from bench.workerapi_bench import WorkerApiOptions, run_workerapi_bench
 
 # The suite's order: the two that start 50 containers, which load the machine most, come last.
-BENCHMARKS = ("proxy", "start", "controlplane", "footprint", "workerapi", "attacks", "burst")
+BENCHMARKS = (
+    "proxy",
+    "egress",
+    "start",
+    "controlplane",
+    "footprint",
+    "workerapi",
+    "attacks",
+    "burst",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,6 +131,10 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 concurrencies=tuple(int(c) for c in args.concurrency.split(",") if c.strip()),
             )
         )
+    if name == "egress":
+        if args.quick:
+            return run_egress_bench(EgressOptions(duration_s=2.0, warmup_s=0.5, blast_mib=64))
+        return run_egress_bench(EgressOptions())
     if name == "controlplane":
         if args.quick:
             return run_controlplane_bench(
@@ -232,6 +246,8 @@ def render(document: dict[str, Any]) -> str:
     """The markdown tables of one benchmark's results."""
     if document["benchmark"] == "proxy":
         return render_proxy(document)
+    if document["benchmark"] == "egress":
+        return render_egress(document)
     if document["benchmark"] == "controlplane":
         return render_controlplane(document)
     if document["benchmark"] == "footprint":

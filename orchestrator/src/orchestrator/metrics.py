@@ -158,6 +158,33 @@ class Metrics:
             ["errno"],
             registry=r,
         )
+        self.egress_attempts = Counter(
+            "ironclaw_egress_attempts",
+            "Egress gateway attempts by outcome (allowed, or the refusal: not_allowed, "
+            "ip_literal, forbidden_address, sni_mismatch, unauthenticated, ...)",
+            ["outcome"],
+            registry=r,
+        )
+        self.egress_bytes = Counter(
+            "ironclaw_egress_bytes",
+            "Bytes through the egress gateway (sent: job to upstream; received: back)",
+            ["direction"],
+            registry=r,
+        )
+        self.egress_connections = Gauge(
+            "ironclaw_egress_connections", "Egress gateway connections open now", registry=r
+        )
+        self.egress_connections_refused = Counter(
+            "ironclaw_egress_connections_refused",
+            "Egress gateway connections closed at the accept, unread (per_source, total)",
+            ["reason"],
+            registry=r,
+        )
+        self.egress_events_dropped = Counter(
+            "ironclaw_egress_events_dropped",
+            "Egress attempts counted but not recorded as job events (over the job's event rate)",
+            registry=r,
+        )
         self.docker_errors = Counter(
             "ironclaw_docker_api_errors",
             "Docker API calls that failed (unreachable, or api_<status>)",
@@ -233,6 +260,25 @@ class Metrics:
 
     def accept_error(self, errno_name: str) -> None:
         self.accept_errors.labels(errno_name).inc()
+
+    # ------------------------------------------------------------ egress
+
+    def egress_attempt(self, outcome: str, bytes_sent: int, bytes_received: int) -> None:
+        self.egress_attempts.labels(outcome).inc()
+        if bytes_sent:
+            self.egress_bytes.labels("sent").inc(bytes_sent)
+        if bytes_received:
+            self.egress_bytes.labels("received").inc(bytes_received)
+
+    def watch_egress_connections(self, count: Callable[[], int]) -> None:
+        """Publishes ``ironclaw_egress_connections`` from ``count`` at every scrape."""
+        self.egress_connections.set_function(count)
+
+    def egress_connection_refused(self, reason: str) -> None:
+        self.egress_connections_refused.labels(reason).inc()
+
+    def egress_event_dropped(self) -> None:
+        self.egress_events_dropped.inc()
 
     # ------------------------------------------------------------ exposition
 

@@ -15,6 +15,9 @@ from orchestrator.accept_errors import AcceptErrors, install_accept_error_filter
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.engine_checks import check_engine_capabilities
+from orchestrator.egress.gateway import EgressGateway, GatewayConfig, GatewayLimits
+from orchestrator.egress.jobs import JobEgressAudit, ManagerEgressJobs
+from orchestrator.egress.resolve import Resolver
 from orchestrator.errors import ConfigError, EngineUnavailable
 from orchestrator.fd_limit import FdLimit, current_fd_limit, raise_fd_limit
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
@@ -53,6 +56,12 @@ class Orchestrator:
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     accept_errors: AcceptErrors | None = None
     undo_accept_filter: Any = None
+    egress: EgressGateway | None = None
+
+    @property
+    def egress_port(self) -> int:
+        """The egress gateway's bound port (on the worker API's address)."""
+        return self.egress.port if self.egress is not None else 0
 
     @property
     def metrics_port(self) -> int | None:
@@ -74,6 +83,8 @@ class Orchestrator:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.egress is not None:
+            await self.egress.close()
         await self.http_runner.cleanup()
         if self.metrics_server is not None:
             await self.metrics_server.close()
@@ -129,8 +140,11 @@ async def start_orchestrator(
     http_port: int | None = None,
     reaper_interval: float = 2.0,
     metrics_port: int | None = None,
+    egress_port: int | None = None,
 ) -> Orchestrator:
-    """Starts everything; ports default to the settings (0 picks free ones, for tests)."""
+    """Starts everything; ports default to the settings (0 picks free ones, for tests). The
+    egress gateway's port follows ``http_port=0`` when not given, so tests that pick free
+    ports for the worker API never collide on the gateway's."""
     metrics = Metrics.for_settings(settings) if settings.metrics_enabled else None
     # Checked before anything starts: a cap the descriptor limit cannot carry stops the start.
     limits = connection_limits(settings, current_fd_limit())
@@ -184,6 +198,13 @@ async def start_orchestrator(
     # Containers learn the URL only once the port is bound (port 0 picks one in tests).
     orchestrator_url = settings.orchestrator_url or _container_url(bound_port)
     manager.set_orchestrator_url(orchestrator_url)
+    if egress_port is None:
+        egress_port = 0 if http_port == 0 else settings.egress_port
+    try:
+        gateway = await start_egress_gateway(settings, manager, metrics, http_host, egress_port)
+    except BaseException:
+        await runner.cleanup()
+        raise
     plane = await start_control_plane(settings, manager, grpc_port)
     orch = Orchestrator(
         settings=settings,
@@ -198,6 +219,7 @@ async def start_orchestrator(
         connection_limits=limits,
         accept_errors=accept_errors,
         undo_accept_filter=undo_accept_filter,
+        egress=gateway,
     )
     if metrics is not None:
         orch.metrics_server = await _serve_metrics(metrics, settings, metrics_port)
@@ -211,6 +233,8 @@ async def start_orchestrator(
         "orchestrator started",
         grpc=f"{settings.grpc_bind}:{plane.port}",
         worker_api=f"{http_host}:{bound_port}",
+        egress_gateway=f"{http_host}:{gateway.port}",
+        egress_allow_hosts=[str(rule) for rule in settings.egress_allow_hosts.rules],
         worker_api_max_connections=limits.max_connections,
         worker_api_max_connections_per_source=limits.max_per_source,
         container_url=orchestrator_url,
@@ -221,6 +245,32 @@ async def start_orchestrator(
         ),
     )
     return orch
+
+
+async def start_egress_gateway(
+    settings: Settings,
+    manager: ContainerJobManager,
+    metrics: Metrics | None,
+    host: str,
+    port: int,
+) -> EgressGateway:
+    """The egress gateway on host:port: jobs' tokens checked by the manager, their attempts
+    recorded as ``egress`` events."""
+    config = GatewayConfig(
+        operator=settings.egress_allow_hosts,
+        may_widen=settings.egress_job_may_widen,
+        resolver=Resolver(settings.egress_resolve),
+        limits=GatewayLimits(
+            max_connections=settings.egress_max_connections,
+            max_per_source=settings.http_max_connections_per_source,
+            header_timeout_s=settings.http_header_timeout_s,
+            idle_timeout_s=settings.egress_idle_timeout_s,
+        ),
+    )
+    audit = JobEgressAudit(manager, settings.job_event_rate, settings.job_event_burst, metrics)
+    gateway = EgressGateway(config, ManagerEgressJobs(manager), audit, metrics)
+    await gateway.start(host, port)
+    return gateway
 
 
 async def _serve_metrics(

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar, overload
 
 from ironclaw_contract.claude import CLAUDE_TOOL_NAMES
+from orchestrator.egress.policy import EgressPolicy, PolicyError
+from orchestrator.egress.resolve import ResolveOverride, parse_overrides
 from orchestrator.errors import ConfigError
 from orchestrator.model_names import model_name_problem
 from orchestrator.secrets import Secret
@@ -195,6 +197,20 @@ def _model_map(name: str, raw: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{name}: {problem}")
         merged[alias.lower()] = model
     return tuple(merged.items())
+
+
+def _egress_hosts(name: str, raw: str) -> EgressPolicy:
+    try:
+        return EgressPolicy.parse(raw)
+    except PolicyError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _egress_resolve(name: str, raw: str) -> tuple[ResolveOverride, ...]:
+    try:
+        return parse_overrides(raw)
+    except PolicyError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 # Docker's image reference grammar (distribution/reference): [host[:port]/]path[:tag][@digest].
@@ -454,6 +470,36 @@ class Settings:
         _int_range(1, 100_000),
         "64",
         "connections a job's relay forwards at once",
+    )
+    # The egress gateway (orchestrator/egress/): deny by default, on the worker API's address.
+    egress_port: int = setting("ORCHESTRATOR_EGRESS_PORT", _port, "50053", "egress gateway port")
+    egress_allow_hosts: EgressPolicy = setting(
+        "EGRESS_ALLOW_HOSTS",
+        _egress_hosts,
+        "",
+        "names jobs may reach through the gateway",
+        shown="nothing",
+    )
+    egress_job_may_widen: bool = setting(
+        "EGRESS_JOB_MAY_WIDEN", _bool, "0", "a job's own list may go beyond the operator's"
+    )
+    egress_resolve: tuple[ResolveOverride, ...] = setting(
+        "EGRESS_RESOLVE", _egress_resolve, "", "names answered without DNS", shown=NOT_SET
+    )
+    egress_upstream_ca: Path | None = setting(
+        "EGRESS_UPSTREAM_CA", _existing_file, None, "extra CA bundle for upstreams"
+    )
+    egress_max_connections: int = setting(
+        "EGRESS_MAX_CONNECTIONS",
+        _int_range(1, 1_000_000),
+        "256",
+        "egress connections open at once",
+    )
+    egress_idle_timeout_s: float = setting(
+        "EGRESS_IDLE_TIMEOUT_S",
+        _float_range(0.1, 86400.0),
+        "300",
+        "an egress connection with no byte either way this long is closed",
     )
     state_dir: Path | None = setting(
         "ORCHESTRATOR_STATE_DIR", _path, None, "where orchestrator.db lives", shown="the base dir"

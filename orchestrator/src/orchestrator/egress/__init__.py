@@ -1,0 +1,7 @@
+"""The egress gateway: the one way out of an isolated job, deny by default.
+
+``policy`` (which names and ports a job may reach), ``addresses`` (which addresses nobody may),
+``resolve`` (one resolution, the address checked is the address connected), ``sni`` (the TLS
+ClientHello's server name), ``gateway`` (the HTTP forward proxy and ``CONNECT`` server),
+``audit`` (one record per attempt) and ``jobs`` (how a job proves who it is).
+"""
