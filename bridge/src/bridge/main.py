@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bridge.runner import BridgeConfig, ClaudeBridge
-from ironclaw_contract.llm_key import llm_key_for
+from ironclaw_contract.job_keys import llm_key_for
 from worker.agent import EXIT_TERMINATED, EXIT_USAGE
 from worker.client import WorkerApiClient
 from worker.main import (

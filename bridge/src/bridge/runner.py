@@ -100,7 +100,7 @@ class BridgeConfig:
     # would end the job without its result.
     deadline_margin_s: float = 5.0
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    # The job's LLM key, derived from the worker token (ironclaw_contract.llm_key): the only
+    # The job's LLM key, derived from the worker token (ironclaw_contract.job_keys): the only
     # credential the CLI gets, unless the operator put the real one in GET /job.
     llm_key: str = field(default="", repr=False)
 

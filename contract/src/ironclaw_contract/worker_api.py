@@ -140,12 +140,28 @@ class ClaudeInfo(TypedDict):
     base_url: str | None
     # ANTHROPIC_API_KEY of the CLI when the operator opted into the key in the container: its
     # API key. Otherwise None: the CLI gets the job's LLM key, which the bridge derives from
-    # its worker token (ironclaw_contract.llm_key) and which opens only the job's route.
+    # its worker token (ironclaw_contract.job_keys) and which opens only the job's route.
     api_key: str | None
     # CLAUDE_CODE_OAUTH_TOKEN of the CLI: only when opted in and no API key is configured.
     oauth_token: str | None
     # A job that waits for prompts ends after this long without one.
     idle_timeout_s: float
+
+
+class EgressInfo(TypedDict):
+    """How a job's commands reach the internet (``ironclaw_contract.egress``): only through the
+    orchestrator's egress gateway, which allows the hosts of the job's policy and nothing else."""
+
+    # http://host:port of the gateway as the container reaches it; the credentials (job id and
+    # the egress key, ironclaw_contract.job_keys) are added by the worker or bridge.
+    proxy_url: str
+    # NO_PROXY: the worker API is reached directly, never through the gateway.
+    no_proxy: str
+    # The hosts (with ports) the gateway lets this job reach, for the agent's own information.
+    allow_hosts: list[str]
+    # PEM of the CA the gateway signs with for hosts it injects credentials into; None when it
+    # injects into none of this job's hosts.
+    ca_pem: str | None
 
 
 class JobInfo(TypedDict):
@@ -168,3 +184,5 @@ class JobInfo(TypedDict):
     # The code of the job's last LLM refusal (one of LLM_REFUSALS), or None. It stays once
     # set: an agent whose model calls stopped working learns here why.
     llm_refusal: str | None
+    # None when the job's network is the host's bridge (its commands go out directly).
+    egress: EgressInfo | None

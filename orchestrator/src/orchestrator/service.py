@@ -205,6 +205,10 @@ async def start_orchestrator(
     except BaseException:
         await runner.cleanup()
         raise
+    if settings.job_network == "isolated":
+        # Only where the job's network has no other way out do its commands get the gateway;
+        # on the host's bridge they go out directly, and a proxy would only refuse them.
+        manager.set_egress_url(settings.egress_url or _container_url(gateway.port))
     plane = await start_control_plane(settings, manager, grpc_port)
     orch = Orchestrator(
         settings=settings,

@@ -83,6 +83,13 @@ def _url(name: str, raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _proxy_url(name: str, raw: str) -> str:
+    # What tools take as HTTPS_PROXY: plain http, a host and a port, nothing else.
+    if not re.fullmatch(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}/?", raw):
+        raise ConfigError(f"{name}={raw!r} is not http://host:port")
+    return raw.rstrip("/")
+
+
 def _ipv4_pool(name: str, raw: str) -> str:
     try:
         pool = ipaddress.IPv4Network(raw, strict=True)
@@ -411,6 +418,13 @@ class Settings:
         None,
         "the worker API's URL as job containers reach it",
         shown="http://host.docker.internal:<worker API port>",
+    )
+    egress_url: str | None = setting(
+        "IRONCLAW_EGRESS_URL_FOR_JOBS",
+        _proxy_url,
+        None,
+        "the egress gateway's URL as job containers reach it",
+        shown="http://host.docker.internal:<egress gateway port>",
     )
 
     worker_image: str = setting("WORKER_IMAGE", _image, "ironclaw-worker:latest", "worker image")

@@ -24,7 +24,12 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from ironclaw_contract.env_names import GRANT_NAME_PATTERN, default_env_name, env_name_problem
-from ironclaw_contract.llm_key import LLM_KEY_PREFIX, llm_key_for
+from ironclaw_contract.job_keys import (
+    EGRESS_KEY_PREFIX,
+    LLM_KEY_PREFIX,
+    egress_key_for,
+    llm_key_for,
+)
 from orchestrator.domain.jobs import CredentialGrant
 from orchestrator.errors import InvalidArgument
 from orchestrator.secrets import Secret
@@ -101,6 +106,7 @@ class TokenStore:
     def __init__(self) -> None:
         self._digests: dict[str, bytes] = {}
         self._llm_key_digests: dict[str, bytes] = {}
+        self._egress_key_digests: dict[str, bytes] = {}
         self._grants: dict[str, tuple[CredentialGrant, ...]] = {}
         # The HTTP API validates on the event loop while the manager may revoke from callbacks;
         # dict operations are atomic, the lock only keeps create/revoke pairs consistent.
@@ -133,7 +139,7 @@ class TokenStore:
         return hmac.compare_digest(expected, token_digest(token))
 
     def create_llm_key(self, job_id: str, token: str) -> str:
-        """The job's LLM key, derived from its token (``ironclaw_contract.llm_key``): only
+        """The job's LLM key, derived from its token (``ironclaw_contract.job_keys``): only
         its digest is kept, and it is revoked with the token."""
         key = llm_key_for(token, job_id)
         with self._lock:
@@ -152,12 +158,33 @@ class TokenStore:
             return False
         return hmac.compare_digest(expected, token_digest(key))
 
+    def create_egress_key(self, job_id: str, token: str) -> str:
+        """The job's egress key (``ironclaw_contract.job_keys``), its identity at the egress
+        gateway: only its digest is kept, and it is revoked with the token."""
+        key = egress_key_for(token, job_id)
+        with self._lock:
+            self._egress_key_digests[job_id] = token_digest(key)
+        return key
+
+    def adopt_egress_key_digest(self, job_id: str, digest: bytes) -> None:
+        """Restores a job's egress key from its stored digest (after an orchestrator restart)."""
+        with self._lock:
+            self._egress_key_digests[job_id] = digest
+
+    def validate_egress_key(self, job_id: str, key: str) -> bool:
+        """True only if ``key`` is the live egress key of exactly ``job_id``."""
+        expected = self._egress_key_digests.get(job_id)
+        if expected is None or not key.startswith(EGRESS_KEY_PREFIX):
+            return False
+        return hmac.compare_digest(expected, token_digest(key))
+
     def revoke(self, job_id: str) -> bool:
-        """Kills the job's token and LLM key and forgets its grants at once; True if the token
+        """Kills the job's token and its keys and forgets its grants at once; True if the token
         was live."""
         with self._lock:
             self._grants.pop(job_id, None)
             self._llm_key_digests.pop(job_id, None)
+            self._egress_key_digests.pop(job_id, None)
             return self._digests.pop(job_id, None) is not None
 
     def is_live(self, job_id: str) -> bool:

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ironclaw_contract.llm_key import llm_key_for
+from ironclaw_contract.job_keys import llm_key_for
 from orchestrator.domain.jobs import CreateJobRequest, JobLimitOverrides, JobMode
 from tests.conftest import IN_CI, ROOT
 from tests.fakes.fake_anthropic import FakeAnthropic, ReceivedRequest

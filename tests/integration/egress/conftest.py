@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ironclaw_contract.job_keys import egress_key_for
 from orchestrator.domain.jobs import CreateJobRequest, JobUpdate, UpdateKind
 from orchestrator.service import Orchestrator, start_orchestrator
 from orchestrator.settings import Settings
@@ -25,11 +26,14 @@ HTTPS_NAMES = ["api.example", "other.example"]
 
 @dataclass(frozen=True)
 class Job:
+    """A job's id and the password its commands present: its egress key (``key``)."""
+
     job_id: str
-    token: str = field(repr=False)
+    key: str = field(repr=False)
+    token: str = field(default="", repr=False)
 
     def proxy_url(self, port: int) -> str:
-        return f"http://{self.job_id}:{self.token}@127.0.0.1:{port}"
+        return f"http://{self.job_id}:{self.key}@127.0.0.1:{port}"
 
 
 @dataclass
@@ -97,7 +101,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Egres
     for _ in range(2):
         created = await orch.manager.create_job(CreateJobRequest(task="sleep"))
         assert created.token is not None
-        jobs.append(Job(created.job.job_id, created.token))
+        job_id = created.job.job_id
+        jobs.append(Job(job_id, egress_key_for(created.token, job_id), created.token))
     try:
         yield EgressWorld(orch, ca, https, http, jobs[0], jobs[1])
     finally:

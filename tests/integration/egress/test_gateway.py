@@ -13,10 +13,9 @@ import urllib.request
 
 import pytest
 
-from orchestrator.egress.gateway import EgressGateway, GatewayConfig
-from orchestrator.egress.jobs import ManagerEgressJobs
-from orchestrator.egress.policy import EgressPolicy
-from orchestrator.egress.resolve import Resolver, parse_overrides
+from ironclaw_contract.job_keys import egress_key_for
+from orchestrator.domain.jobs import CreateJobRequest
+from orchestrator.errors import InvalidArgument
 from tests.integration.egress.conftest import EgressWorld, Job
 
 CURL = shutil.which("curl")
@@ -24,7 +23,7 @@ needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
 
 
 def basic(job: Job) -> str:
-    return "Basic " + base64.b64encode(f"{job.job_id}:{job.token}".encode()).decode()
+    return "Basic " + base64.b64encode(f"{job.job_id}:{job.key}".encode()).decode()
 
 
 async def exchange(port: int, head: str, then: bytes = b"") -> bytes:
@@ -122,6 +121,7 @@ async def test_curl_reaches_an_allowed_https_name_and_the_attempt_is_a_job_event
     assert event["bytes_sent"] > 200
     assert event["bytes_received"] > 200
     assert world.job.token not in repr(events)
+    assert world.job.key not in repr(events)
 
 
 async def test_urllib_reaches_allowed_https_and_plain_http_names(world: EgressWorld) -> None:
@@ -137,6 +137,7 @@ async def test_urllib_reaches_allowed_https_and_plain_http_names(world: EgressWo
     assert "host: web.example\r\n" in lowered
     assert "proxy-authorization" not in lowered, "the job's credentials went upstream"
     assert world.job.token not in head
+    assert world.job.key not in head
     assert "connection: close" in lowered
 
 
@@ -274,14 +275,17 @@ async def test_what_follows_connect_must_be_a_tls_hello(world: EgressWorld) -> N
 
 
 async def test_missing_bad_and_another_jobs_credentials_are_407(world: EgressWorld) -> None:
-    stolen = Job(world.job.job_id, world.other_job.token)  # job A's id, job B's token
-    wrong = Job(world.job.job_id, "irc_" + "x" * 43)
+    stolen = Job(world.job.job_id, world.other_job.key)  # job A's id, job B's key
+    wrong = Job(world.job.job_id, "irce_" + "x" * 43)
+    # The worker token opens the worker API, not the gateway: commands never need it.
+    token_itself = Job(world.job.job_id, world.job.token)
     cases = [
         "",
         f"Proxy-Authorization: {basic(stolen)}\r\n",
         f"Proxy-Authorization: {basic(wrong)}\r\n",
+        f"Proxy-Authorization: {basic(token_itself)}\r\n",
         "Proxy-Authorization: Basic not-base64!\r\n",
-        f"Proxy-Authorization: Bearer {world.job.token}\r\n",
+        f"Proxy-Authorization: Bearer {world.job.key}\r\n",
         "Proxy-Authorization: Basic " + base64.b64encode(b"not-a-uuid:x").decode() + "\r\n",
     ]
     before = world.https.connections
@@ -290,8 +294,8 @@ async def test_missing_bad_and_another_jobs_credentials_are_407(world: EgressWor
         status, headers, _ = status_and_body(reply)
         assert status == 407, (auth, reply[:200])
         assert headers["proxy-authenticate"] == 'Basic realm="ironclaw egress"'
-        assert world.job.token.encode() not in reply
-        assert world.other_job.token.encode() not in reply
+        for secret in (world.job.token, world.job.key, world.other_job.key):
+            assert secret.encode() not in reply
     assert world.https.connections == before
     assert world.orch.metrics is not None
     sample = world.orch.metrics.egress_attempts.labels("unauthenticated")._value.get()
@@ -301,7 +305,7 @@ async def test_missing_bad_and_another_jobs_credentials_are_407(world: EgressWor
 @needs_curl
 async def test_curl_with_another_jobs_token_gets_407(world: EgressWorld) -> None:
     code, out, _ = await curl(
-        world, Job(world.job.job_id, world.other_job.token), "https://api.example/"
+        world, Job(world.job.job_id, world.other_job.key), "https://api.example/"
     )
     assert code != 0
     assert out.splitlines()[-1] == "000 407"
@@ -327,30 +331,40 @@ async def test_malformed_requests_are_400_not_tracebacks(world: EgressWorld) -> 
 
 
 async def test_a_jobs_own_list_narrows_the_operators(world: EgressWorld) -> None:
-    job_hosts = {world.job.job_id: ("other.example:443", "evil.example")}
-    gateway = EgressGateway(
-        GatewayConfig(
-            EgressPolicy.parse("api.example:443,other.example:443"),
-            # Both names answered here: a test never asks real DNS.
-            resolver=Resolver(
-                parse_overrides(
-                    f"api.example=127.0.0.1:{world.https.port},"
-                    f"other.example=127.0.0.1:{world.https.port}"
-                )
-            ),
-        ),
-        ManagerEgressJobs(world.orch.manager, job_hosts.get),
+    created = await world.orch.manager.create_job(
+        CreateJobRequest(task="sleep", egress_hosts=("other.example:443",))
     )
-    port = await gateway.start("127.0.0.1", 0)
+    assert created.token is not None
+    job_id = created.job.job_id
+    narrowed = Job(job_id, egress_key_for(created.token, job_id))
     try:
-        auth = f"Proxy-Authorization: {basic(world.job)}\r\n"
-        for name, status in (("api.example", 403), ("evil.example", 403)):
-            reply = await exchange(port, f"CONNECT {name}:443 HTTP/1.1\r\n{auth}\r\n")
-            assert status_and_body(reply)[0] == status, name
-        head = await tunnel_head(port, f"CONNECT other.example:443 HTTP/1.1\r\n{auth}\r\n")
+        auth = f"Proxy-Authorization: {basic(narrowed)}\r\n"
+        reply = await exchange(world.port, f"CONNECT api.example:443 HTTP/1.1\r\n{auth}\r\n")
+        status, _, body = status_and_body(reply)
+        assert status == 403
+        assert body.strip() == b"egress to api.example:443 is not allowed for this job"
+        head = await tunnel_head(world.port, f"CONNECT other.example:443 HTTP/1.1\r\n{auth}\r\n")
         assert head.startswith(b"HTTP/1.1 200")
         other = f"Proxy-Authorization: {basic(world.other_job)}\r\n"
-        head = await tunnel_head(port, f"CONNECT api.example:443 HTTP/1.1\r\n{other}\r\n")
+        head = await tunnel_head(world.port, f"CONNECT api.example:443 HTTP/1.1\r\n{other}\r\n")
         assert head.startswith(b"HTTP/1.1 200"), "a job without its own list has the operator's"
     finally:
-        await gateway.close()
+        await world.orch.manager.stop_job(job_id)
+
+
+async def test_a_jobs_list_wider_than_the_operators_is_refused_at_create(
+    world: EgressWorld,
+) -> None:
+    for entries, named in (
+        (("evil.example",), "evil.example"),
+        (("*.example",), "*.example"),
+        (("api.example:8443",), "api.example:8443"),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            await world.orch.manager.create_job(CreateJobRequest(task="x", egress_hosts=entries))
+        assert named in refused.value.message
+        assert "EGRESS_JOB_MAY_WIDEN" in refused.value.message
+    with pytest.raises(InvalidArgument, match=r"egress\.allow_hosts"):
+        await world.orch.manager.create_job(
+            CreateJobRequest(task="x", egress_hosts=("not a host name",))
+        )

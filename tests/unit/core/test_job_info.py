@@ -40,6 +40,7 @@ def _body(
     settings: Settings,
     *,
     llm_refusal: str | None = None,
+    egress_url: str | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     job = job_record(
@@ -57,6 +58,7 @@ def _body(
         credential_env={"github": "GH_TOKEN"},
         orchestrator_url=URL,
         llm_refusal=llm_refusal,
+        egress_url=egress_url,
     )
     # What the route sends: the JSON, read back as the agent reads it.
     body: dict[str, Any] = json.loads(json.dumps(info.model_dump(mode="json")))
@@ -90,6 +92,7 @@ def test_a_worker_job_gets_its_task_limits_deadline_credential_names_and_tools()
         "mcp_servers": ["github"],
         "wasm_tools": ["word-count"],
         "llm_refusal": None,
+        "egress": None,
     }
 
 
@@ -158,6 +161,21 @@ def test_the_llm_refusal_is_served_as_its_code_only() -> None:
     assert _body(JobMode.WORKER, settings, llm_refusal=legacy)["llm_refusal"] is None
 
 
+def test_a_job_behind_the_gateway_gets_its_proxy_and_its_own_list_or_the_operators() -> None:
+    settings = Settings.from_env({"EGRESS_ALLOW_HOSTS": "pypi.org, *.github.com:443"})
+    gateway = "http://host.docker.internal:50053"
+    body = _body(JobMode.WORKER, settings, egress_url=gateway)
+    assert body["egress"] == {
+        "proxy_url": gateway,
+        "no_proxy": "host.docker.internal",
+        "allow_hosts": ["pypi.org", "*.github.com:443"],
+        "ca_pem": None,
+    }
+    own = _body(JobMode.CLAUDE_CODE, settings, egress_url=gateway, egress_hosts=("pypi.org",))
+    assert own["egress"]["allow_hosts"] == ["pypi.org"]
+    assert _body(JobMode.WORKER, settings)["egress"] is None
+
+
 def test_secrets_never_show_in_a_repr() -> None:
     real = "sk-ant-real-key-" + "r" * 20
     settings = Settings.from_env({"ANTHROPIC_API_KEY": real, "CLAUDE_CODE_KEY_IN_CONTAINER": "1"})
@@ -180,6 +198,7 @@ SHAPES: list[tuple[type[BaseModel], Any]] = [
     (schemas.JobInfo, worker_api.JobInfo),
     (schemas.JobLimitsInfo, worker_api.JobLimitsInfo),
     (schemas.ClaudeInfo, worker_api.ClaudeInfo),
+    (schemas.EgressInfo, worker_api.EgressInfo),
     (schemas.ErrorBody, worker_api.ErrorBody),
 ]
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ironclaw_contract.llm_key import llm_key_for
+from ironclaw_contract.job_keys import llm_key_for
 from orchestrator.errors import InvalidArgument
 from orchestrator.secrets import Secret
 from orchestrator.tokens import TokenStore, default_env_name, validate_grant

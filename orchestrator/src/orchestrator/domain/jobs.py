@@ -139,6 +139,8 @@ class CreateJobRequest:
     wait_for_prompts: bool = False
     mcp_servers: tuple[str, ...] = ()
     wasm_tools: tuple[str, ...] = ()
+    # The job's own egress allowlist; None: the operator's (EGRESS_ALLOW_HOSTS).
+    egress_hosts: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class JobSnapshot:
     last_sequence: int = 0
     mcp_servers: tuple[str, ...] = ()
     wasm_tools: tuple[str, ...] = ()
+    egress_hosts: tuple[str, ...] | None = None
 
 
 class UpdateKind(enum.Enum):

@@ -1,13 +1,13 @@
-"""How the gateway knows a job: its proxy credentials are ``job_id:worker_token`` (HTTP Basic,
-as every proxy-aware tool takes them from ``http://user:password@proxy``), checked by the job
-manager exactly as the worker API checks a bearer token; and where its attempts go: ``egress``
+"""How the gateway knows a job: its proxy credentials are ``job_id:egress_key`` (HTTP Basic, as
+every proxy-aware tool takes them from ``http://user:password@proxy``), the key derived from the
+job's worker token (``ironclaw_contract.job_keys``) so its commands never hold the token itself,
+checked by the job manager against the digest it keeps; and where its attempts go: ``egress``
 events in the job's history, at a bounded rate."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,8 +18,6 @@ from orchestrator.http_api.rate_limit import JobRateLimiter
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.start_gate import START_HOLD_S
 from orchestrator.metrics import Metrics
-
-JobHosts = Callable[[str], Sequence[str] | None]
 
 
 @dataclass(frozen=True)
@@ -34,22 +32,17 @@ class EgressJobs(Protocol):
     """What the gateway asks about jobs."""
 
     async def egress_identity(self, job_id: str, token: str) -> EgressIdentity | None:
-        """The job if ``token`` is its live worker token, else None; EgressRefused
+        """The job if ``token`` is its live egress key, else None; EgressRefused
         (unavailable) while the job is not yet allowed to act."""
         ...
 
 
-def _no_job_hosts(job_id: str) -> None:
-    return None
-
-
 class ManagerEgressJobs:
-    """:class:`EgressJobs` on the job manager. ``job_hosts`` gives a job's own list (its
-    ``CreateJob`` egress settings, once they exist); by default every job has the operator's."""
+    """:class:`EgressJobs` on the job manager: a job's own list is the one its ``CreateJob``
+    named (already checked against the operator's at admission); without one, the operator's."""
 
-    def __init__(self, manager: ContainerJobManager, job_hosts: JobHosts = _no_job_hosts) -> None:
+    def __init__(self, manager: ContainerJobManager) -> None:
         self._manager = manager
-        self._job_hosts = job_hosts
 
     async def egress_identity(self, job_id: str, token: str) -> EgressIdentity | None:
         try:
@@ -62,11 +55,10 @@ class ManagerEgressJobs:
                 Reason.UNAVAILABLE, f"job {job_id} is still starting: retry shortly", status=503
             )
         try:
-            self._manager.authenticate(job_id, token)
+            job = self._manager.authenticate_egress(job_id, token)
         except OrchestratorError:
             return None
-        hosts = self._job_hosts(job_id)
-        return EgressIdentity(job_id, None if hosts is None else tuple(hosts))
+        return EgressIdentity(job_id, job.egress_hosts)
 
 
 class JobEgressAudit:

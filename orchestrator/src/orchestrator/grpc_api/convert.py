@@ -96,6 +96,7 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
         wait_for_prompts=request.wait_for_prompts,
         mcp_servers=tuple(request.mcp_servers),
         wasm_tools=tuple(request.wasm_tools),
+        egress_hosts=tuple(request.egress.allow_hosts) if request.HasField("egress") else None,
     )
 
 
@@ -163,6 +164,11 @@ def job_to_pb(job: JobSnapshot) -> pb.Job:
         last_sequence=job.last_sequence,
         mcp_servers=list(job.mcp_servers),
         wasm_tools=list(job.wasm_tools),
+        egress=(
+            pb.JobEgress(allow_hosts=list(job.egress_hosts))
+            if job.egress_hosts is not None
+            else None
+        ),
     )
 
 

@@ -231,6 +231,7 @@ class WorkerApi:
             credential_env={g.name: g.env_name for g in tokens.grants(job_id)},
             orchestrator_url=manager.orchestrator_url,
             llm_refusal=manager.llm_refusal(job_id),
+            egress_url=manager.egress_url,
         )
         return web.json_response(body.model_dump(mode="json"))
 

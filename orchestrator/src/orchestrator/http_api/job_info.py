@@ -3,12 +3,13 @@
 A job container starts with its identity only (``ironclaw_contract.container_env``); the task,
 the limits, the deadline, the names of its credentials and custom tools, and for Claude Code the
 CLI's settings all come from here (the CLI's key is derived by the bridge from its token:
-``ironclaw_contract.llm_key``). A pure function of the job and the settings, tested without a
+``ironclaw_contract.job_keys``). A pure function of the job and the settings, tested without a
 server.
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 
 from ironclaw_contract import container_env
@@ -28,8 +29,10 @@ def build_job_info(
     credential_env: Mapping[str, str],
     orchestrator_url: str,
     llm_refusal: str | None,
+    egress_url: str | None = None,
 ) -> schemas.JobInfo:
-    """What ``GET /job`` answers for ``job``."""
+    """What ``GET /job`` answers for ``job``. ``egress_url``: the egress gateway as the job's
+    container reaches it, when its network leads out through the gateway only."""
     limits = job.limits
     return schemas.JobInfo(
         job_id=job.job_id,
@@ -57,6 +60,22 @@ def build_job_info(
         wasm_tools=list(job.wasm_tools),
         # A record from before refusal codes holds English here: not a code, so not served.
         llm_refusal=_REFUSALS.get(llm_refusal or ""),
+        egress=_egress_info(job, settings, orchestrator_url, egress_url) if egress_url else None,
+    )
+
+
+def _egress_info(
+    job: JobSnapshot, settings: Settings, orchestrator_url: str, egress_url: str
+) -> schemas.EgressInfo:
+    hosts = (
+        list(job.egress_hosts)
+        if job.egress_hosts is not None
+        else [str(rule) for rule in settings.egress_allow_hosts.rules]
+    )
+    # The worker API is reached directly: through the gateway it would be refused (private).
+    worker_api_host = urllib.parse.urlsplit(orchestrator_url).hostname or ""
+    return schemas.EgressInfo(
+        proxy_url=egress_url, no_proxy=worker_api_host, allow_hosts=hosts, ca_pem=None
     )
 
 

@@ -82,6 +82,15 @@ class ClaudeInfo(_Strict):
     idle_timeout_s: float = Field(description="a job that waits for prompts ends this idle")
 
 
+class EgressInfo(_Strict):
+    """How the job's commands reach the internet: the egress gateway, only."""
+
+    proxy_url: str = Field(description="http://host:port; credentials: job id and egress key")
+    no_proxy: str = Field(description="NO_PROXY: the worker API, reached directly")
+    allow_hosts: list[str] = Field(description="the hosts the gateway lets this job reach")
+    ca_pem: str | None = Field(description="the gateway's CA, when it terminates TLS for the job")
+
+
 class JobInfo(_Strict):
     """Everything about the job but its identity: the one channel of its configuration."""
 
@@ -101,6 +110,9 @@ class JobInfo(_Strict):
     wasm_tools: list[str] = Field(description="granted WASM tools (GET /tools has them)")
     llm_refusal: Refusal | None = Field(
         description="the code of the job's last LLM refusal (it stays once set), or null"
+    )
+    egress: EgressInfo | None = Field(
+        description="null when the job's network goes out directly (bridge)"
     )
 
 

@@ -22,6 +22,7 @@ from orchestrator.domain.jobs import (
     JobLimits,
     JobMode,
 )
+from orchestrator.egress.policy import PolicyError, check_job_hosts
 from orchestrator.errors import FailedPrecondition, InvalidArgument
 from orchestrator.model_names import model_name_problem
 from orchestrator.settings import Settings
@@ -34,6 +35,8 @@ MAX_LABEL_VALUE_CHARS = 256
 LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}")
 TOOL_NAME_MAX_CHARS = 64
 MAX_TOOLS_NAMED = 64
+MAX_EGRESS_HOSTS = 256
+MAX_EGRESS_HOST_CHARS = 262  # a 253-character name, a port
 # Control characters other than tab and newline have no business in a task or a label: they
 # hide text in terminals and logs, and a NUL ends strings in the engine's C code.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -55,6 +58,8 @@ class AdmittedJob:
     tools: GrantedTools
     project_dir: str | None
     wait_for_prompts: bool
+    # Canonical entries of the job's own egress list; None: the operator's.
+    egress_hosts: tuple[str, ...] | None = None
 
 
 def parse_job_id(raw: str) -> str:
@@ -94,7 +99,26 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
         tools=_tools(request, grants, grant_tools),
         project_dir=project_dir,
         wait_for_prompts=request.wait_for_prompts,
+        egress_hosts=_egress_hosts(request.egress_hosts, settings),
     )
+
+
+def _egress_hosts(entries: tuple[str, ...] | None, settings: Settings) -> tuple[str, ...] | None:
+    """The job's own egress list in canonical form; InvalidArgument for an entry that does not
+    parse or that widens the operator's list when jobs may not."""
+    if entries is None:
+        return None
+    if len(entries) > MAX_EGRESS_HOSTS:
+        raise InvalidArgument(
+            f"egress.allow_hosts has {len(entries)} entries; at most {MAX_EGRESS_HOSTS}"
+        )
+    for entry in entries:
+        check_text(entry, "an egress.allow_hosts entry", MAX_EGRESS_HOST_CHARS)
+    try:
+        rules = check_job_hosts(settings.egress_allow_hosts, entries, settings.egress_job_may_widen)
+    except PolicyError as exc:
+        raise InvalidArgument(f"egress.allow_hosts: {exc}") from None
+    return tuple(str(rule) for rule in rules)
 
 
 def check_text(value: str, field: str, max_chars: int) -> str:

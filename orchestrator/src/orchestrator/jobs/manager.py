@@ -105,6 +105,7 @@ class ContainerJobManager:
         self._backend = backend
         self._tokens = tokens
         self._orchestrator_url = orchestrator_url
+        self._egress_url: str | None = None
         self._llm_provider_name = llm_provider_name
         self._table = JobTable(self._store)
         self._lifecycle = JobLifecycle(settings, backend, tokens, self._table, metrics)
@@ -146,6 +147,16 @@ class ContainerJobManager:
     def state_counts(self) -> dict[tuple[str, str], int]:
         """How many known jobs are in each (state, mode)."""
         return self._table.counts()
+
+    @property
+    def egress_url(self) -> str | None:
+        """The egress gateway as job containers reach it, when their network leads out through
+        it only (``JOB_NETWORK=isolated``); None otherwise."""
+        return self._egress_url
+
+    def set_egress_url(self, url: str | None) -> None:
+        """Set once the gateway's port is bound (port 0 picks one in tests)."""
+        self._egress_url = url
 
     def set_orchestrator_url(self, url: str) -> None:
         """The worker API's URL as containers reach it (known once the API is bound)."""
@@ -190,11 +201,14 @@ class ContainerJobManager:
                 if job.mode is JobMode.CLAUDE_CODE
                 else None
             )
+            # Its commands' identity at the egress gateway (tokens.py): every job has one, used
+            # when its network leads out through the gateway only.
+            egress_key = self._tokens.create_egress_key(job.job_id, token)
             # Held until the container is started, so reconciliation never judges the job
             # "vanished" while it is being created. A fresh lock is acquired without suspending.
             await job.lifecycle_lock.acquire()
             try:
-                await self._start(job, admitted, token, llm_key, project)
+                await self._start(job, admitted, token, (llm_key, egress_key), project)
             except OrchestratorError as exc:
                 self._start_failed(job, exc.message)
                 raise
@@ -241,6 +255,7 @@ class ContainerJobManager:
             history_limit=HISTORY_LIMIT,
             history_max_bytes=self._settings.job_history_max_bytes,
             tools=admitted.tools,
+            egress_hosts=admitted.egress_hosts,
         )
         self._table.add(job)
         if self._metrics is not None:
@@ -252,9 +267,10 @@ class ContainerJobManager:
         job: JobRecord,
         admitted: AdmittedJob,
         token: str,
-        llm_key: str | None,
+        keys: tuple[str | None, str],
         project: HeldProjectDir,
     ) -> None:
+        llm_key, egress_key = keys
         self._lifecycle.publish(
             job, UpdateKind.STATE, {"state": JobState.CREATING, "reason": "job created"}
         )
@@ -265,6 +281,7 @@ class ContainerJobManager:
             token_digest(token),
             sealed,
             llm_key_digest=token_digest(llm_key) if llm_key else None,
+            egress_key_digest=token_digest(egress_key),
         )
         # The job must be on disk before its container can call back or outlive us.
         await self._store.flush()
@@ -387,14 +404,17 @@ class ContainerJobManager:
     # ---------------------------------------------------------------- start gate
 
     async def hold_while_creating(self, job_id: str, token: str, timeout_s: float) -> bool:
-        """Holds a worker-API call that carries the live token of a job still ``Creating``
+        """Holds a worker-API call (or an egress attempt) that carries the live token (or
+        egress key) of a job still ``Creating``
         (its container started, its workspace not yet verified) until the job leaves that
         state; False if it has not after ``timeout_s``. Any other call passes at once."""
         job = self._table.record(job_id)
         if job is None or job.state is not JobState.CREATING:
             return True
-        if not self._tokens.validate(job_id, token):
-            return True  # refused by the handler's own token check, without waiting
+        if not (
+            self._tokens.validate(job_id, token) or self._tokens.validate_egress_key(job_id, token)
+        ):
+            return True  # refused by the handler's own check, without waiting
         return await wait_while_creating(job, timeout_s)
 
     # ---------------------------------------------------------------- worker-side calls
@@ -403,6 +423,13 @@ class ContainerJobManager:
         """The job if ``token`` is its live token; raises Unauthenticated otherwise."""
         job = self._table.record(job_id)
         if job is None or not self._tokens.validate(job_id, token):
+            raise Unauthenticated()
+        return job
+
+    def authenticate_egress(self, job_id: str, key: str) -> JobRecord:
+        """The job if ``key`` is its live egress key; raises Unauthenticated otherwise."""
+        job = self._table.record(job_id)
+        if job is None or not self._tokens.validate_egress_key(job_id, key):
             raise Unauthenticated()
         return job
 

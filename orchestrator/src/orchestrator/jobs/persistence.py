@@ -64,6 +64,7 @@ def record_to_json(job: JobRecord) -> dict[str, Any]:
         "budget_refused": job.budget_refused,
         "sequence": job.sequence,
         "tools": _tools_json(job.tools),
+        "egress_hosts": list(job.egress_hosts) if job.egress_hosts is not None else None,
     }
 
 
@@ -113,7 +114,13 @@ def _shown_fields(data: dict[str, Any]) -> dict[str, Any]:
         "iteration": data["iteration"],
         "usage": LlmUsage(**data["usage"]),
         "log_tail": data["log_tail"],
+        # Records written before the egress gateway have no list: the operator's.
+        "egress_hosts": _egress_hosts_from_json(data.get("egress_hosts")),
     }
+
+
+def _egress_hosts_from_json(entries: list[str] | None) -> tuple[str, ...] | None:
+    return None if entries is None else tuple(entries)
 
 
 def record_from_json(

@@ -102,6 +102,8 @@ class Reconciler:
                 self._tokens.adopt_digest(job.job_id, stored.token_digest, grants)
                 if stored.llm_key_digest is not None:
                     self._tokens.adopt_llm_key_digest(job.job_id, stored.llm_key_digest)
+                if stored.egress_key_digest is not None:
+                    self._tokens.adopt_egress_key_digest(job.job_id, stored.egress_key_digest)
         log.info("jobs restored", total=sum(table.counts().values()), live=live)
         return live
 

@@ -55,6 +55,7 @@ class JobRecord:
     history_limit: int
     history_max_bytes: int = HISTORY_MAX_BYTES  # JOB_HISTORY_MAX_MB
     tools: GrantedTools = NO_TOOLS  # shared: most jobs have none
+    egress_hosts: tuple[str, ...] | None = None  # the job's own egress list; None: operator's
     state: JobState = JobState.CREATING
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -172,4 +173,5 @@ class JobRecord:
             last_sequence=self.sequence,
             mcp_servers=self.tools.mcp_server_names,
             wasm_tools=self.tools.wasm_tool_names,
+            egress_hosts=self.egress_hosts,
         )

@@ -18,13 +18,14 @@ from orchestrator.domain.jobs import JobUpdate
 @dataclass(frozen=True)
 class StoredJob:
     """One job as loaded at start: its durable fields, history, token digest, sealed grants
-    and, for a Claude Code job, its LLM key's digest."""
+    and the digests of its keys (the LLM key of a Claude Code job, the egress key)."""
 
     data: dict[str, Any]
     updates: Sequence[JobUpdate]
     token_digest: bytes | None
     sealed_grants: bytes | None
     llm_key_digest: bytes | None = None
+    egress_key_digest: bytes | None = None
 
 
 class JobStore(abc.ABC):
@@ -41,6 +42,7 @@ class JobStore(abc.ABC):
         token_digest: bytes | None = None,
         sealed_grants: bytes | None = None,
         llm_key_digest: bytes | None = None,
+        egress_key_digest: bytes | None = None,
     ) -> None:
         """Queues the job's current durable fields (a later save of the same job wins; a
         digest or sealed grants left out keep their stored value)."""

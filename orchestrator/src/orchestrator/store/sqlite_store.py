@@ -54,7 +54,11 @@ CREATE TABLE IF NOT EXISTS updates (
 """
 # Columns added after the first release, each with its type: a database made before gets them
 # at open (ALTER TABLE ... ADD COLUMN keeps every row, the new column at its default).
-_ADDED_JOB_COLUMNS = (("llm_key_digest", "BLOB"), ("hidden", "INTEGER NOT NULL DEFAULT 0"))
+_ADDED_JOB_COLUMNS = (
+    ("llm_key_digest", "BLOB"),
+    ("hidden", "INTEGER NOT NULL DEFAULT 0"),
+    ("egress_key_digest", "BLOB"),
+)
 # Kinds that are never pruned: the job's transitions and its result are its history.
 _KEPT_KINDS = (UpdateKind.STATE.value, UpdateKind.RESULT.value)
 _PRUNE_EVERY = 500
@@ -63,7 +67,8 @@ _PAGE_ROWS = 64
 # Jobs a restart picks up: not ended, or ended with their container not yet removed.
 # Placeholders only (the values are bound), so the f-string is no injection.
 _UNFINISHED = (
-    "SELECT job_id, data, token_digest, sealed_grants, llm_key_digest FROM jobs "  # noqa: S608
+    "SELECT job_id, data, token_digest, sealed_grants, llm_key_digest, egress_key_digest "  # noqa: S608
+    "FROM jobs "
     "WHERE state NOT IN "
     f"({', '.join('?' for _ in _TERMINAL_STATES)}) "
     "OR json_extract(data, '$.container_id') IS NOT NULL ORDER BY ord"
@@ -199,6 +204,7 @@ class SqliteJobStore(JobStore):
         token_digest: bytes | None = None,
         sealed_grants: bytes | None = None,
         llm_key_digest: bytes | None = None,
+        egress_key_digest: bytes | None = None,
     ) -> None:
         text = json.dumps(data)
         job_id, order, state = data["job_id"], data["order"], data["state"]
@@ -206,12 +212,23 @@ class SqliteJobStore(JobStore):
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO jobs (job_id, ord, state, data, token_digest, sealed_grants,"
-                " llm_key_digest) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET"
+                " llm_key_digest, egress_key_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(job_id) DO UPDATE SET"
                 " state=excluded.state, data=excluded.data,"
                 " token_digest=COALESCE(excluded.token_digest, token_digest),"
                 " sealed_grants=COALESCE(excluded.sealed_grants, sealed_grants),"
-                " llm_key_digest=COALESCE(excluded.llm_key_digest, llm_key_digest)",
-                (job_id, order, state, text, token_digest, sealed_grants, llm_key_digest),
+                " llm_key_digest=COALESCE(excluded.llm_key_digest, llm_key_digest),"
+                " egress_key_digest=COALESCE(excluded.egress_key_digest, egress_key_digest)",
+                (
+                    job_id,
+                    order,
+                    state,
+                    text,
+                    token_digest,
+                    sealed_grants,
+                    llm_key_digest,
+                    egress_key_digest,
+                ),
             )
 
         self._queue.put(write)
@@ -247,7 +264,7 @@ class SqliteJobStore(JobStore):
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE jobs SET token_digest = NULL, sealed_grants = NULL,"
-                " llm_key_digest = NULL WHERE job_id = ?",
+                " llm_key_digest = NULL, egress_key_digest = NULL WHERE job_id = ?",
                 (job_id,),
             )
 
@@ -283,8 +300,9 @@ class SqliteJobStore(JobStore):
                     digest,
                     sealed,
                     llm_key_digest,
+                    egress_key_digest,
                 )
-                for job_id, data, digest, sealed, llm_key_digest in rows
+                for job_id, data, digest, sealed, llm_key_digest, egress_key_digest in rows
             ]
         finally:
             conn.close()

@@ -132,6 +132,34 @@ class CredentialGrant(_message.Message):
 Global___CredentialGrant: _TypeAlias = CredentialGrant  # noqa: Y015
 
 @_typing.final
+class JobEgress(_message.Message):
+    """Where a job's commands may connect, through the orchestrator's egress gateway (JOB_NETWORK=
+    isolated). Entries: "name", "*.suffix", "name:port", an IP literal; a bare name allows ports
+    80 and 443. The list narrows the operator's EGRESS_ALLOW_HOSTS: an entry wider than it is
+    refused (INVALID_ARGUMENT) unless the operator sets EGRESS_JOB_MAY_WIDEN=1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_HOSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allow_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: nothing"""
+
+    def __init__(
+        self,
+        *,
+        allow_hosts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_hosts", b"allow_hosts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEgress: _TypeAlias = JobEgress  # noqa: Y015
+
+@_typing.final
 class JobLimits(_message.Message):
     """Optional per-job overrides; zero means "use the orchestrator's default"."""
 
@@ -207,6 +235,7 @@ class CreateJobRequest(_message.Message):
     WAIT_FOR_PROMPTS_FIELD_NUMBER: _builtins.int
     MCP_SERVERS_FIELD_NUMBER: _builtins.int
     WASM_TOOLS_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     project_dir: _builtins.str
     """Optional; must lie under <IRONCLAW_BASE_DIR>/projects. Empty: <base>/projects/<job_id>."""
@@ -234,6 +263,10 @@ class CreateJobRequest(_message.Message):
         (<IRONCLAW_BASE_DIR>/wasm-tools/<name>.json) this job's agent may run, by name.
         """
 
+    @_builtins.property
+    def egress(self) -> Global___JobEgress:
+        """Unset: the operator's EGRESS_ALLOW_HOSTS."""
+
     def __init__(
         self,
         *,
@@ -247,10 +280,11 @@ class CreateJobRequest(_message.Message):
         wait_for_prompts: _builtins.bool = ...,
         mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
         wasm_tools: _abc.Iterable[_builtins.str] | None = ...,
+        egress: Global___JobEgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "egress", b"egress", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -367,6 +401,7 @@ class Job(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     MCP_SERVERS_FIELD_NUMBER: _builtins.int
     WASM_TOOLS_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     task: _builtins.str
     mode: Global___JobMode.ValueType
@@ -413,6 +448,10 @@ class Job(_message.Message):
     def wasm_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the catalogue WASM tools granted to the job"""
 
+    @_builtins.property
+    def egress(self) -> Global___JobEgress:
+        """the job's own egress list; unset: the operator's"""
+
     def __init__(
         self,
         *,
@@ -438,10 +477,11 @@ class Job(_message.Message):
         last_sequence: _builtins.int = ...,
         mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
         wasm_tools: _abc.Iterable[_builtins.str] | None = ...,
+        egress: Global___JobEgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "finished_at", b"finished_at", "limits", b"limits", "result", b"result", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "limits", b"limits", "result", b"result", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_name", b"container_name", "created_at", b"created_at", "credential_names", b"credential_names", "deadline", b"deadline", "finished_at", b"finished_at", "iteration", b"iteration", "job_id", b"job_id", "labels", b"labels", "last_sequence", b"last_sequence", "limits", b"limits", "llm_provider", b"llm_provider", "log_tail", b"log_tail", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "result", b"result", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "task", b"task", "usage", b"usage", "wasm_tools", b"wasm_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_name", b"container_name", "created_at", b"created_at", "credential_names", b"credential_names", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "iteration", b"iteration", "job_id", b"job_id", "labels", b"labels", "last_sequence", b"last_sequence", "limits", b"limits", "llm_provider", b"llm_provider", "log_tail", b"log_tail", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "result", b"result", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "task", b"task", "usage", b"usage", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
