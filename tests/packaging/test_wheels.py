@@ -16,6 +16,7 @@ pytestmark = pytest.mark.packaging
 # Each wheel's top-level packages: one process, one package (and its py.typed).
 TOP_LEVEL = {
     "contract": "ironclaw_contract",
+    "client": "ironclaw_client",
     "worker": "worker",
     "bridge": "bridge",
     "orchestrator": "orchestrator",
@@ -139,7 +140,7 @@ def test_the_orchestrator_wheel_brings_ironclaw_and_its_commands(
     installed = orchestrator_installed
     venv = installed.venv
 
-    assert {"ironclaw-orchestrator", "ironclaw-contract"} <= installed.added
+    assert {"ironclaw-orchestrator", "ironclaw-contract", "ironclaw-client"} <= installed.added
     assert not {"ironclaw-worker", "ironclaw-claude-bridge"} & installed.added
     # What `ironclaw serve` imports at start: once, `pip install .` gave a serve without
     # structlog.

@@ -157,8 +157,8 @@ class _AuthedStub:
 
 
 def _dispatch(args: argparse.Namespace, channel: Any) -> int:
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     stub = _AuthedStub(pb_grpc.JobServiceStub(channel), os.environ.get("ORCHESTRATOR_ADMIN_TOKEN"))
     cmd = args.job_command
@@ -241,7 +241,7 @@ def _dispatch(args: argparse.Namespace, channel: Any) -> int:
 
 
 def _grants(specs: list[str]) -> list[Any]:
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
 
     grants = []
     for spec in specs:
@@ -273,7 +273,7 @@ def job_dict(job: Any) -> dict[str, Any]:
     """A job as a plain JSON-able dict (at least job_id and state)."""
     from google.protobuf import json_format
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
 
     d = json_format.MessageToDict(job, preserving_proto_field_name=True)
     d["job_id"] = job.job_id
@@ -324,7 +324,7 @@ def _one_line(text: str, width: int) -> str:
 
 def _follow(stub: Any, job_id: str, after: int, as_json: bool, from_start: bool = False) -> Any:
     """Prints one line per update until the job ends; returns the final job."""
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
 
     final = None
     for update in _watch(stub, job_id, after, from_start):
@@ -349,7 +349,7 @@ def _follow(stub: Any, job_id: str, after: int, as_json: bool, from_start: bool 
 
 
 def _watch(stub: Any, job_id: str, after: int, from_start: bool) -> Iterator[Any]:
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
 
     yield from stub.WatchJob(
         pb.WatchJobRequest(job_id=job_id, after_sequence=after, from_start=from_start)
@@ -358,7 +358,7 @@ def _watch(stub: Any, job_id: str, after: int, from_start: bool) -> Iterator[Any
 
 def describe_update(update: Any) -> str:
     """One human line for one WatchJob item."""
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
 
     kind = update.WhichOneof("update")
     seq = f"[{update.sequence:>4}]"

@@ -42,7 +42,7 @@ def run_client(args: argparse.Namespace, action: Callable[[argparse.Namespace, A
     """Runs ``action(args, stub)`` against the control plane with the CLI's error reporting."""
     import grpc
 
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     try:
         with _channel(args.orchestrator) as channel:
@@ -119,7 +119,7 @@ def _check_control_plane(args: argparse.Namespace, stub: Any, report: StatusRepo
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
     from orchestrator.cli.usage import fetch_jobs
 
     with _channel(args.orchestrator) as channel:

@@ -47,7 +47,7 @@ def parse_since(raw: str, now: datetime | None = None) -> datetime | None:
 
 def fetch_jobs(stub: Any) -> list[Any]:
     """Every job the control plane knows, all pages."""
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
 
     jobs: list[Any] = []
     token = ""
@@ -61,7 +61,7 @@ def fetch_jobs(stub: Any) -> list[Any]:
 
 def usage_report(jobs: list[Any], since: datetime | None, now: datetime) -> dict[str, Any]:
     """Per-job rows and totals; wall time runs from start (or creation) to the end (or now)."""
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
 
     rows: list[dict[str, Any]] = []
     for job in jobs:

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.domain.jobs import JobSnapshot, JobUpdate
 from orchestrator.errors import OrchestratorError
 from orchestrator.grpc_api import convert
