@@ -1,5 +1,6 @@
-"""The examples of client/README.md run as written, in a fresh interpreter, against a real
-orchestrator found through IRONCLAW_ORCHESTRATOR, while the test plays the job's agent."""
+"""The examples of client/README.md (and the one in the main README) run as written, in a
+fresh interpreter, against a real orchestrator found through IRONCLAW_ORCHESTRATOR, while the
+test plays the job's agent."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pytest
 from tests.client.conftest import Running
 from tests.helpers import wait_for
 
-README = Path(__file__).resolve().parents[2] / "client" / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "client" / "README.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+MAIN_EXAMPLES = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
 
 
 def test_the_readme_has_a_sync_and_an_async_example_of_about_ten_lines() -> None:
@@ -26,14 +29,23 @@ def test_the_readme_has_a_sync_and_an_async_example_of_about_ten_lines() -> None
         assert len([line for line in example.splitlines() if line.strip()]) <= 13
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["sync", "async"])
+def test_the_main_readme_shows_the_same_sync_example() -> None:
+    assert len(MAIN_EXAMPLES) == 1
+
+    def code(example: str) -> list[str]:
+        return [line.split("  #")[0].rstrip() for line in example.splitlines()]
+
+    assert code(MAIN_EXAMPLES[0]) == code(EXAMPLES[0])
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["sync", "async", "main-readme"])
 async def test_a_readme_example_runs(fake_orch: Running, index: int) -> None:
     env = {**os.environ, "IRONCLAW_ORCHESTRATOR": fake_orch.target}
     env.pop("ORCHESTRATOR_ADMIN_TOKEN", None)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        EXAMPLES[index],
+        [*EXAMPLES, *MAIN_EXAMPLES][index],
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
