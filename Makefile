@@ -13,8 +13,8 @@ help:
 	@echo "make images  build the job images offline (worker, claude)"
 	@echo "make bench   run the whole benchmark suite (~10 min; make bench-quick: ~4 min)"
 
-DISTS := contract orchestrator worker bridge
-PACKAGES := -p ironclaw_contract -p orchestrator -p worker -p bridge
+DISTS := contract client orchestrator worker bridge
+PACKAGES := -p ironclaw_contract -p ironclaw_client -p orchestrator -p worker -p bridge
 
 $(STAMP): requirements-dev.txt $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -99,8 +99,8 @@ async def probe(
     import aiohttp
     from grpc import aio
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     health: list[float] = []
     get_job: list[float] = []

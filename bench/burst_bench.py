@@ -52,8 +52,8 @@ def run_burst_bench(options: BurstOptions) -> dict[str, Any]:
     import docker
     import grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     started = time.time()
     load_before = load_average()

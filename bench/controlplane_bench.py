@@ -102,8 +102,8 @@ def _rpc_latency(target: str, options: ControlPlaneOptions) -> tuple[dict[str, l
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     channel = grpc.insecure_channel(target)
     stub = pb_grpc.JobServiceStub(channel)
@@ -237,8 +237,8 @@ def _profiles(
     events out to the watchers (after the measured runs: the profiler perturbs)."""
     import grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     profiles: dict[str, Any] = {}
     duration = 4.0

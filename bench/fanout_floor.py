@@ -23,7 +23,7 @@ from aiohttp import web
 from grpc import aio
 
 from bench.procs import announce_ready
-from orchestrator.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2 as pb
 
 SERVICE = "ironclaw.orchestrator.v1.JobService"
 JOB_ID = "00000000-0000-4000-8000-000000000000"

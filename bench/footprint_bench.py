@@ -84,8 +84,8 @@ def walk_history(target: str) -> int:
     returns how many ListJobs showed."""
     import grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.JobServiceStub(channel)

@@ -86,8 +86,8 @@ def run_start_bench(options: StartOptions) -> dict[str, Any]:
     """Runs the interleaved samples; returns the JSON document of the results."""
     import grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     started = time.time()
     load_before = load_average()

@@ -23,8 +23,8 @@ STREAMS_PER_CHANNEL = 25
 async def run(target: str, job_id: str, count: int) -> None:
     from grpc import aio
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     channels = [
         aio.insecure_channel(target) for _ in range(max(1, -(-count // STREAMS_PER_CHANNEL)))

@@ -296,8 +296,8 @@ def _expected(jobs: list[dict[str, str]], per_connection: list[dict[str, Any]]) 
 def _last_sequences(target: str, jobs: list[dict[str, str]]) -> list[int]:
     import grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.JobServiceStub(channel)
@@ -313,8 +313,8 @@ def _verify_live(
     """Reads every job's updates since ``before`` back over the control plane."""
     import grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     found: list[dict[str, Any]] = []
     with grpc.insecure_channel(target) as channel:

@@ -55,8 +55,8 @@ async def event_amplification(target: AttackTarget, stop: asyncio.Event) -> dict
     """The :data:`bench.attacks.Attack` of this module."""
     import grpc
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     bodies = [reported_body(), largest_accepted_body()]
     channel = grpc.aio.insecure_channel(target.grpc_target)

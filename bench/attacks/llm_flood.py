@@ -23,8 +23,8 @@ async def llm_flood(target: AttackTarget, stop: asyncio.Event) -> dict[str, Any]
     import grpc
     from grpc import aio
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     job_id, token = target.jobs[-1]
     url = f"{target.worker_api_url}/worker/{job_id}/llm/complete"

@@ -47,8 +47,8 @@ async def mount_swap(target: AttackTarget, stop: asyncio.Event) -> dict[str, Any
     import grpc
     from grpc import aio
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    from ironclaw_client.api.v1 import jobs_pb2 as pb
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
     host_dir = Path(tempfile.mkdtemp(prefix="ironclaw-attack-host-"))
     (host_dir / "marker").write_text("host only\n")

@@ -30,8 +30,8 @@ import grpc
 from grpc import aio
 
 from bench.attacks import AttackTarget
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 
 CONNECTIONS = 1100
 LINE_EVERY_S = 10.0

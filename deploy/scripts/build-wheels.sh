@@ -2,10 +2,11 @@
 # Build Python wheels on the host, for images that cannot reach PyPI while building.
 #
 # usage: build-wheels.sh [--server] [--claude] [OUT_DIR]   (OUT_DIR defaults to build/wheels)
-#   always:    the wheels of the repository's four distributions (contract, worker, bridge,
-#              orchestrator) and every wheel ironclaw-worker[custom-tools] needs (the mcp SDK
+#   always:    the wheels of the repository's five distributions (contract, client, worker,
+#              bridge, orchestrator) and every wheel ironclaw-worker[custom-tools] needs (the mcp SDK
 #              and wasmtime), for the job images
-#   --server:  also every wheel ironclaw-orchestrator needs, for the orchestrator image
+#   --server:  also every wheel ironclaw-orchestrator (and ironclaw-client) needs, for the
+#              orchestrator image
 #   --claude:  also the claude-agent-sdk wheel pinned in Dockerfile.claude (it bundles the
 #              Claude Code CLI binary), downloaded unless already there
 #
@@ -47,10 +48,10 @@ fi
 exec 9>"$out/.lock"
 flock 9
 
-DISTS=(contract worker bridge orchestrator)
+DISTS=(contract client worker bridge orchestrator)
 # The version numbers do not change between edits: drop old project wheels so pip can only
 # find the ones built from the current source.
-rm -f "$out"/ironclaw_contract-*.whl "$out"/ironclaw_worker-*.whl \
+rm -f "$out"/ironclaw_contract-*.whl "$out"/ironclaw_client-*.whl "$out"/ironclaw_worker-*.whl \
     "$out"/ironclaw_claude_bridge-*.whl "$out"/ironclaw_orchestrator-*.whl
 
 # Build from a clean copy of each source: an in-tree build reuses build/lib, where modules that
@@ -77,7 +78,7 @@ wheel_of() { ls "$out"/"$1"-*.whl; }
 # third-party requirements of the project wheels, read from their metadata. The projects
 # themselves never come from an index, so no package of the same name can stand in for them.
 wheels=("$(wheel_of ironclaw_contract)" "$(wheel_of ironclaw_worker)" "$(wheel_of ironclaw_claude_bridge)")
-[[ $server -eq 1 ]] && wheels+=("$(wheel_of ironclaw_orchestrator)")
+[[ $server -eq 1 ]] && wheels+=("$(wheel_of ironclaw_client)" "$(wheel_of ironclaw_orchestrator)")
 requirements="$src/requirements.txt"
 "$PYTHON" - "$requirements" "${wheels[@]}" <<'PY'
 import re, sys, zipfile

@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 import pytest
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.containers.docker_backend import DockerBackend
 from tests.conftest import ROOT, build_image, image_name
 

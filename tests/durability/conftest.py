@@ -17,7 +17,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from tests.helpers import wait_for
 
 

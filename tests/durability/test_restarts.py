@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_contract.job_keys import llm_key_for
-from orchestrator.api.v1 import jobs_pb2 as pb
 from tests.durability.conftest import job_stub
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.helpers import wait_for

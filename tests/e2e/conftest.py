@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from grpc import aio
 
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, _remove_test_containers
 from tests.e2e.support import SCRIPTS
 

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from google.protobuf import json_format
 
-from orchestrator.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2 as pb
 from orchestrator.llm.scripted_provider import ScriptedProvider, load_script
 from orchestrator.llm.types import CompletionRequest, CompletionResult
 from tests.helpers import wait_for

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2 as pb
 from tests.e2e.support import create, history, inspect_container, tool_results, wait_terminal
 
 pytestmark = pytest.mark.docker

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2 as pb
 from orchestrator.llm.scripted_provider import load_script
 from tests.conftest import ROOT
 from tests.e2e.conftest import DEMO_SCRIPT

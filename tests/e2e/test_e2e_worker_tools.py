@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2 as pb
 from tests.e2e.support import (
     SCRIPTS,
     RecordingScriptedProvider,

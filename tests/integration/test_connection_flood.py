@@ -29,8 +29,8 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.attacks.slow_connections import fd_soft_limit, flood_snippet, last_report, open_fds
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.containers.docker_network import relay_name
 from tests.helpers import wait_for
 

@@ -15,8 +15,8 @@ import pytest
 from grpc import aio
 from structlog.testing import capture_logs
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.grpc_api.error_mapping import INTERNAL_MESSAGE
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
 from orchestrator.settings import Settings

@@ -13,8 +13,8 @@ import grpc
 import pytest
 from grpc import aio
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.docker

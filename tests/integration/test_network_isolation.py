@@ -18,8 +18,8 @@ import grpc
 import pytest
 from grpc import aio
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.docker_network import network_name, relay_name
 from orchestrator.jobs.isolation import job_network_request

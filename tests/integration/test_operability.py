@@ -17,8 +17,8 @@ import structlog
 from grpc import aio
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.domain.jobs import CreateJobRequest, JobState
 from tests.helpers import wait_for
 

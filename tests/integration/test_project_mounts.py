@@ -22,8 +22,8 @@ import grpc
 import pytest
 from grpc import aio
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.containers import docker_backend
 from orchestrator.containers.backend import ContainerSpec, DirectoryIdentity
 from orchestrator.containers.docker_backend import DockerBackend

@@ -31,6 +31,7 @@ CACHE = ROOT / "build" / "wheels"
 # Distribution (directory of the repository) -> wheel file name prefix.
 DISTRIBUTIONS = {
     "contract": "ironclaw_contract",
+    "client": "ironclaw_client",
     "worker": "ironclaw_worker",
     "bridge": "ironclaw_claude_bridge",
     "orchestrator": "ironclaw_orchestrator",
@@ -138,7 +139,7 @@ def _cache_lock() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def project_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The directory of the four project wheels, built from a clean copy of the source."""
+    """The directory of the five project wheels, built from a clean copy of the source."""
     work = tmp_path_factory.mktemp("project-wheels")
     _clean_copy(work / "src")
     dist = work / "dist"

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.docker
 # The server side: the orchestrator's package and what only it uses.
 ORCHESTRATOR_ONLY = (
     "orchestrator",
+    "ironclaw_client",
     "grpc",
     "grpc_health",
     "google.protobuf",
@@ -127,7 +128,7 @@ def _check_image(docker_engine: Any, image: str, instance: str, roots: list[str]
     assert not seen["ironclaw_command"]
     requires = {canonicalize_name(k): v for k, v in seen["distributions"].items()}
     installed = set(requires)
-    assert "ironclaw-orchestrator" not in installed
+    assert not {"ironclaw-orchestrator", "ironclaw-client"} & installed
     needed = _closure(roots, requires, seen["environment"])
     assert installed - VENV_TOOLS == needed  # nothing more, nothing less
     # pydantic: only as a dependency of the custom tools' MCP SDK.

@@ -1,11 +1,14 @@
 """Each distribution's wheel, installed alone in a fresh venv with what it depends on, brings its
-command and nothing of the others: the contract needs no third-party package, the worker and
-the bridge only the project's own, the orchestrator everything `ironclaw` needs."""
+command and nothing of the others: the contract needs no third-party package, the client only
+grpcio and protobuf, the worker and the bridge only the project's own, the orchestrator
+everything `ironclaw` needs."""
 
 from __future__ import annotations
 
+import asyncio
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,7 @@ pytestmark = pytest.mark.packaging
 # Each wheel's top-level packages: one process, one package (and its py.typed).
 TOP_LEVEL = {
     "contract": "ironclaw_contract",
+    "client": "ironclaw_client",
     "worker": "worker",
     "bridge": "bridge",
     "orchestrator": "orchestrator",
@@ -139,7 +143,7 @@ def test_the_orchestrator_wheel_brings_ironclaw_and_its_commands(
     installed = orchestrator_installed
     venv = installed.venv
 
-    assert {"ironclaw-orchestrator", "ironclaw-contract"} <= installed.added
+    assert {"ironclaw-orchestrator", "ironclaw-contract", "ironclaw-client"} <= installed.added
     assert not {"ironclaw-worker", "ironclaw-claude-bridge"} & installed.added
     # What `ironclaw serve` imports at start: once, `pip install .` gave a serve without
     # structlog.
@@ -171,3 +175,57 @@ def test_the_orchestrator_wheel_brings_ironclaw_and_its_commands(
     assert moved.returncode == 2
     assert "`ironclaw worker` is now `ironclaw-worker`" in moved.stderr
     assert "Traceback" not in moved.stderr
+
+
+async def test_the_client_wheel_alone_imports_and_talks_to_an_orchestrator(
+    wheelhouse: Wheelhouse, tmp_path: Path, make_settings: Any
+) -> None:
+    from orchestrator.service import start_orchestrator
+    from tests.fakes.fake_backend import FakeBackend
+
+    installed = install(wheelhouse, "client", tmp_path / "venv")
+
+    # grpcio and protobuf (and what they pull in), nothing of the server or the agents.
+    assert "ironclaw-client" in installed.added
+    assert {"grpcio", "protobuf"} <= installed.added
+    assert not {"ironclaw-orchestrator", "ironclaw-contract", "docker", "structlog"} & (
+        installed.added
+    )
+    _imports_from_the_venv(installed, "ironclaw_client")
+    _cannot_import(installed, "orchestrator", "worker")
+    typed = installed.venv.run(
+        installed.venv.python,
+        "-I",
+        "-c",
+        "import ironclaw_client, pathlib; "
+        "print((pathlib.Path(ironclaw_client.__file__).parent / 'py.typed').exists())",
+    )
+    assert typed.stdout.strip() == "True"
+
+    orch = await start_orchestrator(
+        make_settings(LLM_PROVIDER="none"), backend=FakeBackend(), grpc_port=0, http_port=0
+    )
+    try:
+        script = (
+            "from ironclaw_client import Client\n"
+            f"with Client('127.0.0.1:{orch.grpc_port}') as client:\n"
+            "    job = client.create_job('from the wheel').job\n"
+            "    print(job.job_id, client.get_job(job.job_id).state.value, client.health())\n"
+        )
+        process = await asyncio.create_subprocess_exec(
+            str(installed.venv.python),
+            "-I",
+            "-c",
+            script,
+            cwd=installed.venv.cwd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, err.decode()
+        job_id, state, health = out.decode().split()
+        assert state == "running"
+        assert health == "SERVING"
+        assert orch.manager.get_job(job_id).task == "from the wheel"
+    finally:
+        await orch.stop(grace=1)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from grpc import aio
 
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from tests.fakes.fake_anthropic import FakeAnthropic
 
 UPSTREAM_KEY = "sk-ant-e2e-" + "u" * 30

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from orchestrator.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2 as pb
 from tests.e2e.claude.conftest import UPSTREAM_KEY
 from tests.e2e.support import (
     container_env,

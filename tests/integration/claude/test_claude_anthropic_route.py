@@ -16,8 +16,8 @@ import pytest
 from grpc import aio
 from structlog.testing import capture_logs
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.domain.jobs import JobLimitOverrides, JobMode
 from tests.fakes.fake_anthropic import ErrorReply, anthropic_error_body
 from tests.helpers import wait_for

@@ -17,6 +17,6 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
         env={"PYTHON": sys.executable, "PATH": str(Path(sys.executable).parent) + ":/usr/bin"},
     )
     for name in GENERATED:
-        fresh = (tmp_path / "orchestrator/api/v1" / name).read_text()
-        committed = (ROOT / "orchestrator/src/orchestrator/api/v1" / name).read_text()
-        assert fresh == committed, f"orchestrator/api/v1/{name} is stale: run `make protos`"
+        fresh = (tmp_path / "ironclaw_client/api/v1" / name).read_text()
+        committed = (ROOT / "client/src/ironclaw_client/api/v1" / name).read_text()
+        assert fresh == committed, f"ironclaw_client/api/v1/{name} is stale: run `make protos`"

@@ -1,4 +1,6 @@
-"""``ironclaw job ...``: a gRPC client of the control plane."""
+"""``ironclaw job ...``: a thin layer over ``ironclaw_client.Client``; argument parsing and
+printing only. The client owns the wire: the stubs, the admin token, TLS, retries and the
+watch that resumes after a reconnect."""
 
 from __future__ import annotations
 
@@ -6,10 +8,15 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ironclaw_client import Client, Job, JobUpdate
 
 DEFAULT_TARGET = "localhost:50051"
+# One-shot commands report an unreachable orchestrator quickly; a follow rides out a restart.
+CALL_RECONNECT_S = 2.0
+FOLLOW_RECONNECT_S = 60.0
 
 
 def add_job_commands(job: argparse.ArgumentParser) -> None:
@@ -92,112 +99,97 @@ class CliError(Exception):
     """A message for the person at the terminal."""
 
 
-def run_job_command(args: argparse.Namespace) -> int:
-    import grpc
+def open_client(target: str) -> Client:
+    """The client for ``--orchestrator``; admin token and TLS CA from the environment."""
+    from ironclaw_client import Client
 
     try:
-        with _channel(args.orchestrator) as channel:
-            return _dispatch(args, channel)
+        return Client(target, reconnect_timeout=CALL_RECONNECT_S)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def report_client_errors(target: str, action: Any) -> int:
+    """Runs ``action()`` with the CLI's error reporting: a message and an exit code, never a
+    traceback."""
+    from ironclaw_client import IronclawError, TLSError, Unavailable
+
+    try:
+        return int(action())
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except grpc.RpcError as exc:
-        code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
-            print(
-                f"error: cannot reach the orchestrator at {args.orchestrator}: is `ironclaw "
-                "serve` running? (set --orchestrator or IRONCLAW_ORCHESTRATOR)",
-                file=sys.stderr,
-            )
-        else:
-            print(f"error: {exc.details()} ({code.name})", file=sys.stderr)
+    except TLSError as exc:
+        print(
+            f"error: TLS with the orchestrator at {target} failed: {exc.message} (set "
+            "IRONCLAW_TLS_CA to the CA of its certificate)",
+            file=sys.stderr,
+        )
+        return 1
+    except Unavailable:
+        print(
+            f"error: cannot reach the orchestrator at {target}: is `ironclaw "
+            "serve` running? (set --orchestrator or IRONCLAW_ORCHESTRATOR)",
+            file=sys.stderr,
+        )
+        return 1
+    except IronclawError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-def _channel(target: str) -> Any:
-    import grpc
+def run_job_command(args: argparse.Namespace) -> int:
+    def action() -> int:
+        with open_client(args.orchestrator) as client:
+            return _dispatch(args, client)
 
-    ca = os.environ.get("IRONCLAW_TLS_CA")
-    if target.startswith("https://") or ca:
-        with open(ca, "rb") if ca else _nothing() as handle:
-            root = handle.read() if handle else None
-        return grpc.secure_channel(
-            target.removeprefix("https://"), grpc.ssl_channel_credentials(root)
-        )
-    return grpc.insecure_channel(target)
+    return report_client_errors(args.orchestrator, action)
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
+def _dispatch(args: argparse.Namespace, client: Client) -> int:
+    from ironclaw_client import JobLimits, JobMode, JobState
 
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-class _AuthedStub:
-    """Wraps the JobService stub so every call carries the admin token, when one is set."""
-
-    def __init__(self, stub: Any, token: str | None) -> None:
-        self._stub = stub
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-
-    def __repr__(self) -> str:
-        return "_AuthedStub(token=***)"
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._stub, name)
-
-        def call(request: Any, **kwargs: Any) -> Any:
-            return method(request, metadata=self._metadata, **kwargs)
-
-        return call
-
-
-def _dispatch(args: argparse.Namespace, channel: Any) -> int:
-    from orchestrator.api.v1 import jobs_pb2 as pb
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
-
-    stub = _AuthedStub(pb_grpc.JobServiceStub(channel), os.environ.get("ORCHESTRATOR_ADMIN_TOKEN"))
     cmd = args.job_command
     if cmd == "create":
-        request = pb.CreateJobRequest(
-            task=args.task,
+        created = client.create_job(
+            args.task,
+            job_id=args.job_id or None,
             project_dir=args.project,
-            mode=pb.JOB_MODE_CLAUDE_CODE if args.mode == "claude-code" else pb.JOB_MODE_WORKER,
+            mode=JobMode(args.mode),
             credentials=_grants(args.grant),
             labels=_pairs(args.label, "--label"),
-            job_id=args.job_id,
             wait_for_prompts=args.wait_for_prompts,
             mcp_servers=args.mcp_server,
             wasm_tools=args.wasm_tool,
-            limits=pb.JobLimits(max_iterations=args.max_iterations, timeout_seconds=args.timeout),
+            limits=JobLimits(max_iterations=args.max_iterations, timeout_seconds=args.timeout),
         )
-        response = stub.CreateJob(request, timeout=120)
-        job = response.job
+        job = created.job
         if not args.wait:
-            _print_job(job, args.json, "created" if not response.already_existed else "exists")
+            _print_job(job, args.json, "exists" if created.already_existed else "created")
             return 0
         if not args.json:
             print(f"job {job.job_id} created; following it (Ctrl-C stops following, not the job)")
-        final = _follow(stub, job.job_id, 0, args.json)
-        return 0 if final is not None and final.state == pb.JOB_STATE_STOPPED else 1
+        final = _follow(client, job.job_id, 0, args.json)
+        return 0 if final.state is JobState.STOPPED else 1
     if cmd == "get":
-        _print_job(stub.GetJob(pb.GetJobRequest(job_id=args.job_id), timeout=30).job, args.json)
+        _print_job(client.get_job(args.job_id), args.json)
         return 0
     if cmd == "list":
-        states = [getattr(pb, f"JOB_STATE_{s.upper()}") for s in args.state]
-        response = stub.ListJobs(
-            pb.ListJobsRequest(states=states, page_size=args.limit), timeout=30
+        import itertools
+
+        states = [JobState(s) for s in args.state]
+        limit = max(1, args.limit)
+        jobs = list(
+            itertools.islice(client.list_jobs(states=states, page_size=min(limit, 1000)), limit)
         )
         if args.json:
-            for job in response.jobs:
+            for job in jobs:
                 print(json.dumps(job_dict(job)))
         else:
             print(f"{'JOB ID':36}  {'STATE':8}  {'MODE':11}  {'CALLS':>5}  {'TOKENS':>8}  TASK")
-            for job in response.jobs:
+            for job in jobs:
                 d = job_dict(job)
                 print(
                     f"{d['job_id']:36}  {d['state']:8}  {d['mode']:11}  "
@@ -207,14 +199,13 @@ def _dispatch(args: argparse.Namespace, channel: Any) -> int:
                 )
         return 0
     if cmd == "watch":
-        final = _follow(stub, args.job_id, args.after, args.json, args.from_start)
-        return 0 if final is not None and final.state == pb.JOB_STATE_STOPPED else 1
+        final = _follow(client, args.job_id, args.after, args.json, args.from_start)
+        return 0 if final.state is JobState.STOPPED else 1
     if cmd == "stop":
-        job = stub.StopJob(pb.StopJobRequest(job_id=args.job_id), timeout=120).job
-        _print_job(job, args.json, "stopped")
+        _print_job(client.stop_job(args.job_id), args.json, "stopped")
         return 0
     if cmd == "cleanup":
-        stub.CleanupJob(pb.CleanupJobRequest(job_id=args.job_id), timeout=60)
+        client.cleanup_job(args.job_id)
         print(
             json.dumps({"job_id": args.job_id, "cleaned_up": True})
             if args.json
@@ -222,26 +213,23 @@ def _dispatch(args: argparse.Namespace, channel: Any) -> int:
         )
         return 0
     if cmd == "logs":
-        for chunk in stub.StreamLogs(
-            pb.StreamLogsRequest(job_id=args.job_id, follow=args.follow, tail_lines=args.tail)
-        ):
-            sys.stdout.buffer.write(chunk.data)
+        if args.follow:
+            client.reconnect_timeout = FOLLOW_RECONNECT_S
+        for data in client.logs(args.job_id, follow=args.follow, tail_lines=args.tail):
+            sys.stdout.buffer.write(data)
             sys.stdout.flush()
         return 0
     if cmd == "prompt":
         if not args.done and not args.content:
             raise CliError("give the prompt text, or --done")
-        stub.SendPrompt(
-            pb.SendPromptRequest(job_id=args.job_id, content=args.content, done=args.done),
-            timeout=30,
-        )
+        client.send_prompt(args.job_id, args.content, done=args.done)
         print("done sent" if args.done else "prompt queued")
         return 0
     raise CliError(f"unknown action {cmd}")
 
 
 def _grants(specs: list[str]) -> list[Any]:
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    from ironclaw_client import CredentialGrant
 
     grants = []
     for spec in specs:
@@ -251,7 +239,7 @@ def _grants(specs: list[str]) -> list[Any]:
         value = os.environ.get(env_var)
         if not value:
             raise CliError(f"--grant {name}: environment variable {env_var} is not set")
-        grants.append(pb.CredentialGrant(name=name, credential_type="api_token", value=value))
+        grants.append(CredentialGrant(name=name, value=value))
     return grants
 
 
@@ -265,34 +253,33 @@ def _pairs(specs: list[str], flag: str) -> dict[str, str]:
     return pairs
 
 
-def _enum_name(prefix: str, value: str) -> str:
-    return value.removeprefix(prefix)
-
-
-def job_dict(job: Any) -> dict[str, Any]:
-    """A job as a plain JSON-able dict (at least job_id and state)."""
+def _as_dict(message: Any) -> dict[str, Any]:
+    """The wire form of a client value as JSON-able data (what --json prints)."""
     from google.protobuf import json_format
 
-    from orchestrator.api.v1 import jobs_pb2 as pb
+    return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
-    d = json_format.MessageToDict(job, preserving_proto_field_name=True)
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """A job as a plain JSON-able dict (at least job_id and state)."""
+    d = _as_dict(job.proto) if job.proto is not None else {}
     d["job_id"] = job.job_id
-    d["state"] = pb.JobState.Name(job.state).removeprefix("JOB_STATE_").capitalize()
-    d["mode"] = "claude-code" if job.mode == pb.JOB_MODE_CLAUDE_CODE else "worker"
+    d["state"] = job.state.value.capitalize()
+    d["mode"] = job.mode.value
     d["usage"] = {
         "calls": job.usage.calls,
         "input_tokens": job.usage.input_tokens,
         "output_tokens": job.usage.output_tokens,
     }
-    if job.HasField("result"):
-        d["result"]["reason"] = pb.TerminalReason.Name(job.result.reason).removeprefix(
-            "TERMINAL_REASON_"
-        )
+    d.setdefault("task", job.task)
+    if job.result is not None:
+        d.setdefault("result", {})
+        d["result"]["reason"] = job.result.reason.name
         d["result"]["success"] = job.result.success
     return d
 
 
-def _print_job(job: Any, as_json: bool, verb: str = "") -> None:
+def _print_job(job: Job, as_json: bool, verb: str = "") -> None:
     d = job_dict(job)
     if as_json:
         print(json.dumps(d))
@@ -301,7 +288,7 @@ def _print_job(job: Any, as_json: bool, verb: str = "") -> None:
     print(head)
     print(f"  state:    {d['state']}")
     print(f"  mode:     {d['mode']}")
-    print(f"  task:     {_one_line(d['task'], 100)}")
+    print(f"  task:     {_one_line(job.task, 100)}")
     print(f"  project:  {job.project_dir}")
     print(
         f"  llm:      {job.llm_provider}  calls={job.usage.calls} "
@@ -312,9 +299,8 @@ def _print_job(job: Any, as_json: bool, verb: str = "") -> None:
         print(f"  tools:    {', '.join(custom)}")
     if job.status_message:
         print(f"  status:   {_one_line(job.status_message, 100)}")
-    if job.HasField("result"):
-        r = d["result"]
-        print(f"  result:   {r['reason']}: {_one_line(job.result.message, 200)}")
+    if job.result is not None:
+        print(f"  result:   {job.result.reason.name}: {_one_line(job.result.message, 200)}")
 
 
 def _one_line(text: str, width: int) -> str:
@@ -322,62 +308,49 @@ def _one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _follow(stub: Any, job_id: str, after: int, as_json: bool, from_start: bool = False) -> Any:
-    """Prints one line per update until the job ends; returns the final job."""
-    from orchestrator.api.v1 import jobs_pb2 as pb
-
-    final = None
-    for update in _watch(stub, job_id, after, from_start):
+def _follow(
+    client: Client, job_id: str, after: int, as_json: bool, from_start: bool = False
+) -> Job:
+    """Prints one line per update until the job ends (riding out an orchestrator restart);
+    returns the final job."""
+    client.reconnect_timeout = FOLLOW_RECONNECT_S
+    for update in client.watch(job_id, after_sequence=after, from_start=from_start):
         if as_json:
-            from google.protobuf import json_format
-
-            print(
-                json.dumps(json_format.MessageToDict(update, preserving_proto_field_name=True)),
-                flush=True,
-            )
+            print(json.dumps(_as_dict(update.proto)), flush=True)
         else:
             line = describe_update(update)
             if line:
                 print(line, flush=True)
-        if update.HasField("result"):
-            final = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=30).job
-    if final is None:
-        final = stub.GetJob(pb.GetJobRequest(job_id=job_id), timeout=30).job
+    final = client.get_job(job_id)
     if not as_json:
         _print_job(final, False)
     return final
 
 
-def _watch(stub: Any, job_id: str, after: int, from_start: bool) -> Iterator[Any]:
-    from orchestrator.api.v1 import jobs_pb2 as pb
-
-    yield from stub.WatchJob(
-        pb.WatchJobRequest(job_id=job_id, after_sequence=after, from_start=from_start)
+def describe_update(update: JobUpdate) -> str:
+    """One human line for one WatchJob item."""
+    from ironclaw_client import (
+        Event,
+        ResultUpdate,
+        Snapshot,
+        StateChanged,
+        StatusUpdate,
+        UsageUpdate,
     )
 
-
-def describe_update(update: Any) -> str:
-    """One human line for one WatchJob item."""
-    from orchestrator.api.v1 import jobs_pb2 as pb
-
-    kind = update.WhichOneof("update")
     seq = f"[{update.sequence:>4}]"
-    if kind == "snapshot":
-        job = update.snapshot
+    if isinstance(update, Snapshot):
+        job = update.job
         return (
-            f"{seq} job {job.job_id} is {pb.JobState.Name(job.state)[10:].capitalize()}"
-            f": {_one_line(job.task, 80)}"
+            f"{seq} job {job.job_id} is {job.state.value.capitalize()}: {_one_line(job.task, 80)}"
         )
-    if kind == "state_change":
-        state = pb.JobState.Name(update.state_change.state)[10:].capitalize()
-        return f"{seq} state → {state} ({update.state_change.reason})"
-    if kind == "status":
-        return f"{seq} status: {_one_line(update.status.message, 100)}"
-    if kind == "event":
-        from google.protobuf import json_format
-
-        data = json_format.MessageToDict(update.event.data)
-        etype = update.event.event_type
+    if isinstance(update, StateChanged):
+        return f"{seq} state → {update.state.value.capitalize()} ({update.reason})"
+    if isinstance(update, StatusUpdate):
+        return f"{seq} status: {_one_line(update.message, 100)}"
+    if isinstance(update, Event):
+        data = dict(update.data)
+        etype = update.event_type
         if etype == "tool_use":
             args = json.dumps(data.get("input", {}))
             return f"{seq} tool  {data.get('tool_name')} {_one_line(args, 100)}"
@@ -392,11 +365,10 @@ def describe_update(update: Any) -> str:
                 f"{seq} {data.get('role', 'assistant')}: {_one_line(str(data.get('content')), 100)}"
             )
         return f"{seq} {etype}: {_one_line(json.dumps(data), 100)}"
-    if kind == "result":
+    if isinstance(update, ResultUpdate):
         r = update.result
-        reason = pb.TerminalReason.Name(r.reason).removeprefix("TERMINAL_REASON_")
-        return f"{seq} result: {reason}: {_one_line(r.message, 200)}"
-    if kind == "usage":
+        return f"{seq} result: {r.reason.name}: {_one_line(r.message, 200)}"
+    if isinstance(update, UsageUpdate):
         u = update.usage
         return f"{seq} llm usage: {u.calls} calls, {u.input_tokens} in / {u.output_tokens} out"
     return ""

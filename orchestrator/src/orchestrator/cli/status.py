@@ -12,12 +12,14 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.cli.jobs import DEFAULT_TARGET, CliError, _AuthedStub, _channel
+from orchestrator.cli.jobs import DEFAULT_TARGET, open_client, report_client_errors
+
+if TYPE_CHECKING:
+    from ironclaw_client import Client
 
 PACKAGE = "ironclaw-orchestrator"
 
@@ -38,34 +40,16 @@ def add_status_command(sub: Any) -> None:
     status.add_argument("--json", action="store_true")
 
 
-def run_client(args: argparse.Namespace, action: Callable[[argparse.Namespace, Any], int]) -> int:
-    """Runs ``action(args, stub)`` against the control plane with the CLI's error reporting."""
-    import grpc
+def run_client(
+    args: argparse.Namespace, action: Callable[[argparse.Namespace, Client], int]
+) -> int:
+    """Runs ``action(args, client)`` against the control plane with the CLI's error reporting."""
 
-    from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+    def run() -> int:
+        with open_client(args.orchestrator) as client:
+            return action(args, client)
 
-    try:
-        with _channel(args.orchestrator) as channel:
-            stub = _AuthedStub(
-                pb_grpc.JobServiceStub(channel), os.environ.get("ORCHESTRATOR_ADMIN_TOKEN")
-            )
-            return action(args, stub)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except grpc.RpcError as exc:
-        code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            print(
-                f"error: cannot reach the orchestrator at {args.orchestrator}: is `ironclaw "
-                "serve` running? (set --orchestrator or IRONCLAW_ORCHESTRATOR)",
-                file=sys.stderr,
-            )
-        else:
-            print(f"error: {exc.details()} ({code.name})", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return report_client_errors(args.orchestrator, run)
 
 
 @dataclass
@@ -92,9 +76,9 @@ def orchestrator_version() -> str:
         return "unknown"
 
 
-def run_status(args: argparse.Namespace, stub: Any) -> int:
+def run_status(args: argparse.Namespace, client: Client) -> int:
     report = StatusReport(version=orchestrator_version())
-    _check_control_plane(args, stub, report)
+    _check_control_plane(args, client, report)
     settings = _settings(report)
     if settings is not None:
         asyncio.run(_check_engine(settings, report))
@@ -115,46 +99,37 @@ def run_status(args: argparse.Namespace, stub: Any) -> int:
     return 1 if report.problems else 0
 
 
-def _check_control_plane(args: argparse.Namespace, stub: Any, report: StatusReport) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    from orchestrator.api.v1 import jobs_pb2 as pb
+def _check_control_plane(args: argparse.Namespace, client: Client, report: StatusReport) -> None:
+    from ironclaw_client import IronclawError, JobState, Unauthenticated
     from orchestrator.cli.usage import fetch_jobs
 
-    with _channel(args.orchestrator) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=10
-            )
-            report.health = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-        except grpc.RpcError as exc:
-            report.health = "unreachable"
-            report.problem(
-                f"the control plane at {args.orchestrator} does not answer ({exc.code().name})",
-                "start it with `ironclaw serve`, or point --orchestrator / "
-                "IRONCLAW_ORCHESTRATOR at it",
-            )
-            return
+    try:
+        report.health = client.health()
+    except IronclawError as exc:
+        report.health = "unreachable"
+        report.problem(
+            f"the control plane at {args.orchestrator} does not answer ({exc.code})",
+            "start it with `ironclaw serve`, or point --orchestrator / IRONCLAW_ORCHESTRATOR at it",
+        )
+        return
     if report.health != "SERVING":
         report.problem(
             f"the orchestrator reports {report.health}",
             "it is shutting down or starting: wait, or restart `ironclaw serve`",
         )
     try:
-        jobs = fetch_jobs(stub)
-    except grpc.RpcError as exc:
+        jobs = fetch_jobs(client)
+    except IronclawError as exc:
         report.problem(
-            f"listing jobs failed: {exc.details()} ({exc.code().name})",
+            f"listing jobs failed: {exc}",
             "set ORCHESTRATOR_ADMIN_TOKEN to the orchestrator's admin token"
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            if isinstance(exc, Unauthenticated)
             else "see the orchestrator's log",
         )
         return
-    counts = {name.removeprefix("JOB_STATE_").lower(): 0 for name in pb.JobState.keys()[1:]}
+    counts = {state.value: 0 for state in JobState if state is not JobState.UNSPECIFIED}
     for job in jobs:
-        state = pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
-        counts[state] = counts.get(state, 0) + 1
+        counts[job.state.value] = counts.get(job.state.value, 0) + 1
     report.jobs_by_state = counts
 
 

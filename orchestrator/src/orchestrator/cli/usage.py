@@ -6,9 +6,12 @@ import argparse
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli.jobs import CliError
+
+if TYPE_CHECKING:
+    from ironclaw_client import Client, Job
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -45,39 +48,26 @@ def parse_since(raw: str, now: datetime | None = None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def fetch_jobs(stub: Any) -> list[Any]:
+def fetch_jobs(client: Client) -> list[Job]:
     """Every job the control plane knows, all pages."""
-    from orchestrator.api.v1 import jobs_pb2 as pb
-
-    jobs: list[Any] = []
-    token = ""
-    while True:
-        page = stub.ListJobs(pb.ListJobsRequest(page_size=_PAGE, page_token=token), timeout=30)
-        jobs.extend(page.jobs)
-        token = page.next_page_token
-        if not token:
-            return jobs
+    return list(client.list_jobs(page_size=_PAGE))
 
 
-def usage_report(jobs: list[Any], since: datetime | None, now: datetime) -> dict[str, Any]:
+def usage_report(jobs: list[Job], since: datetime | None, now: datetime) -> dict[str, Any]:
     """Per-job rows and totals; wall time runs from start (or creation) to the end (or now)."""
-    from orchestrator.api.v1 import jobs_pb2 as pb
-
     rows: list[dict[str, Any]] = []
     for job in jobs:
-        created = job.created_at.ToDatetime(tzinfo=UTC)
+        created = job.created_at or now
         if since is not None and created < since:
             continue
-        begin = job.started_at.ToDatetime(tzinfo=UTC) if job.HasField("started_at") else created
-        end = job.finished_at.ToDatetime(tzinfo=UTC) if job.HasField("finished_at") else now
-        reason = ""
-        if job.HasField("result"):
-            reason = pb.TerminalReason.Name(job.result.reason).removeprefix("TERMINAL_REASON_")
+        begin = job.started_at or created
+        end = job.finished_at or now
+        reason = job.result.reason.name if job.result is not None else ""
         rows.append(
             {
                 "job_id": job.job_id,
-                "state": pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower(),
-                "mode": pb.JobMode.Name(job.mode).removeprefix("JOB_MODE_").lower(),
+                "state": job.state.value,
+                "mode": job.mode.name.lower(),
                 "created_at": created.isoformat(),
                 "llm_calls": int(job.usage.calls),
                 "input_tokens": int(job.usage.input_tokens),
@@ -96,9 +86,9 @@ def usage_report(jobs: list[Any], since: datetime | None, now: datetime) -> dict
     return {"since": since.isoformat() if since else None, "jobs": rows, "total": total}
 
 
-def run_usage(args: argparse.Namespace, stub: Any) -> int:
+def run_usage(args: argparse.Namespace, client: Client) -> int:
     now = datetime.now(UTC)
-    report = usage_report(fetch_jobs(stub), parse_since(args.since, now), now)
+    report = usage_report(fetch_jobs(client), parse_since(args.since, now), now)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

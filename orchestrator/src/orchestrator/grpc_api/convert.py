@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from orchestrator.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2 as pb
 from orchestrator.domain.jobs import (
     CreateJobRequest,
     CredentialGrant,

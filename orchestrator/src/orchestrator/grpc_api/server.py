@@ -10,7 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from orchestrator.api.v1 import jobs_pb2, jobs_pb2_grpc
+from ironclaw_client.api.v1 import jobs_pb2, jobs_pb2_grpc
 from orchestrator.grpc_api.auth import AdminTokenInterceptor
 from orchestrator.grpc_api.error_mapping import UnexpectedErrorInterceptor
 from orchestrator.grpc_api.reflection import enable_server_reflection

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
@@ -10,8 +11,8 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from orchestrator.api.v1 import jobs_pb2 as pb
-from orchestrator.api.v1 import jobs_pb2_grpc as pb_grpc
+from ironclaw_client.api.v1 import jobs_pb2 as pb
+from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.domain.jobs import JobSnapshot, JobUpdate
 from orchestrator.errors import OrchestratorError
 from orchestrator.grpc_api import convert
@@ -36,6 +37,8 @@ class JobServicer(pb_grpc.JobServiceServicer):
 
     def __init__(self, manager: ContainerJobManager) -> None:
         self._manager = manager
+        # Creations whose caller went away (deadline, disconnect): kept until they finish.
+        self._creations: set[asyncio.Task[Any]] = set()
         self._update_cache: OrderedDict[tuple[str, int, datetime], pb.JobUpdate] = OrderedDict()
 
     async def _call(self, context: Context, fn: Callable[[], Awaitable[T]], job_id: str = "") -> T:
@@ -51,13 +54,27 @@ class JobServicer(pb_grpc.JobServiceServicer):
         self, request: pb.CreateJobRequest, context: Context
     ) -> pb.CreateJobResponse:
         async def run() -> pb.CreateJobResponse:
-            created = await self._manager.create_job(convert.create_request_from_pb(request))
+            creation = asyncio.ensure_future(
+                self._manager.create_job(convert.create_request_from_pb(request))
+            )
+            self._creations.add(creation)
+            creation.add_done_callback(self._creation_done)
+            # A caller whose deadline passes mid-start must not cancel the start halfway: the
+            # job would stay Creating with no container. It finishes, and the caller's retry
+            # with the same job_id finds it.
+            created = await asyncio.shield(creation)
             # The token never leaves through the control plane.
             return pb.CreateJobResponse(
                 job=convert.job_to_pb(created.job), already_existed=created.already_existed
             )
 
         return await self._call(context, run)
+
+    def _creation_done(self, creation: asyncio.Task[Any]) -> None:
+        self._creations.discard(creation)
+        if not creation.cancelled() and creation.exception() is not None:
+            # Its caller (if still there) got the error; one that left hears it on retry.
+            log.debug("a job creation ended with an error", error=str(creation.exception()))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
         async def run() -> pb.GetJobResponse:

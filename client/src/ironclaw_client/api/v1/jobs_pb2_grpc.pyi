@@ -3,12 +3,13 @@
 isort:skip_file
 The ironclaw orchestrator control plane: create, observe and end agent jobs that run in
 isolated containers. This file is the source of truth for the API; the Python code in
-orchestrator/api/v1 is generated from it by `make protos`.
+ironclaw_client/api/v1 (the ironclaw-client distribution) is generated from it by `make
+protos`.
 """
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from orchestrator.api.v1 import jobs_pb2 as _jobs_pb2
+from ironclaw_client.api.v1 import jobs_pb2 as _jobs_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

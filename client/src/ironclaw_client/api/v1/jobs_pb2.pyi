@@ -3,7 +3,8 @@
 isort:skip_file
 The ironclaw orchestrator control plane: create, observe and end agent jobs that run in
 isolated containers. This file is the source of truth for the API; the Python code in
-orchestrator/api/v1 is generated from it by `make protos`.
+ironclaw_client/api/v1 (the ironclaw-client distribution) is generated from it by `make
+protos`.
 """
 
 from collections import abc as _abc

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from orchestrator.api.v1 import jobs_pb2 as orchestrator_dot_api_dot_v1_dot_jobs__pb2
+from ironclaw_client.api.v1 import jobs_pb2 as ironclaw__client_dot_api_dot_v1_dot_jobs__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in orchestrator/api/v1/jobs_pb2_grpc.py depends on'
+        + ' but the generated code in ironclaw_client/api/v1/jobs_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,43 +36,43 @@ class JobServiceStub:
         """
         self.CreateJob = channel.unary_unary(
                 '/ironclaw.orchestrator.v1.JobService/CreateJob',
-                request_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.CreateJobRequest.SerializeToString,
-                response_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.CreateJobResponse.FromString,
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CreateJobRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CreateJobResponse.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/ironclaw.orchestrator.v1.JobService/GetJob',
-                request_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
-                response_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.GetJobResponse.FromString,
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/ironclaw.orchestrator.v1.JobService/ListJobs',
-                request_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
-                response_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
         self.StopJob = channel.unary_unary(
                 '/ironclaw.orchestrator.v1.JobService/StopJob',
-                request_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.StopJobRequest.SerializeToString,
-                response_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.StopJobResponse.FromString,
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StopJobRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StopJobResponse.FromString,
                 _registered_method=True)
         self.CleanupJob = channel.unary_unary(
                 '/ironclaw.orchestrator.v1.JobService/CleanupJob',
-                request_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.CleanupJobRequest.SerializeToString,
-                response_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.CleanupJobResponse.FromString,
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CleanupJobRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CleanupJobResponse.FromString,
                 _registered_method=True)
         self.WatchJob = channel.unary_stream(
                 '/ironclaw.orchestrator.v1.JobService/WatchJob',
-                request_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
-                response_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.JobUpdate.FromString,
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.JobUpdate.FromString,
                 _registered_method=True)
         self.SendPrompt = channel.unary_unary(
                 '/ironclaw.orchestrator.v1.JobService/SendPrompt',
-                request_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.SendPromptRequest.SerializeToString,
-                response_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.SendPromptResponse.FromString,
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.SendPromptRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.SendPromptResponse.FromString,
                 _registered_method=True)
         self.StreamLogs = channel.unary_stream(
                 '/ironclaw.orchestrator.v1.JobService/StreamLogs',
-                request_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
-                response_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.LogChunk.FromString,
                 _registered_method=True)
 
 
@@ -140,43 +140,43 @@ def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateJob,
-                    request_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.CreateJobRequest.FromString,
-                    response_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.CreateJobResponse.SerializeToString,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CreateJobRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CreateJobResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
-                    request_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
-                    response_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.GetJobResponse.SerializeToString,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.GetJobResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
-                    request_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
-                    response_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.ListJobsRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.ListJobsResponse.SerializeToString,
             ),
             'StopJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StopJob,
-                    request_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.StopJobRequest.FromString,
-                    response_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.StopJobResponse.SerializeToString,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StopJobRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StopJobResponse.SerializeToString,
             ),
             'CleanupJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CleanupJob,
-                    request_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.CleanupJobRequest.FromString,
-                    response_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.CleanupJobResponse.SerializeToString,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CleanupJobRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CleanupJobResponse.SerializeToString,
             ),
             'WatchJob': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJob,
-                    request_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
-                    response_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.JobUpdate.SerializeToString,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.JobUpdate.SerializeToString,
             ),
             'SendPrompt': grpc.unary_unary_rpc_method_handler(
                     servicer.SendPrompt,
-                    request_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.SendPromptRequest.FromString,
-                    response_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.SendPromptResponse.SerializeToString,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.SendPromptRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.SendPromptResponse.SerializeToString,
             ),
             'StreamLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamLogs,
-                    request_deserializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.FromString,
-                    response_serializer=orchestrator_dot_api_dot_v1_dot_jobs__pb2.LogChunk.SerializeToString,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.LogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -204,8 +204,8 @@ class JobService:
             request,
             target,
             '/ironclaw.orchestrator.v1.JobService/CreateJob',
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.CreateJobRequest.SerializeToString,
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.CreateJobResponse.FromString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CreateJobRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CreateJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -231,8 +231,8 @@ class JobService:
             request,
             target,
             '/ironclaw.orchestrator.v1.JobService/GetJob',
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.GetJobResponse.FromString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.GetJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -258,8 +258,8 @@ class JobService:
             request,
             target,
             '/ironclaw.orchestrator.v1.JobService/ListJobs',
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -285,8 +285,8 @@ class JobService:
             request,
             target,
             '/ironclaw.orchestrator.v1.JobService/StopJob',
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.StopJobRequest.SerializeToString,
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.StopJobResponse.FromString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StopJobRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StopJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -312,8 +312,8 @@ class JobService:
             request,
             target,
             '/ironclaw.orchestrator.v1.JobService/CleanupJob',
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.CleanupJobRequest.SerializeToString,
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.CleanupJobResponse.FromString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CleanupJobRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.CleanupJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -339,8 +339,8 @@ class JobService:
             request,
             target,
             '/ironclaw.orchestrator.v1.JobService/WatchJob',
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.JobUpdate.FromString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.JobUpdate.FromString,
             options,
             channel_credentials,
             insecure,
@@ -366,8 +366,8 @@ class JobService:
             request,
             target,
             '/ironclaw.orchestrator.v1.JobService/SendPrompt',
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.SendPromptRequest.SerializeToString,
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.SendPromptResponse.FromString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.SendPromptRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.SendPromptResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -393,8 +393,8 @@ class JobService:
             request,
             target,
             '/ironclaw.orchestrator.v1.JobService/StreamLogs',
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
-            orchestrator_dot_api_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.LogChunk.FromString,
             options,
             channel_credentials,
             insecure,
