@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from bridge.runner import BridgeConfig, ClaudeBridge
-from ironclaw_contract.job_keys import llm_key_for
+from ironclaw_contract.job_keys import egress_key_for, llm_key_for
 from worker.agent import EXIT_TERMINATED, EXIT_USAGE
 from worker.client import WorkerApiClient
 from worker.main import (
@@ -29,6 +29,7 @@ from worker.main import (
     UsageError,
     configure_logging,
     make_undumpable,
+    mask_in_logs,
 )
 from worker.termination import Terminated, sigterm_raises_terminated
 
@@ -93,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         poll_interval_s=args.poll_interval_s,
         base_env=dict(env),
         llm_key=llm_key_for(token, job_id),
+        egress_key=egress_key_for(token, job_id),
     )
+    mask_in_logs(config.llm_key)
+    mask_in_logs(config.egress_key)
     log.info("claude-bridge for job %s starting, orchestrator %s", job_id, url)
     with client, sigterm_raises_terminated():
         try:

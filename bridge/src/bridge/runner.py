@@ -64,6 +64,7 @@ from worker.client import (
     truncate_text,
 )
 from worker.credentials import credential_env, with_env_names
+from worker.egress_env import egress_env
 from worker.main import mask_in_logs
 from worker.tools import tool_environment
 
@@ -103,6 +104,8 @@ class BridgeConfig:
     # The job's LLM key, derived from the worker token (ironclaw_contract.job_keys): the only
     # credential the CLI gets, unless the operator put the real one in GET /job.
     llm_key: str = field(default="", repr=False)
+    # Its egress key: the identity of the CLI's commands at the egress gateway.
+    egress_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -426,6 +429,7 @@ class ClaudeBridge:
         )
         home = writable_home(self._config.base_env)
         env = child_environment(self._config.base_env, credentials, home, settings.cli_env)
+        env |= egress_env(job, self._client.job_id, self._config.egress_key, str(home))
         log.info(
             "job %s: model %s, max %d turns, tools %s, %s, credentials: %s",
             self._client.job_id,

@@ -90,6 +90,7 @@ RESERVED_ENV_NAMES: Final = frozenset(
         "NODE_EXTRA_CA_CERTS",
         "NODE_TLS_REJECT_UNAUTHORIZED",
         "NO_PROXY",
+        "PIP_CERT",
         "REQUESTS_CA_BUNDLE",
         "SSL_CERT_DIR",
         "SSL_CERT_FILE",

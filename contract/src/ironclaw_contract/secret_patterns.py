@@ -18,7 +18,8 @@ MASK: Final = "***"
 # Well-known credential formats and literal authorization schemes.
 SECRET_VALUE: Final = re.compile(
     r"irc_[A-Za-z0-9_\-]{8,}"  # the orchestrator's job tokens
-    r"|ircl_[A-Za-z0-9_\-]{8,}"  # and its per-job LLM keys
+    r"|ircl_[A-Za-z0-9_\-]{8,}"  # its per-job LLM keys
+    r"|irce_[A-Za-z0-9_\-]{8,}"  # and egress keys
     r"|Bearer\s+[A-Za-z0-9._~+/=\-]{8,}"
     # Base64 of user:password mixes case or digits; "Basic authentication" is left alone.
     r"|Basic\s+(?=[A-Za-z0-9+/]*[A-Z0-9+/])[A-Za-z0-9+/]{8,}={0,2}"

@@ -23,6 +23,7 @@ from orchestrator.fd_limit import FdLimit, current_fd_limit, raise_fd_limit
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
 from orchestrator.http_api.app import build_app, start_worker_api
 from orchestrator.http_api.connection_limits import ConnectionLimits, connection_limits
+from orchestrator.jobs.isolation import egress_relay_problem
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm.factory import build_provider
 from orchestrator.llm.proxy import LlmProxy
@@ -208,7 +209,13 @@ async def start_orchestrator(
     if settings.job_network == "isolated":
         # Only where the job's network has no other way out do its commands get the gateway;
         # on the host's bridge they go out directly, and a proxy would only refuse them.
-        manager.set_egress_url(settings.egress_url or _container_url(gateway.port))
+        egress_url = settings.egress_url or _container_url(gateway.port)
+        problem = egress_relay_problem(orchestrator_url, egress_url)
+        if problem:
+            await gateway.close()
+            await runner.cleanup()
+            raise ConfigError(f"IRONCLAW_EGRESS_URL_FOR_JOBS: {problem}")
+        manager.set_egress_url(egress_url)
     plane = await start_control_plane(settings, manager, grpc_port)
     orch = Orchestrator(
         settings=settings,

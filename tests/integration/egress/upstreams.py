@@ -10,6 +10,7 @@ import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +21,8 @@ from cryptography.x509.oid import NameOID
 @dataclass(frozen=True)
 class TestCa:
     """A CA and one server certificate it signed, as PEM files."""
+
+    __test__: ClassVar[bool] = False  # a helper, not a test class
 
     ca_file: Path
     cert_file: Path

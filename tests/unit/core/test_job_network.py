@@ -13,8 +13,8 @@ from orchestrator.containers.docker_network import candidate_subnets
 from orchestrator.containers.host_paths import check_mapping
 from orchestrator.containers.spec import build_container_spec
 from orchestrator.domain.jobs import JobLimits, JobMode
-from orchestrator.errors import ConfigError
-from orchestrator.jobs.isolation import job_network_request
+from orchestrator.errors import ConfigError, FailedPrecondition
+from orchestrator.jobs.isolation import egress_relay_problem, job_network_request
 from orchestrator.settings import Settings
 
 JOB_ID = "6f1c4c1e-8a6e-4f0e-9d8e-1c2b3a4d5e6f"
@@ -111,3 +111,28 @@ def test_the_relay_is_bounded_by_its_settings() -> None:
     assert request.relay_first_byte_timeout_s == 4.0
     # Never shorter than an LLM call with its retries plus a keep-alive pause.
     assert request.relay_idle_timeout_s >= 2 * 100 + 30
+
+
+def test_the_relay_forwards_the_gateways_port_too_when_the_job_goes_out_through_it() -> None:
+    settings = Settings.from_env({"JOB_NETWORK": "isolated"})
+    url = "http://host.docker.internal:50052"
+    alone = job_network_request(settings, JOB_ID, url)
+    assert (alone.port, alone.extra_ports) == (50052, ())
+    both = job_network_request(settings, JOB_ID, url, "http://host.docker.internal:50053")
+    assert (both.port, both.extra_ports) == (50052, (50053,))
+
+
+@pytest.mark.parametrize(
+    ("egress_url", "problem"),
+    [
+        ("http://gateway.internal:50053", "must name the worker API's host"),
+        ("http://host.docker.internal:50052", "has the worker API's port"),
+    ],
+)
+def test_a_gateway_url_the_relay_cannot_answer_for_is_refused(
+    egress_url: str, problem: str
+) -> None:
+    url = "http://host.docker.internal:50052"
+    assert problem in (egress_relay_problem(url, egress_url) or "")
+    with pytest.raises(FailedPrecondition, match=problem):
+        job_network_request(Settings.from_env({}), JOB_ID, url, egress_url)

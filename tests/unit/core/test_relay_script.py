@@ -47,7 +47,9 @@ class Upstream:
 async def relay() -> AsyncIterator[Callable[..., Any]]:
     started: list[tuple[subprocess.Popen[str], asyncio.Server]] = []
 
-    async def start(**env: str) -> tuple[Upstream, int, subprocess.Popen[str]]:
+    async def start(
+        extra_ports: tuple[int, ...] = (), **env: str
+    ) -> tuple[Upstream, int, subprocess.Popen[str]]:
         upstream = Upstream()
         server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -56,7 +58,7 @@ async def relay() -> AsyncIterator[Callable[..., Any]]:
             env={
                 **os.environ,
                 "RELAY_UPSTREAM_HOST": "127.0.0.1",
-                "RELAY_PORT": str(port),
+                "RELAY_PORTS": ",".join(str(p) for p in (port, *extra_ports)),
                 "RELAY_BIND": RELAY_HOST,
                 **env,
             },
@@ -93,6 +95,31 @@ async def test_forwards_both_ways(relay: Any) -> None:
     assert await reader.readexactly(4) == b"more"
     assert upstream.accepted == 1
     writer.close()
+
+
+async def test_each_port_goes_to_its_own_upstream_port_under_one_cap(relay: Any) -> None:
+    gateway = Upstream()  # the egress gateway's port, next to the worker API's
+    server = await asyncio.start_server(gateway.handle, "127.0.0.1", 0)
+    gateway_port = server.sockets[0].getsockname()[1]
+    try:
+        worker_api, port, _ = await relay(extra_ports=(gateway_port,), RELAY_MAX_CONNECTIONS="2")
+        held = []
+        for target in (port, gateway_port):
+            reader, writer = await asyncio.open_connection(RELAY_HOST, target)
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            held.append(writer)
+        assert (worker_api.accepted, gateway.accepted) == (1, 1)
+        # The cap is the job's, whichever port: a third connection is refused.
+        reader, writer = await asyncio.open_connection(RELAY_HOST, gateway_port)
+        writer.write(b"y")
+        assert await _closed(reader)
+        assert gateway.accepted == 1
+        for held_writer in (*held, writer):
+            held_writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_excess_connections_are_aborted_without_reaching_the_upstream(relay: Any) -> None:

@@ -26,6 +26,7 @@ from worker.client import (
     truncate_text,
 )
 from worker.credentials import credential_env, with_env_names
+from worker.egress_env import egress_env
 from worker.tools import ToolContext, ToolRegistry, default_tools, tool_environment
 from worker.tools.custom import load_custom_tools
 
@@ -102,6 +103,9 @@ class AgentConfig:
     workspace: Path = Path("/workspace")
     max_iterations: int = DEFAULT_MAX_ITERATIONS
     base_env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    # The job's egress key (ironclaw_contract.job_keys): its commands' identity at the egress
+    # gateway, in their HTTPS_PROXY when GET /job says the job goes out through it.
+    egress_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -228,8 +232,15 @@ class Agent:
         credentials = credential_env(with_env_names(granted, raw_job.get("credential_env")))
         context = ToolContext(
             workspace=self._config.workspace,
-            env=tool_environment(self._config.base_env, credentials),
-            secrets=tuple(credentials.values()),
+            env=tool_environment(self._config.base_env, credentials)
+            | egress_env(
+                raw_job,
+                self._client.job_id,
+                self._config.egress_key,
+                self._config.base_env.get("HOME"),
+            ),
+            # The egress key sits in the commands' HTTPS_PROXY: an `env` must not report it.
+            secrets=(*credentials.values(), self._config.egress_key),
         )
         builtin = default_tools()
         custom = load_custom_tools(

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ironclaw_contract import container_env
+from ironclaw_contract.job_keys import egress_key_for
 from ironclaw_contract.secret_patterns import mask_secrets
 from worker.agent import (
     DEFAULT_MAX_ITERATIONS,
@@ -78,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     # other way would inherit os.environ: the token leaves it now.
     env.pop(TOKEN_VAR, None)
     make_undumpable()
-    config = AgentConfig(workspace=workspace, max_iterations=max_iterations, base_env=dict(env))
+    egress_key = egress_key_for(token, job_id)
+    mask_in_logs(egress_key)
+    config = AgentConfig(
+        workspace=workspace,
+        max_iterations=max_iterations,
+        base_env=dict(env),
+        egress_key=egress_key,
+    )
     log.info("worker for job %s starting, orchestrator %s, workspace %s", job_id, url, workspace)
     with client, sigterm_raises_terminated():
         try:

@@ -73,8 +73,9 @@ class EngineCapabilities:
 @dataclass(frozen=True)
 class JobNetworkRequest:
     """An isolated network for one job. Its only peer is a relay that answers as
-    ``upstream_host:port`` and forwards that port, and nothing else, to the same address on
-    ``upstream_network`` (where the orchestrator's worker API is reachable)."""
+    ``upstream_host:port`` and forwards that port (and ``extra_ports``: the egress gateway's),
+    and nothing else, to the same address on ``upstream_network`` (where the orchestrator's
+    worker API is reachable)."""
 
     instance: str
     job_id: str
@@ -83,6 +84,7 @@ class JobNetworkRequest:
     upstream_host: str
     port: int
     subnet_pool: str
+    extra_ports: tuple[int, ...] = ()
     # The relay's own bounds (containers/relay_script.py): its connections are the job's
     # connections to the worker API.
     relay_max_connections: int = 64

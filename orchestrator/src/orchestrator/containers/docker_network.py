@@ -146,7 +146,7 @@ def _start_relay(api: Any, network: str, labels: dict[str, str], r: JobNetworkRe
             name=name,
             environment={
                 "RELAY_UPSTREAM_HOST": r.upstream_host,
-                "RELAY_PORT": str(r.port),
+                "RELAY_PORTS": ",".join(str(port) for port in (r.port, *r.extra_ports)),
                 "RELAY_MAX_CONNECTIONS": str(r.relay_max_connections),
                 "RELAY_FIRST_BYTE_TIMEOUT_S": str(r.relay_first_byte_timeout_s),
                 "RELAY_IDLE_TIMEOUT_S": str(r.relay_idle_timeout_s),

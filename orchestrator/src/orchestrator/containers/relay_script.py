@@ -1,9 +1,11 @@
 """The program of a job's relay container (``JOB_NETWORK=isolated``), run as ``python3 -c``.
 
-It forwards ``RELAY_PORT`` to ``RELAY_UPSTREAM_HOST:RELAY_PORT`` byte for byte, standard
-library only, with bounds of its own so a job can neither exhaust it nor amplify through it:
+It forwards each of ``RELAY_PORTS`` (the worker API's, and the egress gateway's when the job goes
+out through it) to the same port of ``RELAY_UPSTREAM_HOST``, byte for byte, standard library
+only, with bounds of its own so a job can neither exhaust it nor amplify through it:
 
-* ``RELAY_MAX_CONNECTIONS`` open client connections at most (``JOB_RELAY_MAX_CONNECTIONS``):
+* ``RELAY_MAX_CONNECTIONS`` open client connections at most, all ports together
+  (``JOB_RELAY_MAX_CONNECTIONS``):
   the job's cap wherever the worker API cannot tell jobs apart by address (behind a published
   port every connection comes from the bridge gateway); excess ones are aborted unread and
   never cost an upstream connection;
@@ -20,7 +22,7 @@ from __future__ import annotations
 RELAY_SCRIPT = r"""
 import asyncio, os, time
 HOST = os.environ["RELAY_UPSTREAM_HOST"]
-PORT = int(os.environ["RELAY_PORT"])
+PORTS = [int(p) for p in os.environ["RELAY_PORTS"].split(",")]
 BIND = os.environ.get("RELAY_BIND", "0.0.0.0")
 MAX_CONNECTIONS = int(os.environ.get("RELAY_MAX_CONNECTIONS", "64"))
 FIRST_BYTE_TIMEOUT = float(os.environ.get("RELAY_FIRST_BYTE_TIMEOUT_S", "10"))
@@ -56,7 +58,7 @@ async def pipe(reader, writer, activity):
     finally:
         writer.close()
 
-async def relay(reader, writer):
+async def relay(reader, writer, port):
     try:
         first = await asyncio.wait_for(reader.read(65536), FIRST_BYTE_TIMEOUT)
     except (asyncio.TimeoutError, OSError):
@@ -66,7 +68,7 @@ async def relay(reader, writer):
         return
     try:
         up_reader, up_writer = await asyncio.wait_for(
-            asyncio.open_connection(HOST, PORT), CONNECT_TIMEOUT)
+            asyncio.open_connection(HOST, port), CONNECT_TIMEOUT)
     except (asyncio.TimeoutError, OSError):
         return
     up_writer.write(first)
@@ -86,7 +88,7 @@ async def relay(reader, writer):
             task.cancel()
         up_writer.transport.abort()
 
-async def handle(reader, writer):
+async def handle(reader, writer, port):
     if state["open"] >= MAX_CONNECTIONS:
         writer.transport.abort()
         state["refused"] += 1
@@ -94,7 +96,7 @@ async def handle(reader, writer):
         return
     state["open"] += 1
     try:
-        await relay(reader, writer)
+        await relay(reader, writer, port)
     finally:
         state["open"] -= 1
         writer.transport.abort()
@@ -109,11 +111,14 @@ def on_loop_error(loop, context):
 
 async def main():
     asyncio.get_running_loop().set_exception_handler(on_loop_error)
-    server = await asyncio.start_server(handle, BIND, PORT, backlog=128)
+    servers = [
+        await asyncio.start_server(
+            lambda r, w, port=port: handle(r, w, port), BIND, port, backlog=128)
+        for port in PORTS
+    ]
     print("relay ready", flush=True)
-    async with server:
-        while True:
-            await asyncio.sleep(REPORT_EVERY)
-            report(force=True)
+    while True:
+        await asyncio.sleep(REPORT_EVERY)
+        report(force=True)
 asyncio.run(main())
 """

@@ -289,7 +289,9 @@ class ContainerJobManager:
         network = None
         if self._settings.job_network == "isolated":
             network = await self._backend.create_job_network(
-                job_network_request(self._settings, job.job_id, self._orchestrator_url)
+                job_network_request(
+                    self._settings, job.job_id, self._orchestrator_url, self._egress_url
+                )
             )
         spec = build_container_spec(
             network=network,
