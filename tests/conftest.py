@@ -128,6 +128,10 @@ def make_settings(base_dir: Path, test_instance: str) -> Callable[..., Any]:
             "METRICS_PORT": "0",  # a free port: tests run side by side
             "WORKER_IMAGE": image_name("worker"),
             "CLAUDE_CODE_IMAGE": image_name("claude"),
+            # The default is isolated: a network and a relay container per job. Tests about
+            # something else run on the host's bridge, lighter and faster; the isolated mode
+            # (the demo, Claude Code, egress, isolation and flood suites) names it.
+            "JOB_NETWORK": "bridge",
         }
         env.update({k: v for k, v in overrides.items() if k.isupper()})
         settings = Settings.from_env(env)

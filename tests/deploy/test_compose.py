@@ -63,7 +63,7 @@ def test_compose_deployment_serves_health_and_runs_the_demo_job(
     docker_engine: Any, worker_image: str, base_on_host: Path, test_instance: str
 ) -> None:
     build_image("orchestrator")
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port, egress_port = _free_port(), _free_port(), _free_port()
     gateway = asyncio.run(_bridge_gateway())
     env = {
         **os.environ,
@@ -72,6 +72,7 @@ def test_compose_deployment_serves_health_and_runs_the_demo_job(
         "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
         "ORCHESTRATOR_PORT": str(grpc_port),
         "ORCHESTRATOR_HTTP_PORT": str(http_port),
+        "ORCHESTRATOR_EGRESS_PORT": str(egress_port),
         "IRONCLAW_BRIDGE_GATEWAY": gateway,
         "ORCHESTRATOR_INSTANCE": test_instance,
         "LLM_PROVIDER": "scripted",
@@ -108,6 +109,7 @@ def test_compose_deployment_serves_health_and_runs_the_demo_job(
         ports = container["NetworkSettings"]["Ports"]
         assert ports["50051/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(grpc_port)}]
         assert ports["50052/tcp"] == [{"HostIp": gateway, "HostPort": str(http_port)}]
+        assert ports["50053/tcp"] == [{"HostIp": gateway, "HostPort": str(egress_port)}]
         # Descriptors for thousands of worker-API connections, and the service runs with them.
         assert container["HostConfig"]["Ulimits"] == [
             {"Name": "nofile", "Soft": 16384, "Hard": 16384}

@@ -103,7 +103,8 @@ async def test_demo_job_fixes_the_project_and_ends_completed(
     assert "FAILED (failures=2)" in output
     # The project lives under the test's base dir on the host: it ran where it is /workspace.
     assert 'File "/workspace/test_calc.py"' in output
-    run = await e2e(DEMO_SCRIPT)
+    # In the default network mode: the job behind its relay, out only through the gateway.
+    run = await e2e(DEMO_SCRIPT, JOB_NETWORK="isolated", JOB_RELAY_IMAGE=worker_image)
     job = await create(run.stub, DEMO_TASK, project_dir=str(demo_project))
     env = container_env(docker_engine, job.job_id)
     token = env["IRONCLAW_WORKER_TOKEN"]

@@ -244,6 +244,7 @@ async def start_orchestrator(
         "orchestrator started",
         grpc=f"{settings.grpc_bind}:{plane.port}",
         worker_api=f"{http_host}:{bound_port}",
+        job_network=settings.job_network,
         egress_gateway=f"{http_host}:{gateway.port}",
         egress_allow_hosts=[str(rule) for rule in settings.egress_allow_hosts.rules],
         worker_api_max_connections=limits.max_connections,

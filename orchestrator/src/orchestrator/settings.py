@@ -470,7 +470,7 @@ class Settings:
     # "bridge": the seed's behaviour (host.docker.internal, the internet reachable); "isolated":
     # a per-job internal network whose only peer is a relay to the worker API.
     job_network: str = setting(
-        "JOB_NETWORK", _choice(JOB_NETWORK_MODES), "bridge", "bridge or isolated"
+        "JOB_NETWORK", _choice(JOB_NETWORK_MODES), "isolated", "isolated or bridge"
     )
     job_network_pool: str = setting(
         "JOB_NETWORK_POOL", _ipv4_pool, "10.213.0.0/16", "where per-job /28 subnets come from"

@@ -41,6 +41,8 @@ async def claude(
     channels: list[aio.Channel] = []
 
     async def start(**overrides: str) -> ClaudeRunning:
+        # In the default network mode: each job behind its relay, out only through the gateway.
+        overrides = {"JOB_NETWORK": "isolated", "JOB_RELAY_IMAGE": claude_image, **overrides}
         settings = make_settings(
             CLAUDE_CODE_IMAGE=claude_image,
             CLAUDE_CODE_MEMORY_MB="1024",

@@ -45,9 +45,9 @@ def _spec(settings: Settings, network: str | None) -> object:
     )
 
 
-def test_job_network_setting_defaults_to_bridge_and_rejects_unknown_modes() -> None:
-    assert Settings.from_env({}).job_network == "bridge"
-    assert Settings.from_env({"JOB_NETWORK": "isolated"}).job_network == "isolated"
+def test_job_network_setting_defaults_to_isolated_and_rejects_unknown_modes() -> None:
+    assert Settings.from_env({}).job_network == "isolated"
+    assert Settings.from_env({"JOB_NETWORK": "bridge"}).job_network == "bridge"
     with pytest.raises(ConfigError, match="JOB_NETWORK"):
         Settings.from_env({"JOB_NETWORK": "none"})
     with pytest.raises(ConfigError, match="JOB_NETWORK_POOL"):
