@@ -9,14 +9,19 @@ CA the test makes, reached through ``EGRESS_RESOLVE``: nothing leaves the machin
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import json
 import re
 import shutil
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from tests.e2e.support import create, events, history, tool_results, wait_terminal
@@ -158,3 +163,102 @@ async def test_an_isolated_job_goes_out_through_the_gateway_only(
     assert any(a["host"] == "192.0.2.7" and a["outcome"] == "refused" for a in audit), audit
     assert any(a["host"] == "other.example" and a["outcome"] == "refused" for a in audit), audit
     assert not re.search(r"irc[el]?_[A-Za-z0-9_-]{20,}", json.dumps(audit))
+
+
+def _wheel(directory: Path) -> Path:
+    """A one-module wheel, built by hand: what pip downloads and installs."""
+    name = "ironclaw_egress_probe-1.0-py3-none-any.whl"
+    files = {
+        "ironclaw_egress_probe/__init__.py": "GREETING = 'installed through the gateway'\n",
+        "ironclaw_egress_probe-1.0.dist-info/METADATA": (
+            "Metadata-Version: 2.1\nName: ironclaw-egress-probe\nVersion: 1.0\n"
+        ),
+        "ironclaw_egress_probe-1.0.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = [
+        f"{path},sha256={_urlsafe_digest(text.encode())},{len(text.encode())}"
+        for path, text in files.items()
+    ]
+    record.append("ironclaw_egress_probe-1.0.dist-info/RECORD,,")
+    files["ironclaw_egress_probe-1.0.dist-info/RECORD"] = "\n".join(record) + "\n"
+    path = directory / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+def _urlsafe_digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+@contextlib.asynccontextmanager
+async def _package_index(wheel: Path, ca: TestCa) -> AsyncIterator[int]:
+    """A PEP 503 simple index over HTTPS on loopback serving ``wheel``: its port."""
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+    async def project(request: web.Request) -> web.Response:
+        link = f'<a href="/files/{wheel.name}#sha256={digest}">{wheel.name}</a>'
+        return web.Response(text=f"<html><body>{link}</body></html>", content_type="text/html")
+
+    async def file(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(wheel)
+
+    app = web.Application()
+    app.router.add_get("/simple/ironclaw-egress-probe/", project)
+    app.router.add_get(f"/files/{wheel.name}", file)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ca.server_context())
+    await site.start()
+    try:
+        yield int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def test_pip_installs_from_an_allowed_index_through_the_gateway(
+    e2e: Any, sandbox_project: Any, worker_image: str, tmp_path: Path
+) -> None:
+    (tmp_path / "ca").mkdir()
+    ca = make_ca(tmp_path / "ca", ["pypi.example"])
+    wheel = _wheel(tmp_path)
+    install = (
+        "python3 -m venv ~/venv && ~/venv/bin/pip install --disable-pip-version-check -q "
+        "--index-url https://pypi.example/simple/ --cert ca.pem ironclaw-egress-probe "
+        "&& ~/venv/bin/python -c 'import ironclaw_egress_probe as p; print(p.GREETING)'"
+    )
+    script = tmp_path / "pip.yaml"
+    script.write_text(
+        json.dumps(
+            [
+                {
+                    "content": "Installing.",
+                    "tool_calls": [{"name": "shell", "arguments": {"command": install}}],
+                },
+                {"content": "Installed."},
+            ]
+        )
+    )
+    async with _package_index(wheel, ca) as port:
+        run = await e2e(
+            script,
+            JOB_NETWORK="isolated",
+            JOB_RELAY_IMAGE=worker_image,
+            EGRESS_ALLOW_HOSTS="pypi.example:443",
+            EGRESS_RESOLVE=f"pypi.example=127.0.0.1:{port}",
+        )
+        project = sandbox_project("pip")
+        shutil.copy(ca.ca_file, project / "ca.pem")
+        job = await create(run.stub, "Install the probe", project_dir=str(project))
+        final = await wait_terminal(run.stub, job.job_id, timeout=180)
+
+    assert final.state == pb.JOB_STATE_STOPPED, final.result.message
+    updates = await history(run.stub, job.job_id)
+    [output] = [r["output"] for r in tool_results(updates, "shell")]
+    assert "installed through the gateway" in output, output
+    audit = [e.data for e in events(updates) if e.event_type == "egress"]
+    assert audit, "pip's requests went through the gateway"
+    assert {(a["host"], a["outcome"]) for a in audit} == {("pypi.example", "allowed")}

@@ -123,6 +123,49 @@ def test_a_job_writes_only_to_its_workspace_and_bounded_tmp_and_home(
     assert host["ReadonlyRootfs"] is True
 
 
+TOOLCHAINS = r"""
+set -eu
+cd /workspace
+git init -q repo && cd repo
+git -c user.name=job -c user.email=job@example.invalid commit -q --allow-empty -m first
+echo "GIT $(git log --oneline | wc -l) commit"
+cd /workspace
+mkdir -p pkg/probe && printf 'NAME = "probe"
+' > pkg/probe/__init__.py
+printf '[project]
+name = "probe"
+version = "1"
+[build-system]
+requires = ["setuptools"]
+build-backend = "setuptools.build_meta"
+' > pkg/pyproject.toml
+python3 -m venv --system-site-packages "$HOME/venv"
+"$HOME/venv/bin/pip" install -q --no-index --no-build-isolation \
+    --disable-pip-version-check ./pkg
+echo "PIP $("$HOME/venv/bin/python" -c 'import probe; print(probe.NAME)')"
+mkdir -p npmpkg
+printf '{"name": "npmprobe", "version": "1.0.0", "main": "index.js"}' > npmpkg/package.json
+printf 'module.exports = "npm ok";' > npmpkg/index.js
+mkdir -p app && cd app && npm init -y > /dev/null
+npm install --offline --no-audit --no-fund ../npmpkg > /dev/null
+echo "NPM $(node -e 'console.log(require("npmprobe"))')"
+cd /workspace && cargo new -q --vcs none hello && cd hello
+cargo build -q --offline && echo "CARGO $(./target/debug/hello)"
+"""
+
+
+def test_git_pip_npm_and_cargo_work_with_the_read_only_root(
+    run_in_job_container: Callable[..., tuple[str, str]], docker_engine: Any
+) -> None:
+    container_id, _ = run_in_job_container(TOOLCHAINS, WORKER_MEMORY_MB="1024")
+    output = _output_when_done(docker_engine, container_id, timeout=300)
+    assert "GIT 1 commit" in output
+    assert "PIP probe" in output
+    assert "NPM npm ok" in output
+    assert "CARGO Hello, world!" in output
+    assert docker_engine.api.inspect_container(container_id)["HostConfig"]["ReadonlyRootfs"]
+
+
 def test_with_the_read_only_root_turned_off_the_image_is_writable_again(
     run_in_job_container: Callable[..., tuple[str, str]], docker_engine: Any
 ) -> None:

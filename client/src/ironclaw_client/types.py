@@ -171,7 +171,8 @@ class StatusUpdate:
 @dataclass(frozen=True)
 class Event:
     """An agent event: ``message``, ``tool_use``, ``tool_result``, ``reasoning`` or ``status``
-    (``data`` shapes in the README's worker API section)."""
+    (``data`` shapes in the README's worker API section), or ``egress``, recorded by the
+    orchestrator's egress gateway for each connection attempt (README, "Egress gateway")."""
 
     sequence: int
     time: datetime | None

@@ -360,6 +360,8 @@ def describe_update(update: JobUpdate) -> str:
                 f"{seq} ←     {data.get('tool_name')} {mark}: "
                 f"{_one_line(str(data.get('output', '')), 90)}"
             )
+        if etype == "egress":
+            return f"{seq} {_egress_line(data)}"
         if etype == "message":
             return (
                 f"{seq} {data.get('role', 'assistant')}: {_one_line(str(data.get('content')), 100)}"
@@ -372,3 +374,17 @@ def describe_update(update: JobUpdate) -> str:
         u = update.usage
         return f"{seq} llm usage: {u.calls} calls, {u.input_tokens} in / {u.output_tokens} out"
     return ""
+
+
+def _egress_line(data: dict[str, Any]) -> str:
+    """``egress → pypi.org:443 allowed (1.2 KiB out, 38.0 KiB in)`` or the refusal's reason."""
+    target = f"{data.get('host')}:{data.get('port')}"
+    if data.get("outcome") == "allowed":
+        sent, received = int(data.get("bytes_sent") or 0), int(data.get("bytes_received") or 0)
+        injected = f", {data['injected']} injected" if data.get("injected") else ""
+        return (
+            f"egress → {target} allowed ({sent / 1024:.1f} KiB out, "
+            f"{received / 1024:.1f} KiB in{injected})"
+        )
+    why = data.get("message") or data.get("reason")
+    return f"egress → {target} refused: {_one_line(str(why), 100)}"
