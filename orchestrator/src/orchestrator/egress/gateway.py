@@ -477,19 +477,17 @@ class EgressGateway:
             responses_down(upstream_reader, tls, connection, self._loop_time)
         )
         try:
-            done, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
-            if up in done and up.exception() is None:
-                # The client sent its last request: the upstream's answers still come.
-                await down
+            # Either side ending ends the pair: a TLS client that closed its side reads no more
+            # answers (and a TLS stream cannot be half-closed towards the upstream anyway).
+            await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (up, down):
                 if not task.done():
                     task.cancel()
-            for task in (up, down):
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                    await task
+            await asyncio.wait((up, down))  # never raises: what they raised is read below
             attempt.injected = tuple(interception.injected)
-        failure = up.exception() if up.done() and not up.cancelled() else None
+        failures = [t.exception() for t in (up, down) if not t.cancelled()]
+        failure = failures[0] if failures else None
         if isinstance(failure, InterceptError):
             with contextlib.suppress(ConnectionError, OSError, TlsClosed):
                 await tls.write(error_response(failure.status, failure.message))

@@ -68,14 +68,14 @@ class Interception:
         self.requests = 0
 
     async def requests_up(self) -> None:
-        """Forwards requests until the client ends (then half-closes upstream)."""
+        """Forwards requests until the client ends."""
         while True:
             try:
                 head = await self._client.readuntil(b"\r\n\r\n", MAX_HEAD_BYTES)
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():
                     raise InterceptError(400, "the request head ended early") from None
-                break
+                return
             except ValueError:
                 raise InterceptError(431, "request head too large") from None
             method, target, version, headers = _parse(head)
@@ -99,8 +99,6 @@ class Interception:
             if any(name.lower() == "upgrade" for name, _ in headers):
                 await self._splice_rest()
                 return
-        if self._upstream.can_write_eof() and not self._upstream.transport.is_closing():
-            self._upstream.write_eof()
 
     def _check_host(self, headers: Sequence[Header]) -> None:
         values = [value.strip().lower() for name, value in headers if name.lower() == "host"]
@@ -161,8 +159,6 @@ class Interception:
                 break
             self._send(data)
             await self._upstream.drain()
-        if self._upstream.can_write_eof() and not self._upstream.transport.is_closing():
-            self._upstream.write_eof()
 
 
 async def responses_down(
