@@ -22,20 +22,27 @@ import pytest
 from structlog.testing import capture_logs
 
 from ironclaw_contract.job_keys import egress_key_for
-from orchestrator.domain.jobs import CreateJobRequest, CredentialGrant, JobUpdate, UpdateKind
+from orchestrator.domain.jobs import (
+    CreateJobRequest,
+    CredentialGrant,
+    InjectFormat,
+    JobUpdate,
+    UpdateKind,
+)
 from orchestrator.errors import InvalidArgument
 from orchestrator.secrets import Secret
 from orchestrator.service import Orchestrator, start_orchestrator
 from orchestrator.settings import Settings
 from tests.fakes.fake_backend import FakeBackend
 from tests.integration.egress.conftest import Job
+from tests.integration.egress.git_server import GIT, GitServer, make_repository
 from tests.integration.egress.upstreams import TestCa, Upstream, make_ca
 
 CURL = shutil.which("curl")
 pytestmark = pytest.mark.skipif(CURL is None, reason="curl is not installed")
 
 REAL = "ghp_" + "Q7" * 18
-NAMES = ["api.example", "other.example"]
+NAMES = ["api.example", "other.example", "git.example"]
 
 
 @dataclass
@@ -44,6 +51,7 @@ class InjectWorld:
     ca: TestCa
     inject_ca: Path  # the orchestrator's CA as the job receives it
     upstream: Upstream
+    git: GitServer
     job: Job
     placeholder: str
     logs: list[dict[str, Any]]
@@ -70,6 +78,9 @@ async def inject_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     ca = make_ca(tmp_path_factory.mktemp("ca"), NAMES)
     upstream = await Upstream(b"hello", tls=ca.server_context(), keep_alive=True).start()
     port = upstream.port
+    repos = tmp_path_factory.mktemp("repos")
+    make_repository(repos, "repo")
+    git = GitServer(repos, REAL, ca.server_context()).start()
     settings = Settings.from_env(
         {
             "IRONCLAW_BASE_DIR": str(base),
@@ -79,10 +90,12 @@ async def inject_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
             "LOG_FORMAT": "console",
             "METRICS_PORT": "0",
             "JOB_NETWORK": "isolated",
-            "EGRESS_ALLOW_HOSTS": "api.example:443,other.example:443,untrusted.example:443",
+            "EGRESS_ALLOW_HOSTS": (
+                "api.example:443,other.example:443,untrusted.example:443,git.example:443"
+            ),
             "EGRESS_RESOLVE": (
                 f"api.example=127.0.0.1:{port},other.example=127.0.0.1:{port},"
-                f"untrusted.example=127.0.0.1:{port}"
+                f"untrusted.example=127.0.0.1:{port},git.example=127.0.0.1:{git.port}"
             ),
             "EGRESS_UPSTREAM_CA": str(ca.ca_file),
         }
@@ -98,11 +111,21 @@ async def inject_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
             "",
             inject_hosts=("api.example:443", "untrusted.example:443"),
         )
-        created = await orch.manager.create_job(CreateJobRequest(task="t", credentials=(grant,)))
+        git_grant = CredentialGrant(
+            "gitserver",
+            "api_token",
+            Secret(REAL),
+            "GIT_TOKEN",
+            inject_hosts=("git.example",),
+            inject_format=InjectFormat.BASIC,
+        )
+        created = await orch.manager.create_job(
+            CreateJobRequest(task="t", credentials=(grant, git_grant))
+        )
         assert created.token is not None
         job_id = created.job.job_id
         job = Job(job_id, egress_key_for(created.token, job_id), created.token)
-        world = InjectWorld(orch, ca, base / "inject-ca.pem", upstream, job, "", logs)
+        world = InjectWorld(orch, ca, base / "inject-ca.pem", upstream, git, job, "", logs)
         try:
             info = await world.worker_get("job")
             world.inject_ca.write_text(info["egress"]["ca_pem"])
@@ -112,6 +135,7 @@ async def inject_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
             await asyncio.wait_for(orch.manager.stop_job(job_id), timeout=30)
             await asyncio.wait_for(orch.stop(grace=1), timeout=30)
             await upstream.close()
+            git.close()
 
 
 async def curl(world: InjectWorld, *args: str, cacert: Path | None = None) -> tuple[int, str]:
@@ -288,3 +312,44 @@ async def test_an_inject_host_outside_the_policy_is_refused_at_create(
     with pytest.raises(InvalidArgument) as info:
         await inject_world.orch.manager.create_job(CreateJobRequest(task="t", credentials=(grant,)))
     assert "not reachable under this job's egress policy" in info.value.message
+
+
+@pytest.mark.skipif(GIT is None, reason="git is not installed")
+async def test_git_clone_and_push_through_the_gateway_with_the_token_injected(
+    inject_world: InjectWorld, tmp_path: Path
+) -> None:
+    world = inject_world
+    assert GIT is not None
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "HTTPS_PROXY": world.job.proxy_url(world.port),
+        "GIT_SSL_CAINFO": str(world.inject_ca),
+    }
+
+    async def git(*args: str, cwd: Path = tmp_path) -> str:
+        process = await asyncio.create_subprocess_exec(
+            GIT,
+            *args,
+            cwd=cwd,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, out.decode()
+        return out.decode()
+
+    await git("clone", "-q", "https://git.example/repo.git", "clone")
+    clone = tmp_path / "clone"
+    assert (clone / "README").read_text() == "seeded\n"
+    (clone / "pushed.txt").write_text("through the gateway\n")
+    await git("add", "pushed.txt", cwd=clone)
+    await git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "pushed", cwd=clone)
+    await git("push", "-q", "origin", "main", cwd=clone)
+    shown = await git("--git-dir", str(world.git.root / "repo.git"), "show", "main:pushed.txt")
+    assert shown == "through the gateway\n"
+    assert world.git.refused == 0  # every request carried the token, none was asked twice
+    assert len(world.git.authorizations) >= 4
