@@ -12,6 +12,9 @@ Each connection carries one request (``Connection: close``; clients open the nex
   must be the ``CONNECT`` name (sni.py); only then a connection to the checked address, the
   ClientHello forwarded as it came, and bytes spliced both ways. A mismatch closes the client's
   connection and nothing upstream was contacted;
+* ``CONNECT`` to a host a grant of the job is injected into (inject.py): after the same
+  ClientHello check, TLS terminated with a leaf of the orchestrator's CA, the requests inside
+  rewritten (intercept.py) and sent on over TLS to the real host, verified;
 * a plain ``http://`` request: the head rewritten to origin form (``Host`` from the URL, hop-by-
   hop headers and the proxy credentials dropped, ``Connection: close``), its body forwarded by
   its own framing and nothing after it, the response relayed until the upstream closes.
