@@ -157,6 +157,25 @@ def update_from_pb(update: pb.JobUpdate) -> JobUpdate | None:
     return None
 
 
+_INJECT_FORMATS = {
+    "": pb.CREDENTIAL_INJECT_FORMAT_UNSPECIFIED,
+    "bearer": pb.CREDENTIAL_INJECT_FORMAT_BEARER,
+    "token": pb.CREDENTIAL_INJECT_FORMAT_TOKEN,
+    "basic": pb.CREDENTIAL_INJECT_FORMAT_BASIC,
+    "raw": pb.CREDENTIAL_INJECT_FORMAT_RAW,
+}
+
+
+def inject_format_to_pb(name: str) -> int:
+    """``bearer``, ``token``, ``basic`` or ``raw`` (any case); ValueError for anything else."""
+    try:
+        return _INJECT_FORMATS[name.strip().lower()]
+    except KeyError:
+        raise ValueError(
+            f"inject_format {name[:32]!r} is unknown: use bearer, token, basic or raw"
+        ) from None
+
+
 def create_request(
     *,
     task: str,
@@ -181,6 +200,9 @@ def create_request(
                 credential_type=grant.credential_type,
                 value=grant.value,
                 env_name=grant.env_name,
+                inject_hosts=list(grant.inject_hosts),
+                inject_header=grant.inject_header,
+                inject_format=inject_format_to_pb(grant.inject_format),  # type: ignore[arg-type]
             )
             for grant in credentials
         ],

@@ -56,6 +56,11 @@ class CredentialGrant:
     value: str = field(repr=False)
     credential_type: str = "api_token"
     env_name: str = ""  # default on the server: <NAME>_TOKEN
+    # Egress allowlist entries the value is injected into by the egress gateway; the job's
+    # container then holds a placeholder, never the value.
+    inject_hosts: tuple[str, ...] = ()
+    inject_header: str = ""  # default on the server: Authorization
+    inject_format: str = ""  # bearer (default), token, basic or raw
 
 
 @dataclass(frozen=True)

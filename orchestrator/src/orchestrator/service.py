@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,13 @@ from orchestrator.accept_errors import AcceptErrors, install_accept_error_filter
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.engine_checks import check_engine_capabilities
-from orchestrator.egress.gateway import EgressGateway, GatewayConfig, GatewayLimits
+from orchestrator.egress.ca import CaError, EgressCa
+from orchestrator.egress.gateway import (
+    EgressGateway,
+    GatewayConfig,
+    GatewayLimits,
+    upstream_tls_context,
+)
 from orchestrator.egress.jobs import JobEgressAudit, ManagerEgressJobs
 from orchestrator.egress.resolve import Resolver
 from orchestrator.errors import ConfigError, EngineUnavailable
@@ -268,7 +275,19 @@ async def start_egress_gateway(
 ) -> EgressGateway:
     """The egress gateway on host:port: jobs' tokens checked by the manager, their attempts
     recorded as ``egress`` events."""
+    try:
+        ca = EgressCa.load_or_create(settings.state_dir or settings.base_dir)
+        upstream_tls = upstream_tls_context(
+            str(settings.egress_upstream_ca) if settings.egress_upstream_ca else None
+        )
+    except CaError as exc:
+        raise ConfigError(str(exc)) from None
+    except ssl.SSLError:
+        raise ConfigError("EGRESS_UPSTREAM_CA: not a PEM bundle of CA certificates") from None
+    manager.set_egress_ca_pem(ca.cert_pem)
     config = GatewayConfig(
+        ca=ca,
+        upstream_tls=upstream_tls,
         operator=settings.egress_allow_hosts,
         may_widen=settings.egress_job_may_widen,
         resolver=Resolver(settings.egress_resolve),

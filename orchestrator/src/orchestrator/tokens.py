@@ -22,6 +22,7 @@ import re
 import secrets
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from ironclaw_contract.env_names import GRANT_NAME_PATTERN, default_env_name, env_name_problem
 from ironclaw_contract.job_keys import (
@@ -31,6 +32,8 @@ from ironclaw_contract.job_keys import (
     llm_key_for,
 )
 from orchestrator.domain.jobs import CredentialGrant
+from orchestrator.egress.inject import DEFAULT_HEADER, make_placeholder
+from orchestrator.egress.policy import PolicyError, parse_rules
 from orchestrator.errors import InvalidArgument
 from orchestrator.secrets import Secret
 
@@ -41,6 +44,28 @@ _TOKEN_BYTES = 32
 # A credential is a token, a key or a small file (a kubeconfig, a PEM key): 64 KiB is ample.
 MAX_CREDENTIAL_BYTES = 64 * 1024
 CREDENTIAL_TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+MAX_INJECT_HOSTS = 64
+MAX_INJECT_HOST_CHARS = 262  # a 253-character name, a port
+MAX_HEADER_NAME_CHARS = 64
+HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Headers that frame the request or address the proxy: a credential written there would
+# change what the request is, not who sends it.
+RESERVED_INJECT_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 
 def token_digest(token: str) -> bytes:
@@ -80,6 +105,59 @@ def validate_grant(name: str, credential_type: str, value: str, env_name: str) -
     )
 
 
+def validate_injection(grant: CredentialGrant) -> CredentialGrant:
+    """Checks how an injected grant is to be injected (its hosts' syntax, its header, a value
+    that fits in a header) and gives it its placeholder; a grant without ``inject_hosts`` may
+    not name a header. Whether the hosts are reachable is admission's to check (the policy).
+
+    Raises InvalidArgument; the message names the grant, never its value.
+    """
+    if not grant.inject_hosts:
+        if grant.inject_header:
+            raise InvalidArgument(
+                f"credential {grant.name!r}: inject_header needs inject_hosts (where to inject)"
+            )
+        return replace(grant, placeholder="")
+    if len(grant.inject_hosts) > MAX_INJECT_HOSTS:
+        raise InvalidArgument(
+            f"credential {grant.name!r}: {len(grant.inject_hosts)} inject_hosts; at most "
+            f"{MAX_INJECT_HOSTS}"
+        )
+    for entry in grant.inject_hosts:
+        if len(entry) > MAX_INJECT_HOST_CHARS:
+            raise InvalidArgument(
+                f"credential {grant.name!r}: an inject_hosts entry is {len(entry)} characters; "
+                f"at most {MAX_INJECT_HOST_CHARS}"
+            )
+    try:
+        rules = parse_rules(grant.inject_hosts)
+    except PolicyError as exc:
+        raise InvalidArgument(f"credential {grant.name!r}: inject_hosts: {exc}") from None
+    if not rules:
+        raise InvalidArgument(f"credential {grant.name!r}: inject_hosts holds only empty entries")
+    header = grant.inject_header or DEFAULT_HEADER
+    if len(header) > MAX_HEADER_NAME_CHARS or not HEADER_NAME_PATTERN.fullmatch(header):
+        raise InvalidArgument(
+            f"credential {grant.name!r}: inject_header {header[:64]!r} is not an HTTP header name"
+        )
+    if header.lower() in RESERVED_INJECT_HEADERS:
+        raise InvalidArgument(
+            f"credential {grant.name!r}: inject_header {header!r} is not one a credential may "
+            "be written into"
+        )
+    if not _HEADER_VALUE.fullmatch(grant.value.reveal()):
+        raise InvalidArgument(
+            f"credential {grant.name!r}: an injected value must be printable ASCII on one line "
+            "(it is sent in an HTTP header)"
+        )
+    return replace(
+        grant,
+        inject_hosts=tuple(str(rule) for rule in rules),
+        inject_header=header,
+        placeholder=grant.placeholder or make_placeholder(grant.value.reveal()),
+    )
+
+
 def validate_grants(grants: Iterable[CredentialGrant]) -> tuple[CredentialGrant, ...]:
     """Validates every grant and refuses duplicate names or env names."""
     checked: list[CredentialGrant] = []
@@ -88,6 +166,15 @@ def validate_grants(grants: Iterable[CredentialGrant]) -> tuple[CredentialGrant,
     for grant in grants:
         valid = validate_grant(
             grant.name, grant.credential_type, grant.value.reveal(), grant.env_name
+        )
+        valid = validate_injection(
+            replace(
+                valid,
+                inject_hosts=grant.inject_hosts,
+                inject_header=grant.inject_header,
+                inject_format=grant.inject_format,
+                placeholder=grant.placeholder,
+            )
         )
         if valid.name in names:
             raise InvalidArgument(f"credential {valid.name!r} is granted twice")
@@ -194,5 +281,6 @@ class TokenStore:
         return self._grants.get(job_id, ())
 
     def credentials_for(self, job_id: str) -> Mapping[str, str]:
-        """``{name: value}`` of the job's grants, for the job's own token only."""
-        return {grant.name: grant.value.reveal() for grant in self.grants(job_id)}
+        """``{name: value}`` of the job's grants, for the job's own token only: an injected
+        grant's placeholder, never its value (the egress gateway swaps it on the way out)."""
+        return {grant.name: grant.container_value for grant in self.grants(job_id)}

@@ -113,6 +113,8 @@ class Upstream:
 
     body: bytes
     tls: ssl.SSLContext | None = None
+    # Answer request after request on one connection (as git's smart HTTP expects).
+    keep_alive: bool = False
     connections: int = 0
     heads: list[bytes] = field(default_factory=list)
     port: int = 0
@@ -137,20 +139,24 @@ class Upstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            self.heads.append(head)
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            body = await reader.readexactly(length) if length else b""
-            reply = self.body + (b" got " + body if body else b"")
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                + f"Content-Length: {len(reply)}\r\nConnection: close\r\n\r\n".encode()
-                + reply
-            )
-            await writer.drain()
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                reply = self.body + (b" got " + body if body else b"")
+                connection = "keep-alive" if self.keep_alive else "close"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                    + f"Content-Length: {len(reply)}\r\nConnection: {connection}\r\n\r\n".encode()
+                    + reply
+                )
+                await writer.drain()
+                if not self.keep_alive:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
             pass
         finally:

@@ -65,14 +65,41 @@ class TerminalReason(enum.Enum):
         return JobState.FAILED
 
 
+class InjectFormat(enum.Enum):
+    """How the egress gateway writes an injected credential into its header."""
+
+    BEARER = "bearer"  # Bearer <value>
+    TOKEN = "token"  # noqa: S105 - token <value> (GitHub's REST API), a format name
+    BASIC = "basic"  # HTTP Basic, the value as the password (git over HTTPS)
+    RAW = "raw"  # the value as it is (X-Api-Key and the like)
+
+
 @dataclass(frozen=True)
 class CredentialGrant:
-    """A secret handed to one job, exposed to its tools as ``env_name``."""
+    """A secret handed to one job, exposed to its tools as ``env_name``.
+
+    With ``inject_hosts`` the value never enters the container: the tools get ``placeholder``
+    (same shape, chosen at admission, kept with the sealed grant), and the egress gateway puts
+    the value into ``inject_header`` of requests to those hosts (orchestrator/egress/inject.py).
+    """
 
     name: str
     credential_type: str
     value: Secret
     env_name: str
+    inject_hosts: tuple[str, ...] = ()
+    inject_header: str = ""
+    inject_format: InjectFormat = InjectFormat.BEARER
+    placeholder: str = ""
+
+    @property
+    def injected(self) -> bool:
+        return bool(self.inject_hosts)
+
+    @property
+    def container_value(self) -> str:
+        """What the job's container holds: the placeholder of an injected grant, else the value."""
+        return self.placeholder if self.injected else self.value.reveal()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ class EgressAttempt:
     bytes_sent: int = 0  # client → upstream
     bytes_received: int = 0  # upstream → client
     duration_s: float = 0.0
+    # TLS terminated for credential injection; the grants (by name) whose value went out.
+    intercepted: bool = False
+    injected: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -48,6 +51,8 @@ class EgressAttempt:
             data["address"] = self.address
         if self.message:
             data["message"] = self.message
+        if self.intercepted:
+            data["injected"] = list(self.injected)
         return data
 
 

@@ -12,6 +12,9 @@ Each connection carries one request (``Connection: close``; clients open the nex
   must be the ``CONNECT`` name (sni.py); only then a connection to the checked address, the
   ClientHello forwarded as it came, and bytes spliced both ways. A mismatch closes the client's
   connection and nothing upstream was contacted;
+* ``CONNECT`` to a host a grant of the job is injected into (inject.py): after the same
+  ClientHello check, TLS terminated with a leaf of the orchestrator's CA, the requests inside
+  rewritten (intercept.py) and sent on over TLS to the real host, verified;
 * a plain ``http://`` request: the head rewritten to origin form (``Host`` from the URL, hop-by-
   hop headers and the proxy credentials dropped, ``Connection: close``), its body forwarded by
   its own framing and nothing after it, the response relayed until the upstream closes.
@@ -29,12 +32,21 @@ import base64
 import binascii
 import contextlib
 import re
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from orchestrator.accept_errors import listening_socket
 from orchestrator.egress.audit import AuditSink, EgressAttempt
+from orchestrator.egress.ca import EgressCa
+from orchestrator.egress.inject import Injection, for_host
+from orchestrator.egress.intercept import (
+    InterceptError,
+    Interception,
+    error_response,
+    responses_down,
+)
 from orchestrator.egress.jobs import EgressIdentity, EgressJobs
 from orchestrator.egress.outcomes import EgressRefused, Reason, host_port, not_allowed
 from orchestrator.egress.policy import (
@@ -46,6 +58,7 @@ from orchestrator.egress.policy import (
 )
 from orchestrator.egress.resolve import Resolver, Target
 from orchestrator.egress.sni import ClientHelloError, read_client_hello
+from orchestrator.egress.tls_stream import TlsClosed, TlsServerStream
 from orchestrator.log_throttle import ThrottledLog
 from orchestrator.logging import get_logger
 from orchestrator.metrics import Metrics
@@ -100,6 +113,19 @@ class GatewayConfig:
     may_widen: bool = False
     resolver: Resolver = field(default_factory=Resolver)
     limits: GatewayLimits = field(default_factory=GatewayLimits)
+    # Terminates TLS for the hosts a job's credentials are injected into; None: never.
+    ca: EgressCa | None = None
+    # How the gateway verifies those hosts: the system's roots plus EGRESS_UPSTREAM_CA.
+    upstream_tls: ssl.SSLContext | None = None
+
+
+def upstream_tls_context(extra_ca: str | None = None) -> ssl.SSLContext:
+    """The system's trust store, plus ``extra_ca`` (a PEM bundle file); HTTP/1.1 only."""
+    context = ssl.create_default_context()
+    if extra_ca:
+        context.load_verify_locations(cafile=extra_ca)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 class _BadRequest(EgressRefused):
@@ -283,6 +309,8 @@ class EgressGateway:
             bytes_sent=connection.bytes_sent,
             bytes_received=connection.bytes_received,
             duration_s=duration,
+            intercepted=attempt.intercepted,
+            injected=attempt.injected,
         )
         if self._metrics is not None:
             self._metrics.egress_attempt(
@@ -336,7 +364,11 @@ class EgressGateway:
             raise not_allowed(host, port)
         target = await self._config.resolver.resolve(host, port)
         if request.method == "CONNECT":
-            await self._tunnel(reader, connection, attempt, host, target)
+            injections = for_host(identity.injections, host, port)
+            if injections and self._config.ca is not None:
+                await self._intercept(reader, connection, attempt, host, target, injections)
+            else:
+                await self._tunnel(reader, connection, attempt, host, target)
         else:
             await self._forward(reader, connection, attempt, request, host, port, path, target)
 
@@ -398,6 +430,111 @@ class EgressGateway:
         connection.upstream.write(hello)
         connection.bytes_sent += len(hello)
         await self._splice(reader, upstream_reader, connection)
+
+    async def _intercept(
+        self,
+        reader: asyncio.StreamReader,
+        connection: _Connection,
+        attempt: _AttemptState,
+        host: str,
+        target: Target,
+        injections: tuple[Injection, ...],
+    ) -> None:
+        """A tunnel to a host some grant of the job is injected into: TLS terminated with a
+        leaf of the orchestrator's CA, requests rewritten (intercept.py), and TLS again to the
+        real host, verified."""
+        ca = self._config.ca
+        assert ca is not None
+        client = connection.client
+        client.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        attempt.tunnel_open = True
+        attempt.intercepted = True
+        hello = await self._client_hello(reader, host, attempt)
+        where = host_port(host, attempt.port)
+        tls = TlsServerStream(ca.server_context(host), reader, client, hello)
+        try:
+            async with asyncio.timeout(self._limits.header_timeout_s):
+                await tls.handshake()
+        except (TimeoutError, TlsClosed) as exc:
+            detail = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise EgressRefused(
+                Reason.CLIENT_TLS_FAILED,
+                f"egress to {where}: TLS with the job's client failed ({detail}); it must "
+                "trust the orchestrator's CA (GET /job egress.ca_pem)",
+            ) from None
+        try:
+            upstream_reader = await self._connect_tls(target, host, connection, attempt)
+        except EgressRefused as exc:
+            with contextlib.suppress(ConnectionError, OSError, TlsClosed):
+                await tls.write(error_response(exc.status, exc.message))
+                await tls.close()
+            raise
+        upstream = connection.upstream
+        assert upstream is not None
+        attempt.reason = Reason.ALLOWED
+        interception = Interception(
+            tls, upstream, injections, host, attempt.port, connection, self._loop_time
+        )
+        up = asyncio.ensure_future(interception.requests_up())
+        down = asyncio.ensure_future(
+            responses_down(upstream_reader, tls, connection, self._loop_time)
+        )
+        try:
+            # Either side ending ends the pair: a TLS client that closed its side reads no more
+            # answers (and a TLS stream cannot be half-closed towards the upstream anyway).
+            await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (up, down):
+                if not task.done():
+                    task.cancel()
+            await asyncio.wait((up, down))  # never raises: what they raised is read below
+            attempt.injected = tuple(interception.injected)
+        failures = [t.exception() for t in (up, down) if not t.cancelled()]
+        failure = failures[0] if failures else None
+        if isinstance(failure, InterceptError):
+            with contextlib.suppress(ConnectionError, OSError, TlsClosed):
+                await tls.write(error_response(failure.status, failure.message))
+            attempt.reason = Reason.BAD_REQUEST
+            attempt.message = f"egress to {where}: {failure.message}"
+        with contextlib.suppress(ConnectionError, OSError, TlsClosed):
+            await tls.close()
+
+    async def _connect_tls(
+        self, target: Target, host: str, connection: _Connection, attempt: _AttemptState
+    ) -> asyncio.StreamReader:
+        """TLS to the first checked address that answers, verified for ``host``."""
+        context = self._config.upstream_tls or upstream_tls_context()
+        port = attempt.port
+        last: Exception | None = None
+        for address, address_port in target.addresses:
+            try:
+                async with asyncio.timeout(self._limits.connect_timeout_s):
+                    reader, writer = await asyncio.open_connection(
+                        address,
+                        address_port,
+                        ssl=context,
+                        server_hostname=host,
+                        limit=CHUNK_BYTES,
+                    )
+            except ssl.SSLError as exc:
+                raise EgressRefused(
+                    Reason.UPSTREAM_TLS_FAILED,
+                    f"egress to {host_port(host, port)} failed: the upstream's TLS "
+                    f"({getattr(exc, 'verify_message', None) or exc.reason or 'handshake'})",
+                    status=502,
+                ) from None
+            except (OSError, TimeoutError) as exc:
+                last = exc
+                continue
+            connection.upstream = writer
+            attempt.address = host_port(address, address_port)
+            return reader
+        detail = "timed out" if isinstance(last, TimeoutError) else "connection refused"
+        raise EgressRefused(
+            Reason.UPSTREAM_UNREACHABLE,
+            f"egress to {host_port(host, port)} failed: cannot connect ({detail})",
+            status=502,
+        )
 
     async def _client_hello(
         self, reader: asyncio.StreamReader, host: str, attempt: _AttemptState
@@ -541,6 +678,8 @@ class _AttemptState:
     message: str = ""
     address: str = ""
     tunnel_open: bool = False
+    intercepted: bool = False
+    injected: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------ parsing

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from orchestrator.egress.audit import EVENT_TYPE, EgressAttempt
+from orchestrator.egress.inject import Injection, injections_for
 from orchestrator.egress.outcomes import EgressRefused, Reason
 from orchestrator.errors import OrchestratorError, RateLimited
 from orchestrator.http_api.rate_limit import JobRateLimiter
@@ -26,6 +27,8 @@ class EgressIdentity:
 
     job_id: str
     allow_hosts: tuple[str, ...] | None = None
+    # The job's grants with inject_hosts, as the gateway applies them.
+    injections: tuple[Injection, ...] = ()
 
 
 class EgressJobs(Protocol):
@@ -58,7 +61,8 @@ class ManagerEgressJobs:
             job = self._manager.authenticate_egress(job_id, token)
         except OrchestratorError:
             return None
-        return EgressIdentity(job_id, job.egress_hosts)
+        grants = self._manager.tokens.grants(job_id)
+        return EgressIdentity(job_id, job.egress_hosts, injections_for(grants))
 
 
 class JobEgressAudit:

@@ -21,6 +21,8 @@ class Reason(enum.Enum):
     SNI_MISSING = "sni_missing"  # a ClientHello without a server name for a named host
     BAD_CLIENT_HELLO = "bad_client_hello"  # what followed CONNECT was no TLS ClientHello
     UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    UPSTREAM_TLS_FAILED = "upstream_tls_failed"  # an injected host's certificate did not verify
+    CLIENT_TLS_FAILED = "client_tls_failed"  # the job's client refused the gateway's leaf
     UNAVAILABLE = "unavailable"  # the job is not running (still starting, or gone)
 
     @property

@@ -13,6 +13,7 @@ from ironclaw_client.api.v1 import jobs_pb2 as pb
 from orchestrator.domain.jobs import (
     CreateJobRequest,
     CredentialGrant,
+    InjectFormat,
     JobLimitOverrides,
     JobLimits,
     JobMode,
@@ -78,6 +79,9 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
                 credential_type=grant.credential_type,
                 value=Secret(grant.value),
                 env_name=grant.env_name,
+                inject_hosts=tuple(grant.inject_hosts),
+                inject_header=grant.inject_header,
+                inject_format=_inject_format(grant.inject_format),
             )
             for grant in request.credentials
         ),
@@ -196,3 +200,22 @@ def update_to_pb(item: JobSnapshot | JobUpdate) -> pb.JobUpdate:
     elif item.kind is UpdateKind.USAGE:
         message.usage.CopyFrom(usage_to_pb(payload["usage"]))
     return message
+
+
+_INJECT_FORMATS = {
+    pb.CREDENTIAL_INJECT_FORMAT_UNSPECIFIED: InjectFormat.BEARER,
+    pb.CREDENTIAL_INJECT_FORMAT_BEARER: InjectFormat.BEARER,
+    pb.CREDENTIAL_INJECT_FORMAT_TOKEN: InjectFormat.TOKEN,
+    pb.CREDENTIAL_INJECT_FORMAT_BASIC: InjectFormat.BASIC,
+    pb.CREDENTIAL_INJECT_FORMAT_RAW: InjectFormat.RAW,
+}
+
+
+def _inject_format(value: int) -> InjectFormat:
+    try:
+        return _INJECT_FORMATS[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(
+            f"inject_format {value} is unknown: use CREDENTIAL_INJECT_FORMAT_BEARER, _TOKEN, "
+            "_BASIC or _RAW"
+        ) from None

@@ -225,13 +225,17 @@ class WorkerApi:
         job_id = authenticate(request)
         manager = self._manager
         tokens = manager.tokens
+        grants = tokens.grants(job_id)
         body = build_job_info(
             manager.get_job(job_id),
             manager.settings,
-            credential_env={g.name: g.env_name for g in tokens.grants(job_id)},
+            credential_env={g.name: g.env_name for g in grants},
             orchestrator_url=manager.orchestrator_url,
             llm_refusal=manager.llm_refusal(job_id),
             egress_url=manager.egress_url,
+            # Only a job with an injected grant trusts the gateway's CA: no other job's TLS
+            # is ever terminated, so no other job has a reason to accept its leaves.
+            egress_ca_pem=manager.egress_ca_pem if any(g.injected for g in grants) else None,
         )
         return web.json_response(body.model_dump(mode="json"))
 

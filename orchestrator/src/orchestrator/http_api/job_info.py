@@ -30,9 +30,11 @@ def build_job_info(
     orchestrator_url: str,
     llm_refusal: str | None,
     egress_url: str | None = None,
+    egress_ca_pem: str | None = None,
 ) -> schemas.JobInfo:
     """What ``GET /job`` answers for ``job``. ``egress_url``: the egress gateway as the job's
-    container reaches it, when its network leads out through the gateway only."""
+    container reaches it, when its network leads out through the gateway only;
+    ``egress_ca_pem``: the CA it terminates TLS with, when it injects a credential of the job."""
     limits = job.limits
     return schemas.JobInfo(
         job_id=job.job_id,
@@ -60,12 +62,20 @@ def build_job_info(
         wasm_tools=list(job.wasm_tools),
         # A record from before refusal codes holds English here: not a code, so not served.
         llm_refusal=_REFUSALS.get(llm_refusal or ""),
-        egress=_egress_info(job, settings, orchestrator_url, egress_url) if egress_url else None,
+        egress=(
+            _egress_info(job, settings, orchestrator_url, egress_url, egress_ca_pem)
+            if egress_url
+            else None
+        ),
     )
 
 
 def _egress_info(
-    job: JobSnapshot, settings: Settings, orchestrator_url: str, egress_url: str
+    job: JobSnapshot,
+    settings: Settings,
+    orchestrator_url: str,
+    egress_url: str,
+    ca_pem: str | None,
 ) -> schemas.EgressInfo:
     hosts = (
         list(job.egress_hosts)
@@ -75,7 +85,7 @@ def _egress_info(
     # The worker API is reached directly: through the gateway it would be refused (private).
     worker_api_host = urllib.parse.urlsplit(orchestrator_url).hostname or ""
     return schemas.EgressInfo(
-        proxy_url=egress_url, no_proxy=worker_api_host, allow_hosts=hosts, ca_pem=None
+        proxy_url=egress_url, no_proxy=worker_api_host, allow_hosts=hosts, ca_pem=ca_pem
     )
 
 

@@ -22,7 +22,13 @@ from orchestrator.domain.jobs import (
     JobLimits,
     JobMode,
 )
-from orchestrator.egress.policy import PolicyError, check_job_hosts
+from orchestrator.egress.policy import (
+    EgressPolicy,
+    HostRule,
+    PolicyError,
+    check_job_hosts,
+    parse_rules,
+)
 from orchestrator.errors import FailedPrecondition, InvalidArgument
 from orchestrator.model_names import model_name_problem
 from orchestrator.settings import Settings
@@ -89,6 +95,8 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
             raise InvalidArgument("project_dir holds a line break or a tab")
     labels = validate_labels(request.labels)
     grants = validate_grants(request.credentials)
+    egress_hosts = _egress_hosts(request.egress_hosts, settings)
+    _check_inject_hosts(grants, egress_hosts, settings)
     return AdmittedJob(
         job_id=job_id,
         task=task,
@@ -99,8 +107,42 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
         tools=_tools(request, grants, grant_tools),
         project_dir=project_dir,
         wait_for_prompts=request.wait_for_prompts,
-        egress_hosts=_egress_hosts(request.egress_hosts, settings),
+        egress_hosts=egress_hosts,
     )
+
+
+def _check_inject_hosts(
+    grants: tuple[CredentialGrant, ...], egress_hosts: tuple[str, ...] | None, settings: Settings
+) -> None:
+    """Every host a grant is injected into must be one the job may reach (on at least one of
+    the entry's ports), and only the egress gateway injects: a job whose commands go out
+    directly (JOB_NETWORK=bridge) would hold a placeholder nothing ever swaps."""
+    injected = [grant for grant in grants if grant.injected]
+    if not injected:
+        return
+    if settings.job_network != "isolated":
+        raise FailedPrecondition(
+            f"credential {injected[0].name!r} has inject_hosts, which need JOB_NETWORK=isolated "
+            "(only there do a job's requests go out through the egress gateway, which injects)"
+        )
+    operator = settings.egress_allow_hosts
+    job = EgressPolicy(parse_rules(egress_hosts)) if egress_hosts is not None else None
+
+    def reachable(rule: HostRule) -> bool:
+        if job is not None and job.uncovered([rule]):
+            return False
+        if job is not None and settings.egress_job_may_widen:
+            return True
+        return not operator.uncovered([rule])
+
+    for grant in injected:
+        for rule in parse_rules(grant.inject_hosts):
+            if not any(reachable(HostRule(rule.host, rule.wildcard, port)) for port in rule.ports):
+                where = "egress.allow_hosts" if job is not None else "EGRESS_ALLOW_HOSTS"
+                raise InvalidArgument(
+                    f"credential {grant.name!r}: inject host {str(rule)!r} is not reachable "
+                    f"under this job's egress policy ({where})"
+                )
 
 
 def _egress_hosts(entries: tuple[str, ...] | None, settings: Settings) -> tuple[str, ...] | None:

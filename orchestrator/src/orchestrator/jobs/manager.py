@@ -106,6 +106,7 @@ class ContainerJobManager:
         self._tokens = tokens
         self._orchestrator_url = orchestrator_url
         self._egress_url: str | None = None
+        self._egress_ca_pem: str | None = None
         self._llm_provider_name = llm_provider_name
         self._table = JobTable(self._store)
         self._lifecycle = JobLifecycle(settings, backend, tokens, self._table, metrics)
@@ -153,6 +154,14 @@ class ContainerJobManager:
         """The egress gateway as job containers reach it, when their network leads out through
         it only (``JOB_NETWORK=isolated``); None otherwise."""
         return self._egress_url
+
+    @property
+    def egress_ca_pem(self) -> str | None:
+        """The certificate of the CA the egress gateway injects with (no key: never here)."""
+        return self._egress_ca_pem
+
+    def set_egress_ca_pem(self, pem: str | None) -> None:
+        self._egress_ca_pem = pem
 
     def set_egress_url(self, url: str | None) -> None:
         """Set once the gateway's port is bound (port 0 picks one in tests)."""

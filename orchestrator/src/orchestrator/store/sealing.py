@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from orchestrator.domain.jobs import CredentialGrant
+from orchestrator.domain.jobs import CredentialGrant, InjectFormat
 from orchestrator.secrets import Secret
 
 _NONCE_BYTES = 12
@@ -42,6 +42,10 @@ class GrantSealer:
                     "credential_type": g.credential_type,
                     "value": g.value.reveal(),
                     "env_name": g.env_name,
+                    "inject_hosts": list(g.inject_hosts),
+                    "inject_header": g.inject_header,
+                    "inject_format": g.inject_format.value,
+                    "placeholder": g.placeholder,
                 }
                 for g in grants
             ]
@@ -63,6 +67,11 @@ class GrantSealer:
                 credential_type=item["credential_type"],
                 value=Secret(item["value"]),
                 env_name=item["env_name"],
+                # Absent from grants sealed before injection existed: those are not injected.
+                inject_hosts=tuple(item.get("inject_hosts", ())),
+                inject_header=item.get("inject_header", ""),
+                inject_format=InjectFormat(item.get("inject_format", InjectFormat.BEARER.value)),
+                placeholder=item.get("placeholder", ""),
             )
             for item in json.loads(plain)
         )

@@ -97,10 +97,47 @@ TERMINAL_REASON_CONTAINER_LOST: TerminalReason.ValueType  # 9
 TERMINAL_REASON_CREDENTIALS_LOST: TerminalReason.ValueType  # 10
 Global___TerminalReason: _TypeAlias = TerminalReason  # noqa: Y015
 
+class _CredentialInjectFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CredentialInjectFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CredentialInjectFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDENTIAL_INJECT_FORMAT_UNSPECIFIED: _CredentialInjectFormat.ValueType  # 0
+    """BEARER"""
+    CREDENTIAL_INJECT_FORMAT_BEARER: _CredentialInjectFormat.ValueType  # 1
+    """"Bearer <value>" """
+    CREDENTIAL_INJECT_FORMAT_TOKEN: _CredentialInjectFormat.ValueType  # 2
+    """"token <value>" (GitHub's API)"""
+    CREDENTIAL_INJECT_FORMAT_BASIC: _CredentialInjectFormat.ValueType  # 3
+    """HTTP Basic x-access-token:<value> (git over HTTPS)"""
+    CREDENTIAL_INJECT_FORMAT_RAW: _CredentialInjectFormat.ValueType  # 4
+    """the value as it is"""
+
+class CredentialInjectFormat(_CredentialInjectFormat, metaclass=_CredentialInjectFormatEnumTypeWrapper):
+    """How the egress gateway writes an injected credential into a request's header."""
+
+CREDENTIAL_INJECT_FORMAT_UNSPECIFIED: CredentialInjectFormat.ValueType  # 0
+"""BEARER"""
+CREDENTIAL_INJECT_FORMAT_BEARER: CredentialInjectFormat.ValueType  # 1
+""""Bearer <value>" """
+CREDENTIAL_INJECT_FORMAT_TOKEN: CredentialInjectFormat.ValueType  # 2
+""""token <value>" (GitHub's API)"""
+CREDENTIAL_INJECT_FORMAT_BASIC: CredentialInjectFormat.ValueType  # 3
+"""HTTP Basic x-access-token:<value> (git over HTTPS)"""
+CREDENTIAL_INJECT_FORMAT_RAW: CredentialInjectFormat.ValueType  # 4
+"""the value as it is"""
+Global___CredentialInjectFormat: _TypeAlias = CredentialInjectFormat  # noqa: Y015
+
 @_typing.final
 class CredentialGrant(_message.Message):
     """A secret handed to one job. The value is served only to that job's token and injected only
     into the environment of the agent's tools; it is never returned by this API.
+
+    With inject_hosts the value never enters the container at all: the tools get a placeholder
+    of the same shape, and the egress gateway (JOB_NETWORK=isolated) swaps it for the value in
+    the requests it carries to those hosts over TLS, which it terminates with the orchestrator's
+    CA. Every inject host must be reachable under the job's egress policy.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -109,6 +146,9 @@ class CredentialGrant(_message.Message):
     CREDENTIAL_TYPE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     ENV_NAME_FIELD_NUMBER: _builtins.int
+    INJECT_HOSTS_FIELD_NUMBER: _builtins.int
+    INJECT_HEADER_FIELD_NUMBER: _builtins.int
+    INJECT_FORMAT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """e.g. "github" """
     credential_type: _builtins.str
@@ -116,6 +156,13 @@ class CredentialGrant(_message.Message):
     value: _builtins.str
     env_name: _builtins.str
     """default: "<NAME>_TOKEN", e.g. GITHUB_TOKEN"""
+    inject_header: _builtins.str
+    """default: "Authorization" """
+    inject_format: Global___CredentialInjectFormat.ValueType
+    @_builtins.property
+    def inject_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Egress allowlist entries ("api.github.com", "*.example.com:8443") the value is injected for."""
+
     def __init__(
         self,
         *,
@@ -123,10 +170,13 @@ class CredentialGrant(_message.Message):
         credential_type: _builtins.str = ...,
         value: _builtins.str = ...,
         env_name: _builtins.str = ...,
+        inject_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        inject_header: _builtins.str = ...,
+        inject_format: Global___CredentialInjectFormat.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_type", b"credential_type", "env_name", b"env_name", "name", b"name", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_type", b"credential_type", "env_name", b"env_name", "inject_format", b"inject_format", "inject_header", b"inject_header", "inject_hosts", b"inject_hosts", "name", b"name", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
