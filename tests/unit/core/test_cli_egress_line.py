@@ -38,3 +38,18 @@ def test_a_refused_attempt_shows_why() -> None:
         "[   7] egress → evil.example:443 refused: "
         "egress to evil.example:443 is not allowed for this job"
     )
+
+
+def test_an_injected_credential_is_named_never_shown() -> None:
+    line = _line(
+        {
+            "host": "github.com",
+            "port": 443,
+            "outcome": "allowed",
+            "reason": "allowed",
+            "bytes_sent": 0,
+            "bytes_received": 0,
+            "injected": ["github"],
+        }
+    )
+    assert line.endswith("(0.0 KiB out, 0.0 KiB in, github injected)")

@@ -381,7 +381,9 @@ def _egress_line(data: dict[str, Any]) -> str:
     target = f"{data.get('host')}:{data.get('port')}"
     if data.get("outcome") == "allowed":
         sent, received = int(data.get("bytes_sent") or 0), int(data.get("bytes_received") or 0)
-        injected = f", {data['injected']} injected" if data.get("injected") else ""
+        grants = data.get("injected") or []
+        names = ", ".join(map(str, grants)) if isinstance(grants, list) else str(grants)
+        injected = f", {names} injected" if names else ""
         return (
             f"egress → {target} allowed ({sent / 1024:.1f} KiB out, "
             f"{received / 1024:.1f} KiB in{injected})"
