@@ -219,3 +219,16 @@ def _inject_format(value: int) -> InjectFormat:
             f"inject_format {value} is unknown: use CREDENTIAL_INJECT_FORMAT_BEARER, _TOKEN, "
             "_BASIC or _RAW"
         ) from None
+
+
+UPLOAD_FORMATS: dict[str, bool | None] = {"": None, "tar": False, "tar.gz": True, "tgz": True}
+
+
+def upload_format(name: str) -> bool | None:
+    """UploadWorkspaceMetadata.format → compressed (None: recognised from the bytes)."""
+    try:
+        return UPLOAD_FORMATS[name.strip().lower()]
+    except KeyError:
+        raise InvalidArgument(
+            f"UploadWorkspace: format {name[:40]!r} is not one of tar, tar.gz (or empty)"
+        ) from None
