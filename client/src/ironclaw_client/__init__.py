@@ -38,6 +38,7 @@ from ironclaw_client.types import (
     StateChanged,
     StatusUpdate,
     TerminalReason,
+    UploadedWorkspace,
     UsageUpdate,
 )
 
@@ -73,6 +74,7 @@ __all__ = [
     "Timeout",
     "Unauthenticated",
     "Unavailable",
+    "UploadedWorkspace",
     "UsageUpdate",
     "new_job_id",
 ]

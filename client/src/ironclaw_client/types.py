@@ -140,6 +140,16 @@ class CreatedJob:
     already_existed: bool = False
 
 
+@dataclass(frozen=True)
+class UploadedWorkspace:
+    """What ``upload_workspace`` returns: pass ``project_dir`` to ``create_job``."""
+
+    workspace_id: str
+    project_dir: str
+    unpacked_bytes: int
+    entries: int
+
+
 # ---- WatchJob items: one class per kind, each with its sequence number and time -------------
 
 

@@ -29,7 +29,14 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
 
     create = sub.add_parser("create", help="create a job")
     create.add_argument("task", help="what the job should do")
-    create.add_argument("--project", default="", help="project dir under <base>/projects")
+    where = create.add_mutually_exclusive_group()
+    where.add_argument("--project", default="", help="project dir under <base>/projects")
+    where.add_argument(
+        "--upload",
+        default="",
+        metavar="PATH",
+        help="upload this directory (or .tar / .tar.gz file) as the job's workspace",
+    )
     create.add_argument("--mode", choices=("worker", "claude-code"), default="worker")
     create.add_argument(
         "--grant",
@@ -88,6 +95,17 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
     logs.add_argument("job_id")
     logs.add_argument("--follow", "-f", action="store_true")
     logs.add_argument("--tail", type=int, default=0)
+
+    download = sub.add_parser(
+        "download", help="save a job's workspace as a .tar.gz (or unpack it into a directory)"
+    )
+    download.add_argument("job_id")
+    download.add_argument(
+        "-o",
+        "--output",
+        default="",
+        help="file to write (default: <job_id>.tar.gz); an existing directory: unpack into it",
+    )
 
     prompt = sub.add_parser("prompt", help="send a follow-up prompt (or --done)")
     prompt.add_argument("job_id")
@@ -153,10 +171,19 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
 
     cmd = args.job_command
     if cmd == "create":
+        project_dir = args.project
+        if args.upload:
+            uploaded = client.upload_workspace(args.upload)
+            project_dir = uploaded.project_dir
+            print(
+                f"workspace {uploaded.workspace_id} uploaded ({uploaded.entries} entries, "
+                f"{uploaded.unpacked_bytes} bytes unpacked)",
+                file=sys.stderr,
+            )
         created = client.create_job(
             args.task,
             job_id=args.job_id or None,
-            project_dir=args.project,
+            project_dir=project_dir,
             mode=JobMode(args.mode),
             credentials=_grants(args.grant),
             labels=_pairs(args.label, "--label"),
@@ -218,6 +245,11 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
         for data in client.logs(args.job_id, follow=args.follow, tail_lines=args.tail):
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
+        return 0
+    if cmd == "download":
+        client.reconnect_timeout = FOLLOW_RECONNECT_S
+        saved = client.download_workspace(args.job_id, args.output or f"{args.job_id}.tar.gz")
+        print(f"workspace of job {args.job_id} saved to {saved}")
         return 0
     if cmd == "prompt":
         if not args.done and not args.content:
