@@ -292,3 +292,30 @@ async def test_the_cli_creates_a_job_on_an_upload_and_downloads_its_workspace(
     assert missing.returncode == 1
     assert "not found" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_the_async_client_uploads_from_a_tar_file_and_downloads(
+    fake_orch: Running, tmp_path: Path
+) -> None:
+    from ironclaw_client import AsyncClient
+
+    tar_path = tmp_path / "tree.tar"
+    with tarfile.open(tar_path, mode="w") as tar:
+        info = tarfile.TarInfo("notes.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"notes"))
+    async with AsyncClient(fake_orch.target) as client:
+        uploaded = await client.upload_workspace(tar_path)
+        assert uploaded.entries == 1
+        job = (await client.create_job("read the notes", project_dir=uploaded.project_dir)).job
+        agent = await fake_orch.agent(job.job_id)
+        (Path(uploaded.project_dir) / "reply.txt").write_text("read\n")
+        await agent.complete("read")
+        await client.wait(job.job_id, timeout=30)
+        unpacked = tmp_path / "unpacked"
+        unpacked.mkdir()
+        await client.download_workspace(job.job_id, unpacked)
+        saved = await client.download_workspace(job.job_id, tmp_path / "out.tar.gz")
+    assert (unpacked / "notes.txt").read_text() == "notes"
+    assert (unpacked / "reply.txt").read_text() == "read\n"
+    assert set(archive_names(saved.read_bytes())) == {"notes.txt", "reply.txt"}

@@ -101,10 +101,7 @@ def save_archive(chunks: Iterable[bytes], destination: Path) -> Path:
         with tempfile.TemporaryFile() as scratch:
             for chunk in chunks:
                 scratch.write(chunk)
-            scratch.seek(0)
-            with tarfile.open(fileobj=scratch, mode="r:gz") as tar:
-                tar.extractall(destination, filter=_inside_only)  # noqa: S202 - filtered
-        return destination
+            return save_spooled(scratch, destination)
     partial = destination.with_name(destination.name + ".partial")
     try:
         with open(partial, "wb") as out:
@@ -115,3 +112,18 @@ def save_archive(chunks: Iterable[bytes], destination: Path) -> Path:
         partial.unlink(missing_ok=True)
         raise
     return destination
+
+
+def save_spooled(scratch: IO[bytes], destination: Path) -> Path:
+    """``save_archive`` for an archive already received whole into ``scratch``."""
+    scratch.seek(0)
+    if destination.is_dir():
+        with tarfile.open(fileobj=scratch, mode="r:gz") as tar:
+            tar.extractall(destination, filter=_inside_only)  # noqa: S202 - filtered
+        return destination
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := scratch.read(CHUNK_BYTES):
+            yield chunk
+
+    return save_archive(chunks(), destination)
