@@ -13,6 +13,7 @@ from ironclaw_client.api.v1 import jobs_pb2 as pb
 from orchestrator.domain.jobs import (
     CreateJobRequest,
     CredentialGrant,
+    GitSource,
     InjectFormat,
     JobLimitOverrides,
     JobLimits,
@@ -101,6 +102,11 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
         mcp_servers=tuple(request.mcp_servers),
         wasm_tools=tuple(request.wasm_tools),
         egress_hosts=tuple(request.egress.allow_hosts) if request.HasField("egress") else None,
+        git=(
+            GitSource(url=request.git.url, ref=request.git.ref, credential=request.git.credential)
+            if request.HasField("git")
+            else None
+        ),
     )
 
 
@@ -171,6 +177,11 @@ def job_to_pb(job: JobSnapshot) -> pb.Job:
         egress=(
             pb.JobEgress(allow_hosts=list(job.egress_hosts))
             if job.egress_hosts is not None
+            else None
+        ),
+        git=(
+            pb.GitWorkspace(url=job.git.url, ref=job.git.ref, credential=job.git.credential)
+            if job.git is not None
             else None
         ),
     )

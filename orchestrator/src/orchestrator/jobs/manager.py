@@ -295,6 +295,7 @@ class ContainerJobManager:
             history_max_bytes=self._settings.job_history_max_bytes,
             tools=admitted.tools,
             egress_hosts=admitted.egress_hosts,
+            git=admitted.git,
         )
         self._table.add(job)
         if self._metrics is not None:
