@@ -319,3 +319,32 @@ async def test_the_async_client_uploads_from_a_tar_file_and_downloads(
     assert (unpacked / "notes.txt").read_text() == "notes"
     assert (unpacked / "reply.txt").read_text() == "read\n"
     assert set(archive_names(saved.read_bytes())) == {"notes.txt", "reply.txt"}
+
+
+async def test_a_git_workspace_is_asked_for_through_the_client_and_the_cli(
+    fake_orch: Running,
+) -> None:
+    from ironclaw_client import AsyncClient, GitWorkspace
+
+    async with AsyncClient(fake_orch.target) as client:
+        created = await client.create_job(
+            "x", git=GitWorkspace(url="https://git.example/team/r.git", ref="v2")
+        )
+        assert created.job.proto is not None
+        assert created.job.proto.git.url == "https://git.example/team/r.git"
+        with pytest.raises(InvalidArgument, match="user info"):
+            await client.create_job("x", git=GitWorkspace(url="https://u:p@git.example/r.git"))
+    info = await (await fake_orch.agent(created.job.job_id)).get_job()
+    assert info["git"] == {"url": "https://git.example/team/r.git", "ref": "v2"}
+
+    env = {**os.environ, "IRONCLAW_ORCHESTRATOR": fake_orch.target}
+    cli = await asyncio.create_subprocess_exec(
+        *(IRONCLAW, "job", "create", "--git", "https://git.example/r.git", "--git-ref", "main"),
+        *("--json", "look"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), timeout=60)
+    assert cli.returncode == 0, err.decode()
+    assert json.loads(out)["git"] == {"url": "https://git.example/r.git", "ref": "main"}

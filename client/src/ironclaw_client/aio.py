@@ -31,6 +31,7 @@ from ironclaw_client.errors import AlreadyExists, NotFound, Timeout, Unavailable
 from ironclaw_client.types import (
     CreatedJob,
     CredentialGrant,
+    GitWorkspace,
     Job,
     JobLimits,
     JobMode,
@@ -119,6 +120,7 @@ class AsyncClient:
         wait_for_prompts: bool = False,
         mcp_servers: Iterable[str] = (),
         wasm_tools: Iterable[str] = (),
+        git: GitWorkspace | None = None,
         timeout: float = DEFAULT_CREATE_TIMEOUT,
     ) -> CreatedJob:
         """Creates a job and starts its container.
@@ -140,6 +142,7 @@ class AsyncClient:
             wait_for_prompts=wait_for_prompts,
             mcp_servers=mcp_servers,
             wasm_tools=wasm_tools,
+            git=git,
         )
         backoff = Backoff(self.reconnect_timeout)
         retried = False

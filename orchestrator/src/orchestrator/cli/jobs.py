@@ -37,6 +37,17 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="upload this directory (or .tar / .tar.gz file) as the job's workspace",
     )
+    where.add_argument(
+        "--git", default="", metavar="URL", help="clone the workspace from this https git URL"
+    )
+    create.add_argument("--git-ref", default="", metavar="REF", help="branch, tag or commit")
+    create.add_argument(
+        "--git-token",
+        default="",
+        metavar="NAME=ENV_VAR",
+        help="grant NAME with the value of $ENV_VAR, injected at egress for the --git host "
+        "(HTTP Basic, as git over HTTPS expects): the job never holds it",
+    )
     create.add_argument("--mode", choices=("worker", "claude-code"), default="worker")
     create.add_argument(
         "--grant",
@@ -180,12 +191,20 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
                 f"{uploaded.unpacked_bytes} bytes unpacked)",
                 file=sys.stderr,
             )
+        grants = _grants(args.grant)
+        git = None
+        if args.git:
+            git, token = _git_source(args.git, args.git_ref, args.git_token)
+            grants += token
+        elif args.git_ref or args.git_token:
+            raise CliError("--git-ref and --git-token need --git URL")
         created = client.create_job(
             args.task,
             job_id=args.job_id or None,
             project_dir=project_dir,
+            git=git,
             mode=JobMode(args.mode),
-            credentials=_grants(args.grant),
+            credentials=grants,
             labels=_pairs(args.label, "--label"),
             wait_for_prompts=args.wait_for_prompts,
             mcp_servers=args.mcp_server,
@@ -273,6 +292,30 @@ def _grants(specs: list[str]) -> list[Any]:
             raise CliError(f"--grant {name}: environment variable {env_var} is not set")
         grants.append(CredentialGrant(name=name, value=value))
     return grants
+
+
+def _git_source(url: str, ref: str, token_spec: str) -> tuple[Any, list[Any]]:
+    """``--git`` and its options as the client's GitWorkspace and the injected grant."""
+    import urllib.parse
+
+    from ironclaw_client import CredentialGrant, GitWorkspace
+
+    if not token_spec:
+        return GitWorkspace(url=url, ref=ref), []
+    name, sep, env_var = token_spec.partition("=")
+    if not sep or not name or not env_var:
+        raise CliError(f"--git-token {token_spec!r}: use NAME=ENV_VAR")
+    value = os.environ.get(env_var)
+    if not value:
+        raise CliError(f"--git-token {name}: environment variable {env_var} is not set")
+    try:
+        host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError:
+        host = ""
+    if not host:
+        raise CliError(f"--git {url!r} names no host")
+    grant = CredentialGrant(name=name, value=value, inject_hosts=(host,), inject_format="basic")
+    return GitWorkspace(url=url, ref=ref, credential=name), [grant]
 
 
 def _pairs(specs: list[str], flag: str) -> dict[str, str]:
