@@ -126,45 +126,64 @@ class LimitedReader:
         self._limit = limit
         self._compressed = compressed
         self._inflate: zlib._Decompress | None = None
-        self._pending = b""
-        self._buffer = bytearray()
+        self._pending = b""  # received, not yet inflated
+        # Inflated, not yet read: read from an offset, never shifted (tarfile reads 10 KiB at
+        # a time; shifting a megabyte each time would cost a hundred times the data).
+        self._current = b""
+        self._offset = 0
         self._source_done = False
         self.total = 0
 
     def read(self, size: int = -1) -> bytes:
         want = size if size >= 0 else 1 << 62
-        while len(self._buffer) < want and self._fill():
-            pass
-        take = min(want, len(self._buffer))
-        data = bytes(self._buffer[:take])
-        del self._buffer[:take]
-        return data
+        pieces: list[bytes] = []
+        got = 0
+        while got < want:
+            if self._offset >= len(self._current):
+                if not self._fill():
+                    break
+                continue
+            piece = self._current[self._offset : self._offset + (want - got)]
+            self._offset += len(piece)
+            got += len(piece)
+            pieces.append(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _fill(self) -> bool:
-        """Adds uncompressed bytes to the buffer; False at the end of the archive."""
-        if self._source_done and not self._pending:
-            return False
+        """Replaces the consumed bytes with the next uncompressed ones (possibly none yet);
+        False at the end of the archive."""
         if not self._pending:
+            if self._source_done:
+                return False
             chunk = self._pipe.get_blocking()
             if not chunk:
                 self._source_done = True
-                if self._inflate is not None and not self._inflate.eof:
-                    raise ArchiveTruncated()
-                return False
+                return self._drain()
             self._pending = chunk
         if self._compressed is None:
-            if len(self._pending) < 2 and not self._source_done:
+            if len(self._pending) < 2:
                 more = self._pipe.get_blocking()
                 if more:
                     self._pending += more
                     return True
+                self._source_done = True
             self._compressed = self._pending.startswith(_GZIP_MAGIC)
-        if not self._compressed:
-            data, self._pending = self._pending, b""
-        else:
+        if self._compressed:
             data = self._inflated()
-        self._count(len(data))
-        self._buffer += data
+        else:
+            data, self._pending = self._pending, b""
+        self._take(data)
+        return True
+
+    def _drain(self) -> bool:
+        """At the end of the input: what the inflater still holds, or the end (an inflater
+        short of the end of its gzip data means the archive was cut off)."""
+        if self._inflate is None or self._inflate.eof:
+            return False
+        data = self._inflate.decompress(b"", self._room())
+        if not data:
+            raise ArchiveTruncated()
+        self._take(data)
         return True
 
     def _inflated(self) -> bytes:
@@ -175,22 +194,26 @@ class LimitedReader:
             self._inflate = None  # a gzip file may be several members, one after another
         if self._inflate is None:
             self._inflate = zlib.decompressobj(wbits=31)
-        # Never more out than the limit allows plus one byte, whatever the ratio of a bomb.
-        room = max(1, self._limit - self.total + 1)
         try:
-            data = self._inflate.decompress(self._pending, min(room, 1 << 20))
+            data = self._inflate.decompress(self._pending, self._room())
         except zlib.error as exc:
             raise ArchiveCorrupt(f"the archive is not valid gzip data ({exc})") from None
         self._pending = self._inflate.unconsumed_tail or self._inflate.unused_data
         return data
 
-    def _count(self, n: int) -> None:
-        self.total += n
+    def _room(self) -> int:
+        # Never more out at once than the limit allows plus one byte, whatever a bomb's ratio.
+        return min(max(1, self._limit - self.total + 1), 1 << 20)
+
+    def _take(self, data: bytes) -> None:
+        self.total += len(data)
         if self.total > self._limit:
             raise TooLarge(
                 f"the workspace archive is larger than {self._limit // (1024 * 1024)} MiB "
                 "unpacked (WORKSPACE_UPLOAD_MAX_MB)"
             )
+        self._current = data
+        self._offset = 0
 
 
 class ArchiveCorrupt(Exception):
