@@ -365,6 +365,9 @@ def _print_job(job: Job, as_json: bool, verb: str = "") -> None:
     print(f"  mode:     {d['mode']}")
     print(f"  task:     {_one_line(job.task, 100)}")
     print(f"  project:  {job.project_dir}")
+    if job.proto is not None and job.proto.HasField("git"):
+        git = job.proto.git
+        print(f"  git:      {git.url}" + (f" at {git.ref}" if git.ref else ""))
     print(
         f"  llm:      {job.llm_provider}  calls={job.usage.calls} "
         f"in={job.usage.input_tokens} out={job.usage.output_tokens}"
