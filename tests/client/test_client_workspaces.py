@@ -348,3 +348,21 @@ async def test_a_git_workspace_is_asked_for_through_the_client_and_the_cli(
     out, err = await asyncio.wait_for(cli.communicate(), timeout=60)
     assert cli.returncode == 0, err.decode()
     assert json.loads(out)["git"] == {"url": "https://git.example/r.git", "ref": "main"}
+
+
+async def test_metadata_twice_is_invalid_argument_and_leaves_nothing(fake_orch: Running) -> None:
+    projects = fake_orch.orch.settings.projects_dir
+    async with aio.insecure_channel(fake_orch.target) as channel:
+        stub = pb_grpc.JobServiceStub(channel)
+
+        async def twice() -> object:
+            yield pb.UploadWorkspaceRequest(metadata=pb.UploadWorkspaceMetadata())
+            yield pb.UploadWorkspaceRequest(chunk=b"\0" * 512)
+            yield pb.UploadWorkspaceRequest(metadata=pb.UploadWorkspaceMetadata())
+
+        with pytest.raises(grpc.RpcError) as caught:
+            await stub.UploadWorkspace(twice())
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "only the first message" in (caught.value.details() or "")
+    await wait_for(lambda: os.listdir(projects / ".uploading") == [], what="staging emptied")
+    assert list(projects.glob("upload-*")) == []

@@ -147,3 +147,28 @@ def test_retention_of_uploads() -> None:
     assert expires_at(100.0, claims, end, retain_s=50, unused_retain_s=10) == 5_050.0
     # A job no longer known: counted as ended when it claimed the upload.
     assert expires_at(100.0, [Claim("gone", 700.0)], end, 50, 10) == 750.0
+
+
+async def test_downloads_are_bounded_and_a_reader_that_leaves_stops_the_packing(
+    tmp_path: Path,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orchestrator.errors import Busy
+    from orchestrator.workspaces.downloads import WorkspaceDownloads
+    from tests.helpers import wait_for
+
+    root = tmp_path / "project"
+    root.mkdir()
+    for index in range(8):
+        (root / f"blob{index}").write_bytes(os.urandom(512 * 1024))  # incompressible: many chunks
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        downloads = WorkspaceDownloads(pool, at_once=1)
+        first = downloads.stream("job-1", str(root))
+        assert await anext(first)  # packing, and waiting on the pipe for this reader
+        with pytest.raises(Busy, match="in progress"):
+            await anext(downloads.stream("job-2", str(root)))
+        await first.aclose()  # the reader leaves: the thread stops at its next chunk
+        await wait_for(lambda: downloads.in_progress == 0, what="the packing thread to stop")
+        whole = b"".join([chunk async for chunk in downloads.stream("job-3", str(root))])
+    assert set(members(whole)) == {f"blob{index}" for index in range(8)}

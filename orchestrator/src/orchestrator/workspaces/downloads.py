@@ -42,6 +42,11 @@ class WorkspaceDownloads:
         self._at_once = at_once
         self._busy = 0
 
+    @property
+    def in_progress(self) -> int:
+        """Downloads whose packing thread still runs."""
+        return self._busy
+
     async def stream(self, job_id: str, project_dir: str) -> AsyncIterator[bytes]:
         """The .tar.gz of ``project_dir``, chunk by chunk. Raises Busy when ``at_once``
         downloads are in progress, FailedPrecondition when the directory is gone."""
