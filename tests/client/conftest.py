@@ -68,6 +68,18 @@ class FakeAgent:
         ):
             assert response.status == 200, await response.text()
 
+    async def get_job(self) -> dict[str, Any]:
+        """``GET /job``: the job's configuration as its agent sees it."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{self.base}/job", headers={"Authorization": f"Bearer {self.token}"}
+            ) as response,
+        ):
+            assert response.status == 200, await response.text()
+            body: dict[str, Any] = await response.json()
+            return body
+
     async def status(self, message: str, iteration: int) -> None:
         await self.post("/status", {"message": message, "iteration": iteration})
 

@@ -65,6 +65,7 @@ from worker.client import (
 )
 from worker.credentials import credential_env, with_env_names
 from worker.egress_env import egress_env
+from worker.git_checkout import CheckoutFailed, clone_workspace, git_workspace
 from worker.main import mask_in_logs
 from worker.tools import tool_environment
 
@@ -430,6 +431,14 @@ class ClaudeBridge:
         home = writable_home(self._config.base_env)
         env = child_environment(self._config.base_env, credentials, home, settings.cli_env)
         env |= egress_env(job, self._client.job_id, self._config.egress_key, str(home))
+        source = git_workspace(job)
+        if source is not None:
+            secrets = (*credentials.values(), self._config.egress_key)
+            try:
+                cloned = clone_workspace(source, self._config.workspace, env, secrets)
+            except CheckoutFailed as exc:
+                return self._failure("workspace_checkout", str(exc))
+            self._status(cloned)
         log.info(
             "job %s: model %s, max %d turns, tools %s, %s, credentials: %s",
             self._client.job_id,

@@ -26,6 +26,7 @@ from ironclaw_client.types import (
     CreatedJob,
     CredentialGrant,
     Event,
+    GitWorkspace,
     Job,
     JobLimits,
     JobMode,
@@ -38,6 +39,7 @@ from ironclaw_client.types import (
     StateChanged,
     StatusUpdate,
     TerminalReason,
+    UploadedWorkspace,
     UsageUpdate,
 )
 
@@ -51,6 +53,7 @@ __all__ = [
     "CredentialGrant",
     "Event",
     "FailedPrecondition",
+    "GitWorkspace",
     "InvalidArgument",
     "IronclawError",
     "Job",
@@ -73,6 +76,7 @@ __all__ = [
     "Timeout",
     "Unauthenticated",
     "Unavailable",
+    "UploadedWorkspace",
     "UsageUpdate",
     "new_job_id",
 ]

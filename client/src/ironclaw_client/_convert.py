@@ -13,6 +13,7 @@ from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_client.types import (
     CredentialGrant,
     Event,
+    GitWorkspace,
     Job,
     JobLimits,
     JobMode,
@@ -188,6 +189,7 @@ def create_request(
     wait_for_prompts: bool,
     mcp_servers: Iterable[str],
     wasm_tools: Iterable[str],
+    git: GitWorkspace | None = None,
 ) -> pb.CreateJobRequest:
     return pb.CreateJobRequest(
         task=task,
@@ -211,6 +213,11 @@ def create_request(
         wait_for_prompts=wait_for_prompts,
         mcp_servers=list(mcp_servers),
         wasm_tools=list(wasm_tools),
+        git=(
+            pb.GitWorkspace(url=git.url, ref=git.ref, credential=git.credential)
+            if git is not None
+            else None
+        ),
     )
 
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from ironclaw_client import _convert, _health
+from ironclaw_client import _convert, _health, _workspace
 from ironclaw_client._retry import Backoff, is_transient
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
@@ -21,6 +23,7 @@ from ironclaw_client.client import (
     DEFAULT_CALL_TIMEOUT,
     DEFAULT_CREATE_TIMEOUT,
     DEFAULT_RECONNECT_TIMEOUT,
+    DEFAULT_TRANSFER_TIMEOUT,
     new_job_id,
 )
 from ironclaw_client.config import ClientConfig
@@ -28,6 +31,7 @@ from ironclaw_client.errors import AlreadyExists, NotFound, Timeout, Unavailable
 from ironclaw_client.types import (
     CreatedJob,
     CredentialGrant,
+    GitWorkspace,
     Job,
     JobLimits,
     JobMode,
@@ -36,6 +40,7 @@ from ironclaw_client.types import (
     JobUpdate,
     ResultUpdate,
     Snapshot,
+    UploadedWorkspace,
 )
 
 
@@ -115,6 +120,7 @@ class AsyncClient:
         wait_for_prompts: bool = False,
         mcp_servers: Iterable[str] = (),
         wasm_tools: Iterable[str] = (),
+        git: GitWorkspace | None = None,
         timeout: float = DEFAULT_CREATE_TIMEOUT,
     ) -> CreatedJob:
         """Creates a job and starts its container.
@@ -136,6 +142,7 @@ class AsyncClient:
             wait_for_prompts=wait_for_prompts,
             mcp_servers=mcp_servers,
             wasm_tools=wasm_tools,
+            git=git,
         )
         backoff = Backoff(self.reconnect_timeout)
         retried = False
@@ -226,6 +233,59 @@ class AsyncClient:
                 yield chunk.data
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+
+    async def upload_workspace(
+        self, source: str | os.PathLike[str], *, timeout: float = DEFAULT_TRANSFER_TIMEOUT
+    ) -> UploadedWorkspace:
+        """See :meth:`Client.upload_workspace`; packing and reading run in a thread."""
+        archive, fmt = await asyncio.to_thread(_workspace.open_source, source)
+
+        async def requests() -> AsyncIterator[pb.UploadWorkspaceRequest]:
+            yield pb.UploadWorkspaceRequest(metadata=pb.UploadWorkspaceMetadata(format=fmt))
+            while chunk := await asyncio.to_thread(archive.read, _workspace.CHUNK_BYTES):
+                yield pb.UploadWorkspaceRequest(chunk=chunk)
+
+        try:
+            response = await self._stub.UploadWorkspace(
+                requests(), timeout=timeout, metadata=self.config.metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            archive.close()
+        return UploadedWorkspace(
+            workspace_id=response.workspace_id,
+            project_dir=response.project_dir,
+            unpacked_bytes=response.unpacked_bytes,
+            entries=response.entries,
+        )
+
+    async def download_workspace_chunks(
+        self, job_id: str, *, timeout: float = DEFAULT_TRANSFER_TIMEOUT
+    ) -> AsyncIterator[bytes]:
+        """The job's project as a .tar.gz, chunk by chunk (links in it are links)."""
+        request = pb.DownloadWorkspaceRequest(job_id=job_id)
+        try:
+            async for chunk in self._stub.DownloadWorkspace(
+                request, timeout=timeout, metadata=self.config.metadata
+            ):
+                yield chunk.data
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    async def download_workspace(
+        self,
+        job_id: str,
+        destination: str | os.PathLike[str],
+        *,
+        timeout: float = DEFAULT_TRANSFER_TIMEOUT,
+    ) -> Path:
+        """See :meth:`Client.download_workspace`: received whole into a temporary file, then
+        written (or unpacked) in a thread."""
+        with tempfile.TemporaryFile() as scratch:
+            async for chunk in self.download_workspace_chunks(job_id, timeout=timeout):
+                await asyncio.to_thread(scratch.write, chunk)
+            return await asyncio.to_thread(_workspace.save_spooled, scratch, Path(destination))
 
     async def health(self, *, timeout: float = 10.0) -> str:
         """The standard health check: ``SERVING``, ``NOT_SERVING``, ... (needs no token)."""

@@ -6,12 +6,13 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 
-from ironclaw_client import _convert, _health
+from ironclaw_client import _convert, _health, _workspace
 from ironclaw_client._retry import Backoff, is_transient
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
@@ -20,6 +21,7 @@ from ironclaw_client.errors import AlreadyExists, NotFound, Timeout, Unavailable
 from ironclaw_client.types import (
     CreatedJob,
     CredentialGrant,
+    GitWorkspace,
     Job,
     JobLimits,
     JobMode,
@@ -28,11 +30,13 @@ from ironclaw_client.types import (
     JobUpdate,
     ResultUpdate,
     Snapshot,
+    UploadedWorkspace,
 )
 
 DEFAULT_RECONNECT_TIMEOUT = 60.0
 DEFAULT_CALL_TIMEOUT = 30.0
 DEFAULT_CREATE_TIMEOUT = 120.0
+DEFAULT_TRANSFER_TIMEOUT = 600.0
 
 
 def new_job_id() -> str:
@@ -116,6 +120,7 @@ class Client:
         wait_for_prompts: bool = False,
         mcp_servers: Iterable[str] = (),
         wasm_tools: Iterable[str] = (),
+        git: GitWorkspace | None = None,
         timeout: float = DEFAULT_CREATE_TIMEOUT,
     ) -> CreatedJob:
         """Creates a job and starts its container.
@@ -137,6 +142,7 @@ class Client:
             wait_for_prompts=wait_for_prompts,
             mcp_servers=mcp_servers,
             wasm_tools=wasm_tools,
+            git=git,
         )
         backoff = Backoff(self.reconnect_timeout)
         retried = False
@@ -225,6 +231,60 @@ class Client:
                 yield chunk.data
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+
+    def upload_workspace(
+        self, source: str | os.PathLike[str], *, timeout: float = DEFAULT_TRANSFER_TIMEOUT
+    ) -> UploadedWorkspace:
+        """Uploads a directory (packed here as a .tar.gz) or a tar / tar.gz file as a new
+        workspace; pass the result's ``project_dir`` to :meth:`create_job`.
+
+        A directory holding links, devices, fifos or setuid/setgid files raises
+        :class:`InvalidArgument` before anything is sent (the orchestrator refuses them).
+        Never retried: a second attempt would be a second upload.
+        """
+        archive, fmt = _workspace.open_source(source)
+        with archive:
+            try:
+                response = self._stub.UploadWorkspace(
+                    _workspace.upload_requests(archive, fmt),
+                    timeout=timeout,
+                    metadata=self.config.metadata,
+                )
+            except grpc.RpcError as exc:
+                raise from_rpc_error(exc) from exc
+        return UploadedWorkspace(
+            workspace_id=response.workspace_id,
+            project_dir=response.project_dir,
+            unpacked_bytes=response.unpacked_bytes,
+            entries=response.entries,
+        )
+
+    def download_workspace_chunks(
+        self, job_id: str, *, timeout: float = DEFAULT_TRANSFER_TIMEOUT
+    ) -> Iterator[bytes]:
+        """The job's project as a .tar.gz, chunk by chunk (links in it are links)."""
+        request = pb.DownloadWorkspaceRequest(job_id=job_id)
+        try:
+            for chunk in self._stub.DownloadWorkspace(
+                request, timeout=timeout, metadata=self.config.metadata
+            ):
+                yield chunk.data
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    def download_workspace(
+        self,
+        job_id: str,
+        destination: str | os.PathLike[str],
+        *,
+        timeout: float = DEFAULT_TRANSFER_TIMEOUT,
+    ) -> Path:
+        """Saves the job's project: as a .tar.gz file at ``destination``, or unpacked into it
+        when it is an existing directory. Possible while the job runs and for
+        WORKSPACE_RETAIN_S after it ended (later :class:`FailedPrecondition`)."""
+        return _workspace.save_archive(
+            self.download_workspace_chunks(job_id, timeout=timeout), Path(destination)
+        )
 
     def health(self, *, timeout: float = 10.0) -> str:
         """The standard health check: ``SERVING``, ``NOT_SERVING``, ... (needs no token)."""

@@ -140,6 +140,27 @@ class CreatedJob:
     already_existed: bool = False
 
 
+@dataclass(frozen=True)
+class GitWorkspace:
+    """A workspace cloned from git by the job's container before its agent starts (instead
+    of a ``project_dir``). ``credential`` names a grant of the job injected for the URL's host
+    (``CredentialGrant.inject_hosts``, ``inject_format="basic"`` for git over HTTPS)."""
+
+    url: str
+    ref: str = ""
+    credential: str = ""
+
+
+@dataclass(frozen=True)
+class UploadedWorkspace:
+    """What ``upload_workspace`` returns: pass ``project_dir`` to ``create_job``."""
+
+    workspace_id: str
+    project_dir: str
+    unpacked_bytes: int
+    entries: int
+
+
 # ---- WatchJob items: one class per kind, each with its sequence number and time -------------
 
 

@@ -164,6 +164,13 @@ class EgressInfo(TypedDict):
     ca_pem: str | None
 
 
+class GitInfo(TypedDict):
+    """Where a job's workspace is cloned from (``JobInfo.git``)."""
+
+    url: str
+    ref: str  # a branch, tag or commit; "": the remote's default branch
+
+
 class JobInfo(TypedDict):
     """``GET /worker/{job_id}/job``: the one channel of a job's configuration."""
 
@@ -186,3 +193,5 @@ class JobInfo(TypedDict):
     llm_refusal: str | None
     # None when the job's network is the host's bridge (its commands go out directly).
     egress: EgressInfo | None
+    # Clone this into the (empty) workspace before the agent starts; None: it is there already.
+    git: GitInfo | None

@@ -37,6 +37,9 @@ class ErrorKind(enum.Enum):
     RESOURCE_EXHAUSTED = WireCodes("RESOURCE_EXHAUSTED", 429, "budget_exceeded")
     RATE_LIMITED = WireCodes("RESOURCE_EXHAUSTED", 429, "rate_limited")
     PAYLOAD_TOO_LARGE = WireCodes("INVALID_ARGUMENT", 413, "body_too_large")
+    # A streamed upload over its size limit: the stream itself was well-formed.
+    TOO_LARGE = WireCodes("RESOURCE_EXHAUSTED", 413, "too_large")
+    DEADLINE_EXCEEDED = WireCodes("DEADLINE_EXCEEDED", 504, "deadline_exceeded")
     PROVIDER_FAILED = WireCodes("UNAVAILABLE", 502, "provider_failed")
     PROVIDER_NOT_CONFIGURED = WireCodes("FAILED_PRECONDITION", 503, "no_provider")
     UNAVAILABLE = WireCodes("UNAVAILABLE", 503, "unavailable")
@@ -141,6 +144,24 @@ class PayloadTooLarge(OrchestratorError):
     """A request body exceeds the configured limit."""
 
     kind = ErrorKind.PAYLOAD_TOO_LARGE
+
+
+class TooLarge(OrchestratorError):
+    """Something streamed to the orchestrator outgrew its configured limit."""
+
+    kind = ErrorKind.TOO_LARGE
+
+
+class Busy(OrchestratorError):
+    """As many of these operations as allowed are already in progress; try again later."""
+
+    kind = ErrorKind.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(OrchestratorError):
+    """An operation the orchestrator bounds in time did not finish within its bound."""
+
+    kind = ErrorKind.DEADLINE_EXCEEDED
 
 
 class ProviderError(OrchestratorError):

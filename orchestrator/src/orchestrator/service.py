@@ -149,6 +149,7 @@ async def start_orchestrator(
     reaper_interval: float = 2.0,
     metrics_port: int | None = None,
     egress_port: int | None = None,
+    workspace_sweep_interval: float = 60.0,
 ) -> Orchestrator:
     """Starts everything; ports default to the settings (0 picks free ones, for tests). The
     egress gateway's port follows ``http_port=0`` when not given, so tests that pick free
@@ -196,6 +197,7 @@ async def start_orchestrator(
         catalog=catalog,
     )
     manager.restore()
+    manager.uploads.prepare()
     proxy = LlmProxy(settings, provider, manager, metrics=metrics)
     port = settings.http_port if http_port is None else http_port
     accept_errors = AcceptErrors(metrics.accept_error if metrics is not None else None)
@@ -247,6 +249,11 @@ async def start_orchestrator(
         log.warning("first reconciliation postponed: engine unreachable", error=exc.message)
     orch.tasks.append(asyncio.create_task(manager.watch_container_exits(), name="exits"))
     orch.tasks.append(asyncio.create_task(manager.run_reaper(reaper_interval), name="reaper"))
+    orch.tasks.append(
+        asyncio.create_task(
+            manager.run_workspace_sweeper(workspace_sweep_interval), name="workspace-retention"
+        )
+    )
     log.info(
         "orchestrator started",
         grpc=f"{settings.grpc_bind}:{plane.port}",

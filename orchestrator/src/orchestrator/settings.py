@@ -617,6 +617,37 @@ class Settings:
     )
     persist: bool = setting("ORCHESTRATOR_PERSIST", _bool, "1", "keep jobs in the store")
 
+    # Workspaces uploaded as archives (workspaces/): <projects>/upload-<id>.
+    workspace_upload_max_bytes: int = setting(
+        "WORKSPACE_UPLOAD_MAX_MB",
+        _megabytes(1, 1 << 20),
+        "256",
+        "an uploaded workspace's size unpacked",
+    )
+    workspace_uploads_at_once: int = setting(
+        "WORKSPACE_UPLOADS_AT_ONCE",
+        _int_range(1, 64),
+        "4",
+        "uploads (and, separately, downloads) in progress at once",
+    )
+    workspace_upload_timeout_s: float = setting(
+        "WORKSPACE_UPLOAD_TIMEOUT_S",
+        _float_range(1.0, 86400.0),
+        "600",
+        "an upload must be complete within this",
+    )
+    workspace_retain_s: int = setting(
+        "WORKSPACE_RETAIN_S",
+        _int_range(0, 366 * 86400),
+        "86400",
+        "a job's workspace can be downloaded this long after it ended",
+    )
+    workspace_unused_retain_s: int = setting(
+        "WORKSPACE_UNUSED_RETAIN_S",
+        _int_range(0, 366 * 86400),
+        "3600",
+        "an uploaded workspace no job used is removed after this",
+    )
     log_tail_lines: int = setting(
         "JOB_LOG_TAIL_LINES", _int_range(0, 100_000), "200", "log lines kept from a dead container"
     )

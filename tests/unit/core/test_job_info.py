@@ -93,6 +93,7 @@ def test_a_worker_job_gets_its_task_limits_deadline_credential_names_and_tools()
         "wasm_tools": ["word-count"],
         "llm_refusal": None,
         "egress": None,
+        "git": None,
     }
 
 
@@ -199,6 +200,7 @@ SHAPES: list[tuple[type[BaseModel], Any]] = [
     (schemas.JobLimitsInfo, worker_api.JobLimitsInfo),
     (schemas.ClaudeInfo, worker_api.ClaudeInfo),
     (schemas.EgressInfo, worker_api.EgressInfo),
+    (schemas.GitInfo, worker_api.GitInfo),
     (schemas.ErrorBody, worker_api.ErrorBody),
 ]
 

@@ -27,6 +27,7 @@ from worker.client import (
 )
 from worker.credentials import credential_env, with_env_names
 from worker.egress_env import egress_env
+from worker.git_checkout import CheckoutFailed, clone_workspace, git_workspace
 from worker.tools import ToolContext, ToolRegistry, default_tools, tool_environment
 from worker.tools.custom import load_custom_tools
 
@@ -242,6 +243,19 @@ class Agent:
             # The egress key sits in the commands' HTTPS_PROXY: an `env` must not report it.
             secrets=(*credentials.values(), self._config.egress_key),
         )
+        source = git_workspace(raw_job)
+        if source is not None:
+            try:
+                cloned = clone_workspace(source, context.workspace, context.env, context.secrets)
+            except CheckoutFailed as exc:
+                return JobResult(
+                    success=False,
+                    message=str(exc),
+                    iterations=0,
+                    details={"reason": "workspace_checkout"},
+                )
+            log.info("%s", cloned)
+            self._event("status", {"message": cloned})
         builtin = default_tools()
         custom = load_custom_tools(
             self._client.get_tools(),

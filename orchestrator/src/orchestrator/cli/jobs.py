@@ -29,7 +29,25 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
 
     create = sub.add_parser("create", help="create a job")
     create.add_argument("task", help="what the job should do")
-    create.add_argument("--project", default="", help="project dir under <base>/projects")
+    where = create.add_mutually_exclusive_group()
+    where.add_argument("--project", default="", help="project dir under <base>/projects")
+    where.add_argument(
+        "--upload",
+        default="",
+        metavar="PATH",
+        help="upload this directory (or .tar / .tar.gz file) as the job's workspace",
+    )
+    where.add_argument(
+        "--git", default="", metavar="URL", help="clone the workspace from this https git URL"
+    )
+    create.add_argument("--git-ref", default="", metavar="REF", help="branch, tag or commit")
+    create.add_argument(
+        "--git-token",
+        default="",
+        metavar="NAME=ENV_VAR",
+        help="grant NAME with the value of $ENV_VAR, injected at egress for the --git host "
+        "(HTTP Basic, as git over HTTPS expects): the job never holds it",
+    )
     create.add_argument("--mode", choices=("worker", "claude-code"), default="worker")
     create.add_argument(
         "--grant",
@@ -88,6 +106,17 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
     logs.add_argument("job_id")
     logs.add_argument("--follow", "-f", action="store_true")
     logs.add_argument("--tail", type=int, default=0)
+
+    download = sub.add_parser(
+        "download", help="save a job's workspace as a .tar.gz (or unpack it into a directory)"
+    )
+    download.add_argument("job_id")
+    download.add_argument(
+        "-o",
+        "--output",
+        default="",
+        help="file to write (default: <job_id>.tar.gz); an existing directory: unpack into it",
+    )
 
     prompt = sub.add_parser("prompt", help="send a follow-up prompt (or --done)")
     prompt.add_argument("job_id")
@@ -153,12 +182,29 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
 
     cmd = args.job_command
     if cmd == "create":
+        project_dir = args.project
+        if args.upload:
+            uploaded = client.upload_workspace(args.upload)
+            project_dir = uploaded.project_dir
+            print(
+                f"workspace {uploaded.workspace_id} uploaded ({uploaded.entries} entries, "
+                f"{uploaded.unpacked_bytes} bytes unpacked)",
+                file=sys.stderr,
+            )
+        grants = _grants(args.grant)
+        git = None
+        if args.git:
+            git, token = _git_source(args.git, args.git_ref, args.git_token)
+            grants += token
+        elif args.git_ref or args.git_token:
+            raise CliError("--git-ref and --git-token need --git URL")
         created = client.create_job(
             args.task,
             job_id=args.job_id or None,
-            project_dir=args.project,
+            project_dir=project_dir,
+            git=git,
             mode=JobMode(args.mode),
-            credentials=_grants(args.grant),
+            credentials=grants,
             labels=_pairs(args.label, "--label"),
             wait_for_prompts=args.wait_for_prompts,
             mcp_servers=args.mcp_server,
@@ -219,6 +265,11 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
         return 0
+    if cmd == "download":
+        client.reconnect_timeout = FOLLOW_RECONNECT_S
+        saved = client.download_workspace(args.job_id, args.output or f"{args.job_id}.tar.gz")
+        print(f"workspace of job {args.job_id} saved to {saved}")
+        return 0
     if cmd == "prompt":
         if not args.done and not args.content:
             raise CliError("give the prompt text, or --done")
@@ -241,6 +292,30 @@ def _grants(specs: list[str]) -> list[Any]:
             raise CliError(f"--grant {name}: environment variable {env_var} is not set")
         grants.append(CredentialGrant(name=name, value=value))
     return grants
+
+
+def _git_source(url: str, ref: str, token_spec: str) -> tuple[Any, list[Any]]:
+    """``--git`` and its options as the client's GitWorkspace and the injected grant."""
+    import urllib.parse
+
+    from ironclaw_client import CredentialGrant, GitWorkspace
+
+    if not token_spec:
+        return GitWorkspace(url=url, ref=ref), []
+    name, sep, env_var = token_spec.partition("=")
+    if not sep or not name or not env_var:
+        raise CliError(f"--git-token {token_spec!r}: use NAME=ENV_VAR")
+    value = os.environ.get(env_var)
+    if not value:
+        raise CliError(f"--git-token {name}: environment variable {env_var} is not set")
+    try:
+        host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError:
+        host = ""
+    if not host:
+        raise CliError(f"--git {url!r} names no host")
+    grant = CredentialGrant(name=name, value=value, inject_hosts=(host,), inject_format="basic")
+    return GitWorkspace(url=url, ref=ref, credential=name), [grant]
 
 
 def _pairs(specs: list[str], flag: str) -> dict[str, str]:
@@ -290,6 +365,9 @@ def _print_job(job: Job, as_json: bool, verb: str = "") -> None:
     print(f"  mode:     {d['mode']}")
     print(f"  task:     {_one_line(job.task, 100)}")
     print(f"  project:  {job.project_dir}")
+    if job.proto is not None and job.proto.HasField("git"):
+        git = job.proto.git
+        print(f"  git:      {git.url}" + (f" at {git.ref}" if git.ref else ""))
     print(
         f"  llm:      {job.llm_provider}  calls={job.usage.calls} "
         f"in={job.usage.input_tokens} out={job.usage.output_tokens}"

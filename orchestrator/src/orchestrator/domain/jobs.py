@@ -75,6 +75,16 @@ class InjectFormat(enum.Enum):
 
 
 @dataclass(frozen=True)
+class GitSource:
+    """A workspace cloned from git by the job's container before its agent starts.
+    ``credential``: the grant injected for the URL's host, by name ("" when none is named)."""
+
+    url: str
+    ref: str = ""
+    credential: str = ""
+
+
+@dataclass(frozen=True)
 class CredentialGrant:
     """A secret handed to one job, exposed to its tools as ``env_name``.
 
@@ -168,6 +178,7 @@ class CreateJobRequest:
     wasm_tools: tuple[str, ...] = ()
     # The job's own egress allowlist; None: the operator's (EGRESS_ALLOW_HOSTS).
     egress_hosts: tuple[str, ...] | None = None
+    git: GitSource | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +242,7 @@ class JobSnapshot:
     mcp_servers: tuple[str, ...] = ()
     wasm_tools: tuple[str, ...] = ()
     egress_hosts: tuple[str, ...] | None = None
+    git: GitSource | None = None
 
 
 class UpdateKind(enum.Enum):

@@ -13,6 +13,7 @@ from ironclaw_client.api.v1 import jobs_pb2 as pb
 from orchestrator.domain.jobs import (
     CreateJobRequest,
     CredentialGrant,
+    GitSource,
     InjectFormat,
     JobLimitOverrides,
     JobLimits,
@@ -101,6 +102,11 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
         mcp_servers=tuple(request.mcp_servers),
         wasm_tools=tuple(request.wasm_tools),
         egress_hosts=tuple(request.egress.allow_hosts) if request.HasField("egress") else None,
+        git=(
+            GitSource(url=request.git.url, ref=request.git.ref, credential=request.git.credential)
+            if request.HasField("git")
+            else None
+        ),
     )
 
 
@@ -173,6 +179,11 @@ def job_to_pb(job: JobSnapshot) -> pb.Job:
             if job.egress_hosts is not None
             else None
         ),
+        git=(
+            pb.GitWorkspace(url=job.git.url, ref=job.git.ref, credential=job.git.credential)
+            if job.git is not None
+            else None
+        ),
     )
 
 
@@ -218,4 +229,17 @@ def _inject_format(value: int) -> InjectFormat:
         raise InvalidArgument(
             f"inject_format {value} is unknown: use CREDENTIAL_INJECT_FORMAT_BEARER, _TOKEN, "
             "_BASIC or _RAW"
+        ) from None
+
+
+UPLOAD_FORMATS: dict[str, bool | None] = {"": None, "tar": False, "tar.gz": True, "tgz": True}
+
+
+def upload_format(name: str) -> bool | None:
+    """UploadWorkspaceMetadata.format → compressed (None: recognised from the bytes)."""
+    try:
+        return UPLOAD_FORMATS[name.strip().lower()]
+    except KeyError:
+        raise InvalidArgument(
+            f"UploadWorkspace: format {name[:40]!r} is not one of tar, tar.gz (or empty)"
         ) from None

@@ -14,7 +14,7 @@ from grpc import aio
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.domain.jobs import JobSnapshot, JobUpdate
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import InvalidArgument, OrchestratorError
 from orchestrator.grpc_api import convert
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.log_context import bind_request
@@ -164,3 +164,45 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 yield pb.LogChunk(data=chunk)
         except OrchestratorError as exc:
             await abort_for(context, exc)
+
+    async def UploadWorkspace(
+        self, request_iterator: AsyncIterator[pb.UploadWorkspaceRequest], context: Context
+    ) -> pb.UploadWorkspaceResponse:
+        async def run() -> pb.UploadWorkspaceResponse:
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("item") != "metadata":
+                raise InvalidArgument(
+                    "UploadWorkspace: the first message must carry the metadata, the "
+                    "following ones the archive's chunks"
+                )
+            compressed = convert.upload_format(first.metadata.format)
+            uploaded = await self._manager.upload_workspace(
+                _archive_chunks(request_iterator), compressed
+            )
+            return pb.UploadWorkspaceResponse(
+                workspace_id=uploaded.workspace_id,
+                project_dir=str(uploaded.project_dir),
+                unpacked_bytes=uploaded.unpacked_bytes,
+                entries=uploaded.entries,
+            )
+
+        return await self._call(context, run)
+
+    async def DownloadWorkspace(
+        self, request: pb.DownloadWorkspaceRequest, context: Context
+    ) -> AsyncIterator[pb.WorkspaceChunk]:
+        bind_request(context.invocation_metadata(), request.job_id)
+        try:
+            async for chunk in self._manager.download_workspace(request.job_id):
+                yield pb.WorkspaceChunk(data=chunk)
+        except OrchestratorError as exc:
+            await abort_for(context, exc)
+
+
+async def _archive_chunks(
+    requests: AsyncIterator[pb.UploadWorkspaceRequest],
+) -> AsyncIterator[bytes]:
+    async for message in requests:
+        if message.WhichOneof("item") != "chunk":
+            raise InvalidArgument("UploadWorkspace: only the first message may carry metadata")
+        yield message.chunk

@@ -67,6 +67,7 @@ def build_job_info(
             if egress_url
             else None
         ),
+        git=schemas.GitInfo(url=job.git.url, ref=job.git.ref) if job.git is not None else None,
     )
 
 

@@ -91,6 +91,13 @@ class EgressInfo(_Strict):
     ca_pem: str | None = Field(description="the gateway's CA, when it terminates TLS for the job")
 
 
+class GitInfo(_Strict):
+    """Where the job's workspace is cloned from, before its agent starts."""
+
+    url: str
+    ref: str = Field(description="branch, tag or commit; empty: the remote's default branch")
+
+
 class JobInfo(_Strict):
     """Everything about the job but its identity: the one channel of its configuration."""
 
@@ -113,6 +120,10 @@ class JobInfo(_Strict):
     )
     egress: EgressInfo | None = Field(
         description="null when the job's network goes out directly (bridge)"
+    )
+    git: GitInfo | None = Field(
+        description="clone this into project_dir (empty) before the agent starts; null: the "
+        "workspace is there already",
     )
 
 

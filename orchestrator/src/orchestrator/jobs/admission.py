@@ -9,6 +9,7 @@ field; the project directory, which needs the file system, is checked by the man
 from __future__ import annotations
 
 import re
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from orchestrator.domain.jobs import (
     NO_TOOLS,
     CreateJobRequest,
     CredentialGrant,
+    GitSource,
     GrantedTools,
     JobLimitOverrides,
     JobLimits,
@@ -27,6 +29,8 @@ from orchestrator.egress.policy import (
     HostRule,
     PolicyError,
     check_job_hosts,
+    job_policy,
+    normalize_host,
     parse_rules,
 )
 from orchestrator.errors import FailedPrecondition, InvalidArgument
@@ -43,6 +47,9 @@ TOOL_NAME_MAX_CHARS = 64
 MAX_TOOLS_NAMED = 64
 MAX_EGRESS_HOSTS = 256
 MAX_EGRESS_HOST_CHARS = 262  # a 253-character name, a port
+MAX_GIT_URL_CHARS = 2048
+# A branch, tag or commit as `git checkout` takes it; never an option ("-..."), never "..".
+GIT_REF_PATTERN = re.compile(r"(?!-)(?!.*\.\.)(?!.*\.lock$)(?!.*/$)[A-Za-z0-9._/+\-]{1,255}")
 # Control characters other than tab and newline have no business in a task or a label: they
 # hide text in terminals and logs, and a NUL ends strings in the engine's C code.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -66,6 +73,7 @@ class AdmittedJob:
     wait_for_prompts: bool
     # Canonical entries of the job's own egress list; None: the operator's.
     egress_hosts: tuple[str, ...] | None = None
+    git: GitSource | None = None
 
 
 def parse_job_id(raw: str) -> str:
@@ -97,6 +105,7 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
     grants = validate_grants(request.credentials)
     egress_hosts = _egress_hosts(request.egress_hosts, settings)
     _check_inject_hosts(grants, egress_hosts, settings)
+    git = _git_source(request, grants, egress_hosts, settings)
     return AdmittedJob(
         job_id=job_id,
         task=task,
@@ -108,7 +117,79 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
         project_dir=project_dir,
         wait_for_prompts=request.wait_for_prompts,
         egress_hosts=egress_hosts,
+        git=git,
     )
+
+
+def _git_source(
+    request: CreateJobRequest,
+    grants: tuple[CredentialGrant, ...],
+    egress_hosts: tuple[str, ...] | None,
+    settings: Settings,
+) -> GitSource | None:
+    """The job's git workspace, checked: an https URL without user info (a token belongs in a
+    grant, injected at egress), a ref that cannot pass for an option, a host the job may
+    reach, and the named grant injected for that host."""
+    git = request.git
+    if git is None:
+        return None
+    if request.project_dir:
+        raise InvalidArgument(
+            "git and project_dir are exclusive: a git workspace is cloned into a new project"
+        )
+    url = check_text(git.url.strip(), "git.url", MAX_GIT_URL_CHARS)
+    host, port = _git_host(url)
+    ref = git.ref.strip()
+    if ref and not GIT_REF_PATTERN.fullmatch(ref):
+        raise InvalidArgument(
+            f"git.ref {ref[:64]!r} is not a branch, tag or commit name (letters, digits, "
+            "'.', '_', '/', '+', '-'; not starting with '-', no '..')"
+        )
+    if settings.job_network == "isolated":
+        policy = job_policy(
+            settings.egress_allow_hosts, egress_hosts, settings.egress_job_may_widen
+        )
+        if not policy.allows(host, port):
+            where = "egress.allow_hosts" if egress_hosts is not None else "EGRESS_ALLOW_HOSTS"
+            raise InvalidArgument(
+                f"git.url: {host}:{port} is not reachable under this job's egress policy "
+                f"({where}); the clone goes out through the egress gateway"
+            )
+    credential = git.credential.strip()
+    if credential:
+        grant = next((g for g in grants if g.name == credential), None)
+        if grant is None:
+            raise InvalidArgument(f"git.credential {credential[:64]!r} is not a granted credential")
+        if not any(rule.matches(host, port) for rule in parse_rules(grant.inject_hosts)):
+            raise InvalidArgument(
+                f"git.credential {credential!r} is not injected for {host}:{port}: add the host "
+                "to its inject_hosts (CREDENTIAL_INJECT_FORMAT_BASIC for git over HTTPS)"
+            )
+    return GitSource(url=url, ref=ref, credential=credential)
+
+
+def _git_host(url: str) -> tuple[str, int]:
+    """The canonical host and port of an acceptable git URL; InvalidArgument otherwise."""
+    if any(ch.isspace() for ch in url):
+        raise InvalidArgument("git.url holds whitespace")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port or 443
+    except ValueError as exc:
+        raise InvalidArgument(f"git.url is not a URL ({exc})") from None
+    if parts.scheme != "https":
+        raise InvalidArgument("git.url must be an https:// URL")
+    if "@" in parts.netloc:
+        raise InvalidArgument(
+            "git.url must not carry user info: grant the token as a credential injected for "
+            "the host (inject_hosts) and name it in git.credential"
+        )
+    if not parts.hostname or parts.query or parts.fragment or parts.path in ("", "/"):
+        raise InvalidArgument("git.url must be https://host[:port]/path/to/repository")
+    try:
+        return normalize_host(parts.hostname), port
+    except PolicyError as exc:
+        raise InvalidArgument(f"git.url: {exc}") from None
 
 
 def _check_inject_hosts(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from orchestrator.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    JobNotFound,
     OrchestratorError,
     Unauthenticated,
 )
@@ -55,6 +57,9 @@ from orchestrator.store.sealing import GrantSealer
 from orchestrator.store.sqlite_store import SqliteJobStore
 from orchestrator.tokens import TokenStore, token_digest
 from orchestrator.tool_catalog import ToolCatalog
+from orchestrator.workspaces.downloads import WorkspaceDownloads, check_downloadable
+from orchestrator.workspaces.retention import LIVE, UNKNOWN, JobEnd
+from orchestrator.workspaces.uploads import UploadedWorkspace, UploadLimits, WorkspaceUploads
 
 if TYPE_CHECKING:
     from orchestrator.metrics import Metrics
@@ -115,6 +120,27 @@ class ContainerJobManager:
         )
         self._ledger = LlmLedger(self._table.require, self._usage_changed)
         self._accepting = True
+        # Unpacking and packing archives is blocking file work: threads of its own, so a
+        # transfer never waits behind (or holds up) the engine's calls.
+        self._workspace_threads = ThreadPoolExecutor(
+            max_workers=2 * settings.workspace_uploads_at_once + 1,
+            thread_name_prefix="workspace",
+        )
+        self._uploads = WorkspaceUploads(
+            settings.projects_dir,
+            settings.state_dir or settings.base_dir,
+            UploadLimits(
+                max_bytes=settings.workspace_upload_max_bytes,
+                at_once=settings.workspace_uploads_at_once,
+                timeout_s=settings.workspace_upload_timeout_s,
+                retain_s=settings.workspace_retain_s,
+                unused_retain_s=settings.workspace_unused_retain_s,
+            ),
+            self._workspace_threads,
+        )
+        self._downloads = WorkspaceDownloads(
+            self._workspace_threads, settings.workspace_uploads_at_once
+        )
         if metrics is not None:
             metrics.watch_jobs(self.state_counts)
 
@@ -198,11 +224,15 @@ class ContainerJobManager:
             admitted.project_dir, self._settings.projects_dir, admitted.job_id
         )
         try:
+            self._uploads.refuse_staging(project.path)
             # A concurrent create with the same id may have won while the checks above ran.
             existing = self._existing(admitted.job_id)
             if existing is not None:
                 return existing
             job = self._record(admitted, str(project.path))
+            # No suspension since the project was opened: a retention sweep cannot have
+            # removed an uploaded workspace in between, and from here on it keeps it.
+            self._uploads.claim(project.path, job.job_id)
             token = self._tokens.create_token(job.job_id, admitted.grants)
             # The Claude Code CLI's key: it opens only this job's Anthropic route (tokens.py).
             llm_key = (
@@ -265,6 +295,7 @@ class ContainerJobManager:
             history_max_bytes=self._settings.job_history_max_bytes,
             tools=admitted.tools,
             egress_hosts=admitted.egress_hosts,
+            git=admitted.git,
         )
         self._table.add(job)
         if self._metrics is not None:
@@ -529,6 +560,49 @@ class ContainerJobManager:
         if job is not None:
             self._lifecycle.begin_teardown(job)
 
+    # ---------------------------------------------------------------- workspaces
+
+    @property
+    def uploads(self) -> WorkspaceUploads:
+        return self._uploads
+
+    async def upload_workspace(
+        self, chunks: AsyncIterator[bytes], compressed: bool | None = None
+    ) -> UploadedWorkspace:
+        """Unpacks an uploaded archive into a new project directory (see WorkspaceUploads)."""
+        if not self._accepting:
+            raise FailedPrecondition("the orchestrator is shutting down and accepts no uploads")
+        self._uploads.ensure_prepared()
+        return await self._uploads.receive(chunks, compressed)
+
+    async def download_workspace(self, job_id: str) -> AsyncIterator[bytes]:
+        """The job's project as a .tar.gz, chunk by chunk: while it runs and for
+        WORKSPACE_RETAIN_S after it ended (FailedPrecondition later; JobNotFound)."""
+        job = self.get_job(job_id)
+        check_downloadable(job, self._settings.workspace_retain_s)
+        async for chunk in self._downloads.stream(job.job_id, job.project_dir):
+            yield chunk
+
+    def workspace_job_end(self, job_id: str) -> JobEnd:
+        """Whether a job still runs and when it ended, for the uploads' retention."""
+        try:
+            job = self._table.snapshot(job_id)
+        except (JobNotFound, InvalidArgument):
+            return UNKNOWN
+        if not job.state.is_terminal:
+            return LIVE
+        ended = job.finished_at.timestamp() if job.finished_at is not None else None
+        return JobEnd(live=False, ended_at=ended)
+
+    async def sweep_workspaces(self, now: float | None = None) -> list[str]:
+        """One retention pass over the uploaded workspaces; returns the ids removed."""
+        self._uploads.ensure_prepared()
+        return await self._uploads.sweep(self.workspace_job_end, now)
+
+    async def run_workspace_sweeper(self, interval: float) -> None:
+        self._uploads.ensure_prepared()
+        await self._uploads.run_sweeper(self.workspace_job_end, interval)
+
     # ---------------------------------------------------------------- stop / cleanup
 
     async def stop_job(self, job_id: str) -> JobSnapshot:
@@ -594,6 +668,7 @@ class ContainerJobManager:
         """Waits for background teardowns and makes every queued write durable."""
         with contextlib.suppress(Exception):
             await self._lifecycle.wait_background()
+        self._workspace_threads.shutdown(wait=False, cancel_futures=True)
         await self._store.close()
 
 

@@ -3,11 +3,13 @@ which are read from the store rather than kept in memory."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from orchestrator.domain.jobs import (
     HISTORY_MAX_BYTES,
     NO_TOOLS,
+    GitSource,
     GrantedTools,
     JobLimits,
     JobMode,
@@ -65,6 +67,7 @@ def record_to_json(job: JobRecord) -> dict[str, Any]:
         "sequence": job.sequence,
         "tools": _tools_json(job.tools),
         "egress_hosts": list(job.egress_hosts) if job.egress_hosts is not None else None,
+        "git": dataclasses.asdict(job.git) if job.git is not None else None,
     }
 
 
@@ -116,6 +119,8 @@ def _shown_fields(data: dict[str, Any]) -> dict[str, Any]:
         "log_tail": data["log_tail"],
         # Records written before the egress gateway have no list: the operator's.
         "egress_hosts": _egress_hosts_from_json(data.get("egress_hosts")),
+        # Records written before git workspaces have none.
+        "git": GitSource(**data["git"]) if data.get("git") else None,
     }
 
 

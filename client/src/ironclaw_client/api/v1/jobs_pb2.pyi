@@ -211,6 +211,41 @@ class JobEgress(_message.Message):
 Global___JobEgress: _TypeAlias = JobEgress  # noqa: Y015
 
 @_typing.final
+class GitWorkspace(_message.Message):
+    """A workspace cloned from git into /workspace by the job's container before its agent starts,
+    through the egress gateway like the job's own traffic (JOB_NETWORK=isolated: the URL's host
+    must be allowed for the job). A private repository's token is a CredentialGrant with the
+    host in its inject_hosts (CREDENTIAL_INJECT_FORMAT_BASIC for git over HTTPS): it never enters
+    the container.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """https://host[:port]/path, without user info"""
+    ref: _builtins.str
+    """a branch, tag or commit; empty: the remote's default branch"""
+    credential: _builtins.str
+    """Optional: the name of the grant in `credentials` injected for the URL's host (checked)."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        ref: _builtins.str = ...,
+        credential: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "ref", b"ref", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitWorkspace: _TypeAlias = GitWorkspace  # noqa: Y015
+
+@_typing.final
 class JobLimits(_message.Message):
     """Optional per-job overrides; zero means "use the orchestrator's default"."""
 
@@ -287,6 +322,7 @@ class CreateJobRequest(_message.Message):
     MCP_SERVERS_FIELD_NUMBER: _builtins.int
     WASM_TOOLS_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
+    GIT_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     project_dir: _builtins.str
     """Optional; must lie under <IRONCLAW_BASE_DIR>/projects. Empty: <base>/projects/<job_id>."""
@@ -318,6 +354,10 @@ class CreateJobRequest(_message.Message):
     def egress(self) -> Global___JobEgress:
         """Unset: the operator's EGRESS_ALLOW_HOSTS."""
 
+    @_builtins.property
+    def git(self) -> Global___GitWorkspace:
+        """Clone the workspace from git instead of naming a project_dir (the two are exclusive)."""
+
     def __init__(
         self,
         *,
@@ -332,10 +372,11 @@ class CreateJobRequest(_message.Message):
         mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
         wasm_tools: _abc.Iterable[_builtins.str] | None = ...,
         egress: Global___JobEgress | None = ...,
+        git: Global___GitWorkspace | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress", "limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress", "git", b"git", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "egress", b"egress", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "egress", b"egress", "git", b"git", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,6 +494,7 @@ class Job(_message.Message):
     MCP_SERVERS_FIELD_NUMBER: _builtins.int
     WASM_TOOLS_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
+    GIT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     task: _builtins.str
     mode: Global___JobMode.ValueType
@@ -503,6 +545,10 @@ class Job(_message.Message):
     def egress(self) -> Global___JobEgress:
         """the job's own egress list; unset: the operator's"""
 
+    @_builtins.property
+    def git(self) -> Global___GitWorkspace:
+        """where the workspace was cloned from, if it was"""
+
     def __init__(
         self,
         *,
@@ -529,10 +575,11 @@ class Job(_message.Message):
         mcp_servers: _abc.Iterable[_builtins.str] | None = ...,
         wasm_tools: _abc.Iterable[_builtins.str] | None = ...,
         egress: Global___JobEgress | None = ...,
+        git: Global___GitWorkspace | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "limits", b"limits", "result", b"result", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "git", b"git", "limits", b"limits", "result", b"result", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_name", b"container_name", "created_at", b"created_at", "credential_names", b"credential_names", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "iteration", b"iteration", "job_id", b"job_id", "labels", b"labels", "last_sequence", b"last_sequence", "limits", b"limits", "llm_provider", b"llm_provider", "log_tail", b"log_tail", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "result", b"result", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "task", b"task", "usage", b"usage", "wasm_tools", b"wasm_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_name", b"container_name", "created_at", b"created_at", "credential_names", b"credential_names", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "git", b"git", "iteration", b"iteration", "job_id", b"job_id", "labels", b"labels", "last_sequence", b"last_sequence", "limits", b"limits", "llm_provider", b"llm_provider", "log_tail", b"log_tail", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "result", b"result", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "task", b"task", "usage", b"usage", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -961,3 +1008,121 @@ class LogChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogChunk: _TypeAlias = LogChunk  # noqa: Y015
+
+@_typing.final
+class UploadWorkspaceMetadata(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """"tar" or "tar.gz"; empty: recognised from the archive's first bytes."""
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadWorkspaceMetadata: _TypeAlias = UploadWorkspaceMetadata  # noqa: Y015
+
+@_typing.final
+class UploadWorkspaceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """the archive's next bytes"""
+    @_builtins.property
+    def metadata(self) -> Global___UploadWorkspaceMetadata:
+        """the first message, and only it"""
+
+    def __init__(
+        self,
+        *,
+        metadata: Global___UploadWorkspaceMetadata | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "item", b"item", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "item", b"item", "metadata", b"metadata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["metadata", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___UploadWorkspaceRequest: _TypeAlias = UploadWorkspaceRequest  # noqa: Y015
+
+@_typing.final
+class UploadWorkspaceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_DIR_FIELD_NUMBER: _builtins.int
+    UNPACKED_BYTES_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    project_dir: _builtins.str
+    """<IRONCLAW_BASE_DIR>/projects/upload-<workspace_id>: pass it as CreateJobRequest.project_dir."""
+    unpacked_bytes: _builtins.int
+    """the archive's size unpacked"""
+    entries: _builtins.int
+    """files and directories created"""
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        project_dir: _builtins.str = ...,
+        unpacked_bytes: _builtins.int = ...,
+        entries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "project_dir", b"project_dir", "unpacked_bytes", b"unpacked_bytes", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadWorkspaceResponse: _TypeAlias = UploadWorkspaceResponse  # noqa: Y015
+
+@_typing.final
+class DownloadWorkspaceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadWorkspaceRequest: _TypeAlias = DownloadWorkspaceRequest  # noqa: Y015
+
+@_typing.final
+class WorkspaceChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """the next bytes of a .tar.gz"""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkspaceChunk: _TypeAlias = WorkspaceChunk  # noqa: Y015

@@ -74,6 +74,16 @@ class JobServiceStub:
                 request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.UploadWorkspace = channel.stream_unary(
+                '/ironclaw.orchestrator.v1.JobService/UploadWorkspace',
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.UploadWorkspaceRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.UploadWorkspaceResponse.FromString,
+                _registered_method=True)
+        self.DownloadWorkspace = channel.unary_stream(
+                '/ironclaw.orchestrator.v1.JobService/DownloadWorkspace',
+                request_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.DownloadWorkspaceRequest.SerializeToString,
+                response_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.WorkspaceChunk.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -135,6 +145,27 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadWorkspace(self, request_iterator, context):
+        """Receives a project tree as a tar (or gzip-compressed tar) archive: first an
+        UploadWorkspaceRequest with metadata, then ones with chunks of the archive. Answers with
+        the project_dir a following CreateJob names. Refused: archives larger than
+        WORKSPACE_UPLOAD_MAX_MB unpacked (RESOURCE_EXHAUSTED), and (INVALID_ARGUMENT) absolute
+        paths, "..", links, devices and fifos, setuid/setgid bits, duplicate entries. A refused
+        upload leaves nothing behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadWorkspace(self, request, context):
+        """Streams the job's project as a gzip-compressed tar, links archived as links (never
+        followed): while the job runs and for WORKSPACE_RETAIN_S after it ended; later
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +208,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.FromString,
                     response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.LogChunk.SerializeToString,
+            ),
+            'UploadWorkspace': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadWorkspace,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.UploadWorkspaceRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.UploadWorkspaceResponse.SerializeToString,
+            ),
+            'DownloadWorkspace': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadWorkspace,
+                    request_deserializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.DownloadWorkspaceRequest.FromString,
+                    response_serializer=ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.WorkspaceChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +436,60 @@ class JobService:
             '/ironclaw.orchestrator.v1.JobService/StreamLogs',
             ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.StreamLogsRequest.SerializeToString,
             ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadWorkspace(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/ironclaw.orchestrator.v1.JobService/UploadWorkspace',
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.UploadWorkspaceRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.UploadWorkspaceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ironclaw.orchestrator.v1.JobService/DownloadWorkspace',
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.DownloadWorkspaceRequest.SerializeToString,
+            ironclaw__client_dot_api_dot_v1_dot_jobs__pb2.WorkspaceChunk.FromString,
             options,
             channel_credentials,
             insecure,

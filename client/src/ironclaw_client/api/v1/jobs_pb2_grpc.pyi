@@ -53,6 +53,19 @@ class JobServiceStub:
     """Queues a follow-up prompt (or "done") for the job's agent."""
     StreamLogs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.StreamLogsRequest, _jobs_pb2.LogChunk]
     """Streams the container's log; with follow, until the container ends."""
+    UploadWorkspace: _grpc.StreamUnaryMultiCallable[_jobs_pb2.UploadWorkspaceRequest, _jobs_pb2.UploadWorkspaceResponse]
+    """Receives a project tree as a tar (or gzip-compressed tar) archive: first an
+    UploadWorkspaceRequest with metadata, then ones with chunks of the archive. Answers with
+    the project_dir a following CreateJob names. Refused: archives larger than
+    WORKSPACE_UPLOAD_MAX_MB unpacked (RESOURCE_EXHAUSTED), and (INVALID_ARGUMENT) absolute
+    paths, "..", links, devices and fifos, setuid/setgid bits, duplicate entries. A refused
+    upload leaves nothing behind.
+    """
+    DownloadWorkspace: _grpc.UnaryStreamMultiCallable[_jobs_pb2.DownloadWorkspaceRequest, _jobs_pb2.WorkspaceChunk]
+    """Streams the job's project as a gzip-compressed tar, links archived as links (never
+    followed): while the job runs and for WORKSPACE_RETAIN_S after it ended; later
+    FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -75,6 +88,19 @@ class JobServiceAsyncStub(JobServiceStub):
     """Queues a follow-up prompt (or "done") for the job's agent."""
     StreamLogs: _aio.UnaryStreamMultiCallable[_jobs_pb2.StreamLogsRequest, _jobs_pb2.LogChunk]  # type: ignore[assignment]
     """Streams the container's log; with follow, until the container ends."""
+    UploadWorkspace: _aio.StreamUnaryMultiCallable[_jobs_pb2.UploadWorkspaceRequest, _jobs_pb2.UploadWorkspaceResponse]  # type: ignore[assignment]
+    """Receives a project tree as a tar (or gzip-compressed tar) archive: first an
+    UploadWorkspaceRequest with metadata, then ones with chunks of the archive. Answers with
+    the project_dir a following CreateJob names. Refused: archives larger than
+    WORKSPACE_UPLOAD_MAX_MB unpacked (RESOURCE_EXHAUSTED), and (INVALID_ARGUMENT) absolute
+    paths, "..", links, devices and fifos, setuid/setgid bits, duplicate entries. A refused
+    upload leaves nothing behind.
+    """
+    DownloadWorkspace: _aio.UnaryStreamMultiCallable[_jobs_pb2.DownloadWorkspaceRequest, _jobs_pb2.WorkspaceChunk]  # type: ignore[assignment]
+    """Streams the job's project as a gzip-compressed tar, links archived as links (never
+    followed): while the job runs and for WORKSPACE_RETAIN_S after it ended; later
+    FAILED_PRECONDITION.
+    """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -142,5 +168,30 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.LogChunk], _abc.AsyncIterator[_jobs_pb2.LogChunk]]:
         """Streams the container's log; with follow, until the container ends."""
+
+    @_abc_1.abstractmethod
+    def UploadWorkspace(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jobs_pb2.UploadWorkspaceRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.UploadWorkspaceResponse, _abc.Awaitable[_jobs_pb2.UploadWorkspaceResponse]]:
+        """Receives a project tree as a tar (or gzip-compressed tar) archive: first an
+        UploadWorkspaceRequest with metadata, then ones with chunks of the archive. Answers with
+        the project_dir a following CreateJob names. Refused: archives larger than
+        WORKSPACE_UPLOAD_MAX_MB unpacked (RESOURCE_EXHAUSTED), and (INVALID_ARGUMENT) absolute
+        paths, "..", links, devices and fifos, setuid/setgid bits, duplicate entries. A refused
+        upload leaves nothing behind.
+        """
+
+    @_abc_1.abstractmethod
+    def DownloadWorkspace(
+        self,
+        request: _jobs_pb2.DownloadWorkspaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.WorkspaceChunk], _abc.AsyncIterator[_jobs_pb2.WorkspaceChunk]]:
+        """Streams the job's project as a gzip-compressed tar, links archived as links (never
+        followed): while the job runs and for WORKSPACE_RETAIN_S after it ended; later
+        FAILED_PRECONDITION.
+        """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
