@@ -91,6 +91,13 @@ class EgressInfo(_Strict):
     ca_pem: str | None = Field(description="the gateway's CA, when it terminates TLS for the job")
 
 
+class OpenAIInfo(_Strict):
+    """The job's OpenAI-compatible endpoint (``/worker/{id}/openai/v1``)."""
+
+    base_url: str = Field(description="OPENAI_BASE_URL; the key: the job's token or LLM key")
+    models: list[str] = Field(description="the models the job may name")
+
+
 class JobInfo(_Strict):
     """Everything about the job but its identity: the one channel of its configuration."""
 
@@ -113,6 +120,9 @@ class JobInfo(_Strict):
     )
     egress: EgressInfo | None = Field(
         description="null when the job's network goes out directly (bridge)"
+    )
+    openai: OpenAIInfo | None = Field(
+        description="null when no OpenAI-compatible provider is configured"
     )
 
 
