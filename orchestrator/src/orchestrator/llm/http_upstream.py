@@ -42,10 +42,11 @@ class UpstreamUnreachable(Exception):
     """No answer came back: connection refused or broken, or a timeout. ``reason`` names the
     failure for a person and never holds a credential."""
 
-    def __init__(self, reason: str, attempts: int) -> None:
+    def __init__(self, reason: str, attempts: int, *, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -98,20 +99,32 @@ class UpstreamHttp:
         headers: Mapping[str, str],
         *,
         max_retries: int,
+        timeout_s: float | None = None,
     ) -> UpstreamAnswer:
         """POSTs ``body`` and reads the whole answer, retrying what is worth retrying (module
-        docstring). Returns the last answer, whatever its status; raises UpstreamUnreachable
-        when the last attempt got none."""
+        docstring); ``timeout_s`` bounds each attempt as a whole. Returns the last answer,
+        whatever its status; raises UpstreamUnreachable when the last attempt got none."""
+        timeout = (
+            aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout_s)
+            if timeout_s is not None
+            else None
+        )
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with self.session().post(url, data=body, headers=headers) as response:
+                async with self.session().post(
+                    url, data=body, headers=headers, timeout=timeout
+                ) as response:
                     data = await response.read()
                     answer = UpstreamAnswer(response.status, response.headers, data, attempt)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 if attempt > max_retries:
-                    raise UpstreamUnreachable(describe_failure(exc, self), attempt) from None
+                    raise UpstreamUnreachable(
+                        describe_failure(exc, self),
+                        attempt,
+                        timed_out=isinstance(exc, TimeoutError),
+                    ) from None
                 await asyncio.sleep(backoff_s(attempt, None))
                 continue
             if attempt > max_retries or not should_retry(answer.status, answer.headers):
