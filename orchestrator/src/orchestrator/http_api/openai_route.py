@@ -318,7 +318,9 @@ class OpenAIRoutes:
     def _account(
         self, job_id: str, parsed: OpenAIRequest, meter: OpenAIMeter, status: int, elapsed: float
     ) -> None:
-        log.info(
+        # Debug, not info: one line a call would be a large share of the hot path's CPU; the
+        # job's usage and the metrics below keep the account.
+        log.debug(
             "openai passthrough",
             job_id=job_id,
             api=parsed.api.name,
