@@ -15,9 +15,11 @@ token enters the CLI's environment. The CLI then calls ``POST .../v1/messages?be
 4. forwards the request upstream (``ANTHROPIC_BASE_URL`` of the orchestrator, else Anthropic)
    with the orchestrator's API key (``x-api-key``) or OAuth token (``Authorization: Bearer``
    plus the ``oauth-2025-04-20`` beta the CLI itself sends with one);
-5. passes the answer back byte for byte, an SSE stream chunk by chunk as it arrives, and settles
+5. passes the answer back byte for byte, an SSE stream event by event as it arrives, and settles
    the reservation with the tokens of its usage (``message_start`` and ``message_delta``
-   events, or the JSON body's ``usage``).
+   events, or the JSON body's ``usage``). A stream that runs past the output tokens granted
+   (an upstream that ignored ``max_tokens``) is cut with an ``error`` event and charged its
+   whole reservation.
 
 The client is an Anthropic client, so every error is Anthropic's error document
 ``{"type": "error", "error": {"type", "message", "refusal"?}}``; a refusal by the job's policy
@@ -49,6 +51,8 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 from orchestrator.http_api.bodies import read_body
+from orchestrator.http_api.openai_meter import CHARS_PER_TOKEN_CEILING
+from orchestrator.http_api.sse import SseSplitter, encode_event, event_fields, event_json
 from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.ledger import Reservation
 from orchestrator.jobs.manager import ContainerJobManager
@@ -475,6 +479,7 @@ class AnthropicPassthrough:
             url += "?" + request.query_string
         meter: UsageMeter | None = None
         status = 0
+        cut = False
         started = time.monotonic()
         try:
             async with self._client().post(
@@ -485,16 +490,19 @@ class AnthropicPassthrough:
                     return self._upstream_error(
                         job_id, status, upstream.headers, await upstream.read()
                     )
-                meter = UsageMeter(upstream.content_type == "text/event-stream")
+                streaming = upstream.content_type == "text/event-stream"
+                meter = UsageMeter(streaming)
                 response = web.StreamResponse(
                     status=status, headers=_response_headers(upstream.headers)
                 )
                 await response.prepare(request)
                 try:
-                    async for chunk in upstream.content.iter_any():
-                        if meter is not None:
+                    if streaming and metered:
+                        cut = await _relay_events(upstream, response, meter, reservation)
+                    else:
+                        async for chunk in upstream.content.iter_any():
                             meter.feed(chunk)
-                        await response.write(chunk)
+                            await response.write(chunk)
                 except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                     # The status is already sent: the stream just ends early, and the CLI,
                     # seeing no message_stop, treats the answer as failed and retries.
@@ -510,7 +518,12 @@ class AnthropicPassthrough:
             )
         finally:
             ledger = self._manager.ledger
-            if meter is not None:
+            if cut:
+                # Past its grant, what the upstream billed is unknown: the worst case held.
+                ledger.settle(
+                    reservation, reservation.tokens - reservation.max_tokens, reservation.max_tokens
+                )
+            elif meter is not None:
                 meter.finish()
                 ledger.settle(reservation, meter.input_tokens, meter.output_tokens)
             elif status:
@@ -606,6 +619,68 @@ class AnthropicPassthrough:
         for secret in self._secrets():
             data = data.replace(secret.encode(), b"***")
         return data
+
+
+async def _relay_events(
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    meter: UsageMeter,
+    reservation: Reservation,
+) -> bool:
+    """Passes a Messages stream on event by event; True when it was cut for running past the
+    output tokens its reservation granted (by its own count in ``message_delta``, or by the
+    text its deltas carried), with Anthropic's ``error`` event after the last whole event."""
+    splitter = SseSplitter()
+    granted = reservation.max_tokens
+    text_chars = 0
+    async for chunk in upstream.content.iter_any():
+        out = bytearray()
+        for event in splitter.feed(chunk):
+            meter.feed(event)
+            out += event
+            text_chars += _delta_chars(event)
+            if meter.output_tokens > granted or text_chars > CHARS_PER_TOKEN_CEILING * granted:
+                out += encode_event(
+                    {
+                        "type": "error",
+                        "error": {
+                            "type": "invalid_request_error",
+                            "message": f"the answer ran past the {granted} output tokens the "
+                            "job's LLM budget granted this call: the stream was cut",
+                            "refusal": Refusal.TOKEN_BUDGET.value,
+                        },
+                    },
+                    "error",
+                )
+                await response.write(bytes(out))
+                log.warning(
+                    "anthropic stream cut past its grant",
+                    job_id=reservation.job_id,
+                    granted=granted,
+                )
+                return True
+        if out:
+            await response.write(bytes(out))
+    rest = splitter.rest()
+    if rest:
+        meter.feed(rest)
+        await response.write(rest)
+    return False
+
+
+def _delta_chars(event: bytes) -> int:
+    """Characters of generated text (or tool input) a ``content_block_delta`` event carries."""
+    if b"content_block_delta" not in event:
+        return 0
+    document = event_json(event_fields(event)[1])
+    delta = document.get("delta") if document is not None else None
+    if not isinstance(delta, dict):
+        return 0
+    for key in ("text", "partial_json", "thinking"):
+        value = delta.get(key)
+        if isinstance(value, str):
+            return len(value)
+    return 0
 
 
 def _response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
