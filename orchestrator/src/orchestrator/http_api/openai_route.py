@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from ironclaw_contract.worker_api import OPENAI_CHAT_COMPLETIONS, OPENAI_MODELS, OPENAI_RESPONSES
 from orchestrator.errors import ModelNotAllowed, OrchestratorError, ProviderNotConfigured
@@ -124,6 +125,10 @@ class OpenAIRoutes:
         self._configured = settings.llm_provider == "openai"
         self._base = (settings.llm_base_url or OPENAI_API_URL).rstrip("/")
         official = urlsplit(self._base).hostname == "api.openai.com"
+        # Parsed once: aiohttp would parse a string URL again on every call.
+        self._urls = {
+            api.upstream_path: URL(self._base + api.upstream_path) for api in (CHAT, RESPONSES)
+        }
         self._chat_api = CHAT if official else CHAT_COMPAT
         self._key: Secret | None = settings.openai_api_key or None
         self._default_model = settings.llm_model
@@ -203,7 +208,7 @@ class OpenAIRoutes:
         started = time.monotonic()
         try:
             async with self._http.session().post(
-                self._base + parsed.api.upstream_path,
+                self._urls[parsed.api.upstream_path],
                 data=body,
                 headers=self._upstream_headers(request.headers),
             ) as upstream:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 CONNECT_TIMEOUT_S = 30.0
 # Connections kept open per upstream host: enough for every call a loaded proxy has in flight.
@@ -94,7 +95,7 @@ class UpstreamHttp:
 
     async def exchange(
         self,
-        url: str,
+        url: str | URL,
         body: bytes,
         headers: Mapping[str, str],
         *,

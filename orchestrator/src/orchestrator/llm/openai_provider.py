@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from yarl import URL
+
 from orchestrator.errors import InvalidArgument, ProviderError
 from orchestrator.llm.http_upstream import UpstreamHttp, UpstreamUnreachable
 from orchestrator.llm.types import (
@@ -285,7 +287,8 @@ class OpenAIProvider:
             if base_url is not None and not self._official_api
             else "openai"
         )
-        self._url = (base_url or OPENAI_API_URL).rstrip("/") + "/chat/completions"
+        # Parsed once: aiohttp would parse a string URL again on every call.
+        self._url = URL((base_url or OPENAI_API_URL).rstrip("/") + "/chat/completions")
         self._headers = {
             "Authorization": f"Bearer {api_key.reveal() if api_key else 'unused'}",
             "Content-Type": "application/json",
