@@ -51,10 +51,9 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 from orchestrator.http_api.bodies import read_body
-from orchestrator.http_api.openai_meter import CHARS_PER_TOKEN_CEILING
 from orchestrator.http_api.sse import SseSplitter, encode_event, event_fields, event_json
 from orchestrator.http_api.strict_json import loads_strict
-from orchestrator.jobs.ledger import Reservation
+from orchestrator.jobs.ledger import CHARS_PER_TOKEN_CEILING, Reservation
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm import policy
 from orchestrator.logging import get_logger

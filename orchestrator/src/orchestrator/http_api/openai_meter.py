@@ -15,11 +15,8 @@ from typing import Any
 
 from orchestrator.http_api.openai_body import CHAT, Api
 from orchestrator.http_api.sse import encode_event, event_fields, event_json
+from orchestrator.jobs.ledger import CHARS_PER_TOKEN_CEILING
 
-# A stream whose text passes this many characters per output token granted has run past
-# what the upstream was asked for (tokenizers average 3-4.5 characters a token, a run of
-# whitespace in code a few more): it is cut, and charged its whole reservation.
-CHARS_PER_TOKEN_CEILING = 6
 _FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
