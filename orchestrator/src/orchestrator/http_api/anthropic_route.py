@@ -56,6 +56,7 @@ from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.ledger import CHARS_PER_TOKEN_CEILING, Reservation
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm import policy
+from orchestrator.llm.http_upstream import UpstreamHttp
 from orchestrator.logging import get_logger
 from orchestrator.secrets import Secret
 
@@ -390,7 +391,12 @@ def _error_for(exc: OrchestratorError) -> web.Response:
 class AnthropicPassthrough:
     """Serves ``/worker/{job_id}/anthropic/v1/messages`` and ``.../count_tokens``."""
 
-    def __init__(self, manager: ContainerJobManager, authenticate: Authenticate) -> None:
+    def __init__(
+        self,
+        manager: ContainerJobManager,
+        authenticate: Authenticate,
+        http: UpstreamHttp | None = None,
+    ) -> None:
         settings = manager.settings
         self._manager = manager
         self._authenticate = authenticate
@@ -403,7 +409,13 @@ class AnthropicPassthrough:
         self._aliases = settings.claude_model_aliases
         self._allowlist = settings.llm_model_allowlist
         self._max_body = settings.http_max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
+        # The worker API's one pooled upstream client (its own when none is given), with this
+        # route's timeouts on each request.
+        self._http = http or UpstreamHttp(read_timeout_s=UPSTREAM_READ_TIMEOUT_S)
+        self._owns_http = http is None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=UPSTREAM_CONNECT_TIMEOUT_S, sock_read=UPSTREAM_READ_TIMEOUT_S
+        )
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """``POST .../v1/messages``: one metered, budgeted model call."""
@@ -415,10 +427,9 @@ class AnthropicPassthrough:
         return await self._handle(request, "/v1/messages/count_tokens", metered=False)
 
     async def close(self, app: web.Application | None = None) -> None:
-        """Closes the upstream connection pool (an ``on_cleanup`` hook)."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Closes the upstream connection pool if it is its own (an ``on_cleanup`` hook)."""
+        if self._owns_http:
+            await self._http.close()
 
     async def _handle(
         self, request: web.Request, path: str, *, metered: bool
@@ -481,8 +492,11 @@ class AnthropicPassthrough:
         cut = False
         started = time.monotonic()
         try:
-            async with self._client().post(
-                url, data=body, headers=self._upstream_headers(request.headers)
+            async with self._http.session().post(
+                url,
+                data=body,
+                headers=self._upstream_headers(request.headers),
+                timeout=self._timeout,
             ) as upstream:
                 status = upstream.status
                 if status >= 400:
@@ -572,20 +586,6 @@ class AnthropicPassthrough:
         return web.Response(
             body=self._scrub_bytes(raw), status=status, headers=_response_headers(headers)
         )
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=UPSTREAM_CONNECT_TIMEOUT_S,
-                    sock_read=UPSTREAM_READ_TIMEOUT_S,
-                ),
-                # Upstream errors are passed through, not raised; cookies are never wanted.
-                raise_for_status=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
 
     def _upstream_headers(self, incoming: Mapping[str, str]) -> dict[str, str]:
         headers = {
@@ -705,10 +705,13 @@ def _error_text(raw: bytes) -> str:
 
 
 def add_anthropic_routes(
-    app: web.Application, manager: ContainerJobManager, authenticate: Authenticate
+    app: web.Application,
+    manager: ContainerJobManager,
+    authenticate: Authenticate,
+    http: UpstreamHttp | None = None,
 ) -> AnthropicPassthrough:
     """Adds the per-job Anthropic routes to the worker API ``app``."""
-    passthrough = AnthropicPassthrough(manager, authenticate)
+    passthrough = AnthropicPassthrough(manager, authenticate, http)
     app.router.add_post(f"{ROUTE_PREFIX}/v1/messages", passthrough.messages)
     app.router.add_post(f"{ROUTE_PREFIX}/v1/messages/count_tokens", passthrough.count_tokens)
     app.on_cleanup.append(passthrough.close)

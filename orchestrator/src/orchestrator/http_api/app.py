@@ -422,8 +422,9 @@ def build_app(
     app.router.add_post(f"{prefix}/complete", api.complete_job)
     app.router.add_post(f"{prefix}/llm/complete", api.llm_complete)
     app.router.add_post(f"{prefix}/llm/complete_with_tools", api.llm_complete_with_tools)
-    add_anthropic_routes(app, manager, authenticate_llm_key)
+    # One pooled keep-alive client for both passthrough doors (each sets its own timeouts).
     upstream = UpstreamHttp(read_timeout_s=manager.settings.llm_timeout_s)
+    add_anthropic_routes(app, manager, authenticate_llm_key, upstream)
     add_openai_routes(app, manager, authenticate_job_key, upstream)
 
     async def close_upstream(app: web.Application) -> None:
