@@ -408,17 +408,36 @@ async def _one_call(client: openai.AsyncOpenAI, kind: str, index: int) -> str:
     return "ok"
 
 
-@pytest.mark.parametrize("kind", ["chat", "chat-stream", "responses", "responses-stream"])
+async def _worker_api_call(api: WorkerHttp, job: Job, index: int) -> str:
+    body = {"messages": [{"role": "user", "content": f"call {index}"}], "max_tokens": 4096}
+    reply = await api.call(job, "POST", "llm/complete", body)
+    return "ok" if reply.status == 200 else str(reply.body.get("refusal"))
+
+
+@pytest.mark.parametrize(
+    "kind", ["chat", "chat-stream", "responses", "responses-stream", "llm/complete"]
+)
 async def test_a_hundred_concurrent_calls_against_ten_pass_exactly_ten_upstream(
-    kind: str, shared_orch: Any, jobs: Any, openai_fake: FakeOpenAI, client_for: Any
+    kind: str,
+    api: WorkerHttp,
+    shared_orch: Any,
+    jobs: Any,
+    openai_fake: FakeOpenAI,
+    client_for: Any,
 ) -> None:
     job = await jobs.create(shared_orch, limits=JobLimitOverrides(llm_call_budget=CALL_BUDGET))
     openai_fake.responder = answer_to_the_cap
     before = len(openai_fake.requests)
     # One connection each: the calls really are in flight together.
     client = client_for(job, http_client=openai.DefaultAioHttpClient(timeout=30))
+
+    async def call(index: int) -> str:
+        if kind == "llm/complete":
+            return await _worker_api_call(api, job, index)
+        return await _one_call(client, kind, index)
+
     try:
-        outcomes = await asyncio.gather(*(_one_call(client, kind, i) for i in range(CALLS)))
+        outcomes = await asyncio.gather(*(call(i) for i in range(CALLS)))
     finally:
         openai_fake.responder = None
     assert outcomes.count("ok") == CALL_BUDGET
@@ -440,9 +459,7 @@ async def test_concurrent_calls_on_every_door_never_pass_the_token_budget(
     async def call(index: int) -> str:
         kind = kinds[index % len(kinds)]
         if kind == "llm/complete":
-            body = {"messages": [{"role": "user", "content": f"call {index}"}], "max_tokens": 4096}
-            reply = await api.call(job, "POST", kind, body)
-            return "ok" if reply.status == 200 else str(reply.body.get("refusal"))
+            return await _worker_api_call(api, job, index)
         return await _one_call(client, kind, index)
 
     try:
