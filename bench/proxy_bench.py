@@ -265,6 +265,8 @@ def orchestrator_env(instance: str, base_dir: Path, upstream_url: str) -> dict[s
             # The tag build-images.sh gave it (IRONCLAW_IMAGE_TAG), not another checkout's.
             "WORKER_IMAGE": f"ironclaw-test-agent:{os.environ.get('IRONCLAW_IMAGE_TAG', 'latest')}",
             "WORKER_NETWORK": "host",
+            # The job's container shares the host's network (above), not an isolated one.
+            "JOB_NETWORK": "bridge",
             "WORKER_MEMORY_MB": "256",
             "STOP_GRACE_S": "2",
             "LLM_PROVIDER": "openai",
