@@ -57,7 +57,7 @@ class SdkPostProvider:
             )
         except openai.OpenAIError as exc:
             raise ProviderError(f"experiment sdk-post: {type(exc).__name__}") from None
-        return parse_response(completion, request)
+        return parse_response(completion.model_dump(), request)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -102,7 +102,7 @@ class AiohttpProvider:
             raise ProviderError(f"experiment aiohttp: {type(exc).__name__}") from None
         if status != 200:
             raise ProviderError(f"experiment aiohttp: HTTP {status}")
-        return parse_response(ChatCompletion.model_validate_json(body), request)
+        return parse_response(ChatCompletion.model_validate_json(body).model_dump(), request)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -178,7 +178,9 @@ class RawHttpProvider:
         self._idle.append(connection)
         if response.status != 200:
             raise ProviderError(f"experiment rawhttp: HTTP {response.status}")
-        return parse_response(ChatCompletion.model_validate_json(response.body), request)
+        return parse_response(
+            ChatCompletion.model_validate_json(response.body).model_dump(), request
+        )
 
     async def aclose(self) -> None:
         for connection in self._all:

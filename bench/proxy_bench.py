@@ -6,6 +6,8 @@ warm-up, to:
 * ``direct``   the fake upstream itself (``POST /v1/chat/completions``): the floor;
 * ``ironclaw`` the orchestrator's ``POST /worker/{id}/llm/complete`` (bearer token of a live
   job whose real container is up; provider ``openai`` pointed at the upstream);
+* ``ironclaw-openai`` the same orchestrator's per-job OpenAI route,
+  ``POST /worker/{id}/openai/v1/chat/completions`` (the body passed through to the upstream);
 * ``litellm``  LiteLLM's proxy (``POST /v1/chat/completions``, master key) in front of the same
   upstream.
 
@@ -135,7 +137,7 @@ def run_proxy_bench(options: ProxyOptions) -> dict[str, Any]:
 
     def orchestrator(
         stack: ExitStack, name: str, upstream_url: str, env: dict[str, str], provider: str
-    ) -> Target:
+    ) -> list[Target]:
         instance = f"bench-{run_id}-{len(instances)}"
         instances.append(instance)
         base_dir = work_dir / instance
@@ -148,15 +150,32 @@ def run_proxy_bench(options: ProxyOptions) -> dict[str, Any]:
                 ready_timeout_s=180,
             )
         )
-        return Target(
-            name,
-            "127.0.0.1",
-            int(child.ready["http_port"]),
-            f"/worker/{child.ready['job_id']}/llm/complete",
-            {"Authorization": f"Bearer {child.ready['token']}"},
-            {"messages": MESSAGES, "max_tokens": MAX_TOKENS},
-            child.pid,
-        )
+        port, job_id = int(child.ready["http_port"]), child.ready["job_id"]
+        auth = {"Authorization": f"Bearer {child.ready['token']}"}
+        targets = [
+            Target(
+                name,
+                "127.0.0.1",
+                port,
+                f"/worker/{job_id}/llm/complete",
+                auth,
+                {"messages": MESSAGES, "max_tokens": MAX_TOKENS},
+                child.pid,
+            )
+        ]
+        if name == "ironclaw":
+            targets.append(
+                Target(
+                    "ironclaw-openai",
+                    "127.0.0.1",
+                    port,
+                    f"/worker/{job_id}/openai/v1/chat/completions",
+                    auth,
+                    {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": MAX_TOKENS},
+                    child.pid,
+                )
+            )
+        return targets
 
     def measure_all(targets: list[Target]) -> None:
         for concurrency in options.concurrencies:
@@ -186,7 +205,7 @@ def run_proxy_bench(options: ProxyOptions) -> dict[str, Any]:
                 upstream.pid,
             )
             with ExitStack() as servers:
-                targets = [direct, orchestrator(servers, "ironclaw", upstream_url, {}, "product")]
+                targets = [direct, *orchestrator(servers, "ironclaw", upstream_url, {}, "product")]
                 if options.litellm:
                     litellm = _start_litellm(servers, work_dir, upstream_url, server_cpus, notes)
                     if litellm is not None:
@@ -197,13 +216,11 @@ def run_proxy_bench(options: ProxyOptions) -> dict[str, Any]:
                     # All variants run side by side, idle but for the one under load, and are
                     # measured in turn at each concurrency: drift on a shared machine then
                     # affects them alike.
-                    targets += [
-                        orchestrator(servers, name, upstream_url, env, provider)
-                        for name, env, provider in EXPERIMENTS
-                    ]
+                    for name, env, provider in EXPERIMENTS:
+                        targets += orchestrator(servers, name, upstream_url, env, provider)
                 measure_all(targets)
                 for target in targets:
-                    if target.name == "ironclaw" or target.name.startswith("exp-"):
+                    if target.name.startswith(("ironclaw", "exp-")):
                         profile(target)
     finally:
         remove_containers(*instances)
@@ -248,6 +265,8 @@ def orchestrator_env(instance: str, base_dir: Path, upstream_url: str) -> dict[s
             # The tag build-images.sh gave it (IRONCLAW_IMAGE_TAG), not another checkout's.
             "WORKER_IMAGE": f"ironclaw-test-agent:{os.environ.get('IRONCLAW_IMAGE_TAG', 'latest')}",
             "WORKER_NETWORK": "host",
+            # The job's container shares the host's network (above), not an isolated one.
+            "JOB_NETWORK": "bridge",
             "WORKER_MEMORY_MB": "256",
             "STOP_GRACE_S": "2",
             "LLM_PROVIDER": "openai",
@@ -334,7 +353,7 @@ def _measure(
     if result["errors"]:
         row["first_error"] = result["first_error"]
     print(
-        f"bench: proxy {target.name:8} c={concurrency:<3} {row['rps']:>8.0f} req/s  "
+        f"bench: proxy {target.name:15} c={concurrency:<3} {row['rps']:>8.0f} req/s  "
         f"p50 {_ms(row['p50_ms'])}  p99 {_ms(row['p99_ms'])}  "
         f"cpu/req {_ms(row['server_cpu_ms_per_request'])}  errors {row['errors']}",
         flush=True,
@@ -378,25 +397,32 @@ def _add_comparisons(rows: list[dict[str, Any]]) -> None:
 
 def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 3's targets, each with the measured value and whether it is met."""
+    checks: list[dict[str, Any]] = []
+    for target, label in (("ironclaw", "llm/complete"), ("ironclaw-openai", "OpenAI route")):
+        checks += _evaluate(rows, target, label)
+    return checks
+
+
+def _evaluate(rows: list[dict[str, Any]], target: str, label: str) -> list[dict[str, Any]]:
     by_key = {(r["target"], r["concurrency"]): r for r in rows}
     checks: list[dict[str, Any]] = []
-    one = by_key.get(("ironclaw", 1))
+    one = by_key.get((target, 1))
     if one is not None and "added_p50_ms" in one:
         checks.append(
             _check(
-                "added p50 at concurrency 1 (ms)",
+                f"{label}: added p50 at concurrency 1 (ms)",
                 one["added_p50_ms"],
                 f"<= {MAX_ADDED_P50_MS_AT_1}",
                 one["added_p50_ms"] <= MAX_ADDED_P50_MS_AT_1,
             )
         )
     for concurrency in (16, 64):
-        mine = by_key.get(("ironclaw", concurrency))
+        mine = by_key.get((target, concurrency))
         if mine is None:
             continue
         checks.append(
             _check(
-                f"req/s at concurrency {concurrency}",
+                f"{label}: req/s at concurrency {concurrency}",
                 mine["rps"],
                 f">= {MIN_RPS_AT_16_64:.0f}",
                 mine["rps"] >= MIN_RPS_AT_16_64,
@@ -408,7 +434,8 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # throughput that other work on a shared machine can depress.
             checks.append(
                 _check(
-                    f"req/s per core from CPU/request at concurrency {concurrency} (projection)",
+                    f"{label}: req/s per core from CPU/request at concurrency {concurrency} "
+                    "(projection)",
                     capacity,
                     f">= {MIN_RPS_AT_16_64:.0f}",
                     capacity >= MIN_RPS_AT_16_64,
@@ -420,7 +447,7 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ratio = mine["rps"] / theirs["rps"]
         checks.append(
             _check(
-                f"req/s vs LiteLLM at concurrency {concurrency} (x)",
+                f"{label}: req/s vs LiteLLM at concurrency {concurrency} (x)",
                 ratio,
                 f">= {MIN_RPS_RATIO_VS_LITELLM:.0f}",
                 ratio >= MIN_RPS_RATIO_VS_LITELLM,
@@ -430,7 +457,7 @@ def evaluate_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             p99_ratio = mine["p99_ms"] / theirs["p99_ms"]
             checks.append(
                 _check(
-                    f"p99 vs LiteLLM at concurrency {concurrency} (x)",
+                    f"{label}: p99 vs LiteLLM at concurrency {concurrency} (x)",
                     p99_ratio,
                     f"<= {MAX_P99_RATIO_VS_LITELLM}",
                     p99_ratio <= MAX_P99_RATIO_VS_LITELLM,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -38,6 +38,11 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 OTHER = "other"
 
 
+# Labelled children kept per label set (the label values are bounded already; this bounds the
+# cache too).
+_MAX_CACHED_LABELS = 1024
+
+
 class _JobStateCollector(Collector):
     """``ironclaw_jobs{state,mode}``, read from the manager at scrape time."""
 
@@ -61,6 +66,8 @@ class Metrics:
     def __init__(self, known_models: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._known_models = frozenset(m for m in known_models if m)
+        self._llm_children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.jobs_created = Counter("ironclaw_jobs_created", "Jobs created", ["mode"], registry=r)
         self.jobs_ended = Counter(
@@ -225,12 +232,24 @@ class Metrics:
     def llm_call(
         self, provider: str, model: str, seconds: float, input_tokens: int, output_tokens: int
     ) -> None:
-        label = self.model_label(model)
-        provider = provider_label(provider)
-        self.llm_calls.labels(provider, label).inc()
-        self.llm_seconds.labels(provider, label).observe(max(0.0, seconds))
-        self.llm_tokens.labels(provider, label, "input").inc(max(0, input_tokens))
-        self.llm_tokens.labels(provider, label, "output").inc(max(0, output_tokens))
+        # The labelled children are looked up once per (provider, model): on the proxy's hot
+        # path four ``labels()`` calls a call were a measurable share of its CPU.
+        children = self._llm_children.get((provider, model))
+        if children is None:
+            label, name = self.model_label(model), provider_label(provider)
+            children = (
+                self.llm_calls.labels(name, label),
+                self.llm_seconds.labels(name, label),
+                self.llm_tokens.labels(name, label, "input"),
+                self.llm_tokens.labels(name, label, "output"),
+            )
+            if len(self._llm_children) < _MAX_CACHED_LABELS:
+                self._llm_children[(provider, model)] = children
+        calls, latency, tokens_in, tokens_out = children
+        calls.inc()
+        latency.observe(max(0.0, seconds))
+        tokens_in.inc(max(0, input_tokens))
+        tokens_out.inc(max(0, output_tokens))
 
     def llm_error(self, provider: str, model: str, kind: str) -> None:
         self.llm_errors.labels(provider_label(provider), self.model_label(model), kind).inc()
@@ -303,8 +322,17 @@ class Metrics:
                 raise
             finally:
                 route = _route_pattern(request)
-                self.http_requests.labels(route, request.method, str(code)).inc()
-                self.http_seconds.labels(route).observe(time.monotonic() - started)
+                key = (route, request.method, code)
+                children = self._http_children.get(key)
+                if children is None:
+                    children = (
+                        self.http_requests.labels(route, request.method, str(code)),
+                        self.http_seconds.labels(route),
+                    )
+                    if len(self._http_children) < _MAX_CACHED_LABELS:
+                        self._http_children[key] = children
+                children[0].inc()
+                children[1].observe(time.monotonic() - started)
 
         return count_requests
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
+from ironclaw_contract.job_keys import llm_key_for
 from orchestrator.domain.jobs import JobState
 from orchestrator.logging import configure_logging
 
@@ -90,6 +91,23 @@ async def test_no_token_credential_or_key_is_ever_logged(
             401, f"Incorrect API key provided: {openai_key}.", code="invalid_api_key"
         )
         (await api.call(job, "POST", "llm/complete", ask)).expect_error(502, "provider_failed")
+        # The OpenAI-compatible route, with the token, with the LLM key, streamed, and an
+        # upstream that echoes the orchestrator's key in its refusal.
+        llm_key = llm_key_for(job.token, job.job_id)
+        openai_fake.enqueue_text("4")
+        chat = await api.call(job, "POST", "openai/v1/chat/completions", ask)
+        assert chat.status == 200, chat.text
+        openai_fake.enqueue_text("four")
+        streamed = await api.call(
+            job, "POST", "openai/v1/chat/completions", {**ask, "stream": True}, token=llm_key
+        )
+        assert streamed.status == 200, streamed.text
+        assert "four" in streamed.text
+        openai_fake.enqueue_error(
+            401, f"Incorrect API key provided: {openai_key}.", code="invalid_api_key"
+        )
+        refused = await api.call(job, "POST", "openai/v1/responses", {"input": "2+2?"})
+        assert refused.status == 502, refused.text
         # Refused calls: another job's token, a malformed header, a bad body.
         foreign = await api.call(job, "GET", "credentials", token=other.token)
         foreign.expect_error(401)
@@ -115,6 +133,7 @@ async def test_no_token_credential_or_key_is_ever_logged(
         "github credential": github,
         "plain credential": plain,
         "provider key": openai_key,
+        "job's LLM key": llm_key,
     }.items():
         assert secret not in printed, f"the {name} was printed"
-    api.assert_never_returned(job.token, other.token, openai_key)
+    api.assert_never_returned(job.token, other.token, openai_key, llm_key)

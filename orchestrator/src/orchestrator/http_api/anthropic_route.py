@@ -15,9 +15,11 @@ token enters the CLI's environment. The CLI then calls ``POST .../v1/messages?be
 4. forwards the request upstream (``ANTHROPIC_BASE_URL`` of the orchestrator, else Anthropic)
    with the orchestrator's API key (``x-api-key``) or OAuth token (``Authorization: Bearer``
    plus the ``oauth-2025-04-20`` beta the CLI itself sends with one);
-5. passes the answer back byte for byte, an SSE stream chunk by chunk as it arrives, and settles
+5. passes the answer back byte for byte, an SSE stream event by event as it arrives, and settles
    the reservation with the tokens of its usage (``message_start`` and ``message_delta``
-   events, or the JSON body's ``usage``).
+   events, or the JSON body's ``usage``). A stream that runs past the output tokens granted
+   (an upstream that ignored ``max_tokens``) is cut with an ``error`` event and charged its
+   whole reservation.
 
 The client is an Anthropic client, so every error is Anthropic's error document
 ``{"type": "error", "error": {"type", "message", "refusal"?}}``; a refusal by the job's policy
@@ -49,10 +51,12 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 from orchestrator.http_api.bodies import read_body
+from orchestrator.http_api.sse import SseSplitter, encode_event, event_fields, event_json
 from orchestrator.http_api.strict_json import loads_strict
-from orchestrator.jobs.ledger import Reservation
+from orchestrator.jobs.ledger import CHARS_PER_TOKEN_CEILING, Reservation
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm import policy
+from orchestrator.llm.http_upstream import UpstreamHttp
 from orchestrator.logging import get_logger
 from orchestrator.secrets import Secret
 
@@ -387,7 +391,12 @@ def _error_for(exc: OrchestratorError) -> web.Response:
 class AnthropicPassthrough:
     """Serves ``/worker/{job_id}/anthropic/v1/messages`` and ``.../count_tokens``."""
 
-    def __init__(self, manager: ContainerJobManager, authenticate: Authenticate) -> None:
+    def __init__(
+        self,
+        manager: ContainerJobManager,
+        authenticate: Authenticate,
+        http: UpstreamHttp | None = None,
+    ) -> None:
         settings = manager.settings
         self._manager = manager
         self._authenticate = authenticate
@@ -400,7 +409,13 @@ class AnthropicPassthrough:
         self._aliases = settings.claude_model_aliases
         self._allowlist = settings.llm_model_allowlist
         self._max_body = settings.http_max_body_bytes
-        self._session: aiohttp.ClientSession | None = None
+        # The worker API's one pooled upstream client (its own when none is given), with this
+        # route's timeouts on each request.
+        self._http = http or UpstreamHttp(read_timeout_s=UPSTREAM_READ_TIMEOUT_S)
+        self._owns_http = http is None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=UPSTREAM_CONNECT_TIMEOUT_S, sock_read=UPSTREAM_READ_TIMEOUT_S
+        )
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         """``POST .../v1/messages``: one metered, budgeted model call."""
@@ -412,10 +427,9 @@ class AnthropicPassthrough:
         return await self._handle(request, "/v1/messages/count_tokens", metered=False)
 
     async def close(self, app: web.Application | None = None) -> None:
-        """Closes the upstream connection pool (an ``on_cleanup`` hook)."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Closes the upstream connection pool if it is its own (an ``on_cleanup`` hook)."""
+        if self._owns_http:
+            await self._http.close()
 
     async def _handle(
         self, request: web.Request, path: str, *, metered: bool
@@ -475,26 +489,33 @@ class AnthropicPassthrough:
             url += "?" + request.query_string
         meter: UsageMeter | None = None
         status = 0
+        cut = False
         started = time.monotonic()
         try:
-            async with self._client().post(
-                url, data=body, headers=self._upstream_headers(request.headers)
+            async with self._http.session().post(
+                url,
+                data=body,
+                headers=self._upstream_headers(request.headers),
+                timeout=self._timeout,
             ) as upstream:
                 status = upstream.status
                 if status >= 400:
                     return self._upstream_error(
                         job_id, status, upstream.headers, await upstream.read()
                     )
-                meter = UsageMeter(upstream.content_type == "text/event-stream")
+                streaming = upstream.content_type == "text/event-stream"
+                meter = UsageMeter(streaming)
                 response = web.StreamResponse(
                     status=status, headers=_response_headers(upstream.headers)
                 )
                 await response.prepare(request)
                 try:
-                    async for chunk in upstream.content.iter_any():
-                        if meter is not None:
+                    if streaming and metered:
+                        cut = await _relay_events(upstream, response, meter, reservation)
+                    else:
+                        async for chunk in upstream.content.iter_any():
                             meter.feed(chunk)
-                        await response.write(chunk)
+                            await response.write(chunk)
                 except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                     # The status is already sent: the stream just ends early, and the CLI,
                     # seeing no message_stop, treats the answer as failed and retries.
@@ -510,7 +531,12 @@ class AnthropicPassthrough:
             )
         finally:
             ledger = self._manager.ledger
-            if meter is not None:
+            if cut:
+                # Past its grant, what the upstream billed is unknown: the worst case held.
+                ledger.settle(
+                    reservation, reservation.tokens - reservation.max_tokens, reservation.max_tokens
+                )
+            elif meter is not None:
                 meter.finish()
                 ledger.settle(reservation, meter.input_tokens, meter.output_tokens)
             elif status:
@@ -561,20 +587,6 @@ class AnthropicPassthrough:
             body=self._scrub_bytes(raw), status=status, headers=_response_headers(headers)
         )
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    sock_connect=UPSTREAM_CONNECT_TIMEOUT_S,
-                    sock_read=UPSTREAM_READ_TIMEOUT_S,
-                ),
-                # Upstream errors are passed through, not raised; cookies are never wanted.
-                raise_for_status=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
-
     def _upstream_headers(self, incoming: Mapping[str, str]) -> dict[str, str]:
         headers = {
             name: value
@@ -608,6 +620,68 @@ class AnthropicPassthrough:
         return data
 
 
+async def _relay_events(
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    meter: UsageMeter,
+    reservation: Reservation,
+) -> bool:
+    """Passes a Messages stream on event by event; True when it was cut for running past the
+    output tokens its reservation granted (by its own count in ``message_delta``, or by the
+    text its deltas carried), with Anthropic's ``error`` event after the last whole event."""
+    splitter = SseSplitter()
+    granted = reservation.max_tokens
+    text_chars = 0
+    async for chunk in upstream.content.iter_any():
+        out = bytearray()
+        for event in splitter.feed(chunk):
+            meter.feed(event)
+            out += event
+            text_chars += _delta_chars(event)
+            if meter.output_tokens > granted or text_chars > CHARS_PER_TOKEN_CEILING * granted:
+                out += encode_event(
+                    {
+                        "type": "error",
+                        "error": {
+                            "type": "invalid_request_error",
+                            "message": f"the answer ran past the {granted} output tokens the "
+                            "job's LLM budget granted this call: the stream was cut",
+                            "refusal": Refusal.TOKEN_BUDGET.value,
+                        },
+                    },
+                    "error",
+                )
+                await response.write(bytes(out))
+                log.warning(
+                    "anthropic stream cut past its grant",
+                    job_id=reservation.job_id,
+                    granted=granted,
+                )
+                return True
+        if out:
+            await response.write(bytes(out))
+    rest = splitter.rest()
+    if rest:
+        meter.feed(rest)
+        await response.write(rest)
+    return False
+
+
+def _delta_chars(event: bytes) -> int:
+    """Characters of generated text (or tool input) a ``content_block_delta`` event carries."""
+    if b"content_block_delta" not in event:
+        return 0
+    document = event_json(event_fields(event)[1])
+    delta = document.get("delta") if document is not None else None
+    if not isinstance(delta, dict):
+        return 0
+    for key in ("text", "partial_json", "thinking"):
+        value = delta.get(key)
+        if isinstance(value, str):
+            return len(value)
+    return 0
+
+
 def _response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     return {
         name: value
@@ -631,10 +705,13 @@ def _error_text(raw: bytes) -> str:
 
 
 def add_anthropic_routes(
-    app: web.Application, manager: ContainerJobManager, authenticate: Authenticate
+    app: web.Application,
+    manager: ContainerJobManager,
+    authenticate: Authenticate,
+    http: UpstreamHttp | None = None,
 ) -> AnthropicPassthrough:
     """Adds the per-job Anthropic routes to the worker API ``app``."""
-    passthrough = AnthropicPassthrough(manager, authenticate)
+    passthrough = AnthropicPassthrough(manager, authenticate, http)
     app.router.add_post(f"{ROUTE_PREFIX}/v1/messages", passthrough.messages)
     app.router.add_post(f"{ROUTE_PREFIX}/v1/messages/count_tokens", passthrough.count_tokens)
     app.on_cleanup.append(passthrough.close)

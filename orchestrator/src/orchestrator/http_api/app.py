@@ -8,6 +8,7 @@ the spec's codes, never a stack trace; ``refusal`` is the code a client acts on.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -37,11 +38,13 @@ from orchestrator.http_api.bodies import check_declared_length, read_body
 from orchestrator.http_api.connection_limits import ConnectionLimits
 from orchestrator.http_api.guarded_server import ConnectionGuard, GuardedSite
 from orchestrator.http_api.job_info import build_job_info
+from orchestrator.http_api.openai_route import add_openai_routes
 from orchestrator.http_api.openapi import build_openapi
 from orchestrator.http_api.rate_limit import JobRateLimiter, call_cost, retry_after_header
 from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.start_gate import START_HOLD_S
+from orchestrator.llm.http_upstream import UpstreamHttp
 from orchestrator.llm.proxy import LlmProxy
 from orchestrator.log_context import job_log_context
 from orchestrator.logging import get_logger
@@ -107,12 +110,27 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(ErrorKind.INTERNAL, "internal error; see the orchestrator log")
 
 
-def _job_id(request: web.Request) -> str:
-    raw = request.match_info["job_id"]
+# The form job ids are issued in: a path that already has it needs no parsing (on the proxy's
+# hot path two UUID parses a request were a measurable share of its CPU).
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def canonical_job_id(raw: str) -> str | None:
+    """The job id in its canonical form, or None if ``raw`` is not a UUID."""
+    if _CANONICAL_UUID.fullmatch(raw):
+        return raw
     try:
         return str(uuid.UUID(raw))
     except ValueError:
-        raise InvalidArgument(f"job id {raw[:64]!r} is not a UUID") from None
+        return None
+
+
+def _job_id(request: web.Request) -> str:
+    raw = request.match_info["job_id"]
+    job_id = canonical_job_id(raw)
+    if job_id is None:
+        raise InvalidArgument(f"job id {raw[:64]!r} is not a UUID")
+    return job_id
 
 
 def request_token(request: web.Request, allow_api_key: bool = False) -> str:
@@ -141,9 +159,8 @@ async def start_gate(request: web.Request, handler: Handler) -> web.StreamRespon
     raw = request.match_info.get("job_id")
     token = request_token(request, allow_api_key=True) if raw else ""
     if raw and token:
-        try:
-            job_id = str(uuid.UUID(raw))
-        except ValueError:
+        job_id = canonical_job_id(raw)
+        if job_id is None:
             return await handler(request)  # the handler answers 400
         manager = request.app[MANAGER_KEY]
         if not await manager.hold_while_creating(job_id, token, START_HOLD_S):
@@ -169,6 +186,21 @@ def authenticate_llm_key(request: web.Request) -> str:
         key = request.headers.get("x-api-key", "").strip()
     if not key or not request.app[MANAGER_KEY].tokens.validate_llm_key(job_id, key):
         raise Unauthenticated("Invalid LLM key")
+    return job_id
+
+
+def authenticate_job_key(request: web.Request) -> str:
+    """The path's job id, if the request carries that job's live worker token or LLM key, as
+    a bearer token or as ``x-api-key``: what any OpenAI client sends as its API key."""
+    job_id = _job_id(request)
+    header = request.headers.get("Authorization", "")
+    if header.startswith(_BEARER):
+        key = header[len(_BEARER) :].strip()
+    else:
+        key = request.headers.get("x-api-key", "").strip()
+    tokens = request.app[MANAGER_KEY].tokens
+    if not key or not (tokens.validate(job_id, key) or tokens.validate_llm_key(job_id, key)):
+        raise Unauthenticated("Invalid API key: use the job's worker token or its LLM key")
     return job_id
 
 
@@ -390,7 +422,15 @@ def build_app(
     app.router.add_post(f"{prefix}/complete", api.complete_job)
     app.router.add_post(f"{prefix}/llm/complete", api.llm_complete)
     app.router.add_post(f"{prefix}/llm/complete_with_tools", api.llm_complete_with_tools)
-    add_anthropic_routes(app, manager, authenticate_llm_key)
+    # One pooled keep-alive client for both passthrough doors (each sets its own timeouts).
+    upstream = UpstreamHttp(read_timeout_s=manager.settings.llm_timeout_s)
+    add_anthropic_routes(app, manager, authenticate_llm_key, upstream)
+    add_openai_routes(app, manager, authenticate_job_key, upstream)
+
+    async def close_upstream(app: web.Application) -> None:
+        await upstream.close()
+
+    app.on_cleanup.append(close_upstream)
     return app
 
 

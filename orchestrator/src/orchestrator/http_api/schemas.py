@@ -98,6 +98,13 @@ class GitInfo(_Strict):
     ref: str = Field(description="branch, tag or commit; empty: the remote's default branch")
 
 
+class OpenAIInfo(_Strict):
+    """The job's OpenAI-compatible endpoint (``/worker/{id}/openai/v1``)."""
+
+    base_url: str = Field(description="OPENAI_BASE_URL; the key: the job's token or LLM key")
+    models: list[str] = Field(description="the models the job may name")
+
+
 class JobInfo(_Strict):
     """Everything about the job but its identity: the one channel of its configuration."""
 
@@ -124,6 +131,9 @@ class JobInfo(_Strict):
     git: GitInfo | None = Field(
         description="clone this into project_dir (empty) before the agent starts; null: the "
         "workspace is there already",
+    )
+    openai: OpenAIInfo | None = Field(
+        description="null when no OpenAI-compatible provider is configured"
     )
 
 

@@ -29,6 +29,10 @@ OVERHEAD_TOKENS = 1024
 # A call granted fewer output tokens than this (or than it asked for, if less) would spend its
 # input for next to nothing: it is refused as over budget instead.
 MIN_USEFUL_OUTPUT_TOKENS = 128
+# A stream whose text passes this many characters per output token granted has run past what
+# the upstream was asked for (tokenizers average 3-4.5 characters a token, a run of whitespace
+# in code a few more): the door cuts it, and settles it at its whole reservation.
+CHARS_PER_TOKEN_CEILING = 6
 
 
 @dataclass

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import openai
-from openai.types.chat import ChatCompletion
+from yarl import URL
 
 from orchestrator.errors import InvalidArgument, ProviderError
+from orchestrator.llm.http_upstream import UpstreamHttp, UpstreamUnreachable
 from orchestrator.llm.types import (
     ChatMessage,
     CompletionRequest,
@@ -24,9 +24,10 @@ from orchestrator.llm.types import (
     ToolCall,
     ToolSpec,
 )
-from orchestrator.llm.upstream import display_url, safe_cause, scrub
+from orchestrator.llm.upstream import display_url, scrub
 from orchestrator.secrets import Secret
 
+OPENAI_API_URL = "https://api.openai.com/v1"
 # A tool-call argument string that is not a JSON object is kept under this key, and sent back
 # verbatim, so a model's malformed call reaches the worker (which can report it) intact.
 RAW_ARGUMENTS = "_raw"
@@ -145,52 +146,70 @@ def map_tool_choice(choice: str | Mapping[str, Any] | None) -> str | dict[str, A
 
 
 def parse_response(
-    completion: ChatCompletion, request: CompletionRequest | None = None
+    completion: Mapping[str, Any], request: CompletionRequest | None = None
 ) -> CompletionResult:
-    """Maps a Chat Completions response to the provider-neutral result.
+    """Maps a Chat Completions answer (the decoded JSON document) to the provider-neutral
+    result; raises ProviderError for a document that is not one.
 
     Fields the mapping does not know (``reasoning_content`` from vLLM/DeepSeek, ``reasoning``
     from Ollama and others) land in ``extras`` untouched. A refusal without text becomes the
     content, with ``content_filter``, so the worker sees why it got no answer. Without usage
     in the response (some local servers), tokens are estimated from ``request`` and the answer.
     """
-    if not completion.choices:
+    try:
+        return _parse(completion, request)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ProviderError(
+            f"the provider's answer is not a Chat Completions document ({type(exc).__name__})"
+        ) from None
+
+
+def _parse(completion: Mapping[str, Any], request: CompletionRequest | None) -> CompletionResult:
+    choices = completion.get("choices")
+    if not choices:
         raise ProviderError("the provider returned no choices")
-    choice = completion.choices[0]
-    message = choice.message
+    choice = choices[0]
+    message: Mapping[str, Any] = choice["message"]
     calls: list[ToolCall] = []
-    for index, call in enumerate(message.tool_calls or ()):
-        if call.type == "function":
-            name, arguments = call.function.name, decode_arguments(call.function.arguments)
+    for index, call in enumerate(message.get("tool_calls") or ()):
+        if call.get("type", "function") == "function":
+            function = call["function"]
+            name, arguments = function["name"], decode_arguments(function.get("arguments"))
         else:
-            name, arguments = call.custom.name, {RAW_ARGUMENTS: call.custom.input}
-        calls.append(ToolCall(id=call.id or f"call_{index}", name=name, arguments=arguments))
-    if not calls and message.function_call is not None:
+            custom = call["custom"]
+            name, arguments = custom["name"], {RAW_ARGUMENTS: custom.get("input", "")}
+        calls.append(ToolCall(id=call.get("id") or f"call_{index}", name=name, arguments=arguments))
+    function_call = message.get("function_call")
+    if not calls and function_call is not None:
         # The pre-tools protocol, still spoken by some compatible servers.
         calls.append(
             ToolCall(
                 id="call_0",
-                name=message.function_call.name,
-                arguments=decode_arguments(message.function_call.arguments),
+                name=function_call["name"],
+                arguments=decode_arguments(function_call.get("arguments")),
             )
         )
-    content = message.content
-    finish = _FINISH_REASONS.get(choice.finish_reason or "", "stop")
-    if message.refusal and not content:
-        content, finish = message.refusal, "content_filter"
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise TypeError("content")
+    finish = _FINISH_REASONS.get(choice.get("finish_reason") or "", "stop")
+    refusal = message.get("refusal")
+    if refusal and not content:
+        content, finish = str(refusal), "content_filter"
     extras = {
         key: value
-        for key, value in (message.model_extra or {}).items()
+        for key, value in message.items()
         if key not in _MESSAGE_FIELDS and value is not None
     }
-    usage = completion.usage
-    if usage is not None:
-        input_tokens, output_tokens = usage.prompt_tokens, usage.completion_tokens
+    usage = completion.get("usage")
+    if isinstance(usage, Mapping) and "prompt_tokens" in usage:
+        input_tokens = int(usage["prompt_tokens"])
+        output_tokens = int(usage.get("completion_tokens") or 0)
     else:
         # Some local servers omit usage; the job's budget must still count something.
         output_tokens = _estimate_tokens(content or "", *(json.dumps(c.arguments) for c in calls))
         sent = request.messages if request is not None else ()
-        input_tokens = _estimate_tokens(*(message.content or "" for message in sent))
+        input_tokens = _estimate_tokens(*(m.content or "" for m in sent))
     return CompletionResult(
         content=content or None,
         tool_calls=tuple(calls),
@@ -205,22 +224,23 @@ def _estimate_tokens(*texts: str) -> int:
     return max(1, sum(len(text) for text in texts) // 4)
 
 
-def describe_error(exc: Exception, *, provider: str, timeout_s: float, attempts: int) -> str:
-    """A person-readable reason for an SDK failure: status, upstream error type and message."""
-    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    if isinstance(exc, openai.APITimeoutError):
+def describe_status(provider: str, status: int, body: bytes, request_id: str | None) -> str:
+    """A person-readable reason for an error answer: status, upstream error type and message."""
+    try:
+        document: object = json.loads(body)
+    except (ValueError, RecursionError):
+        document = body.decode(errors="replace")
+    return f"{provider}: HTTP {status} {_upstream_error_text(document)}" + (
+        f" (request id {request_id})" if request_id else ""
+    )
+
+
+def describe_unreachable(exc: UpstreamUnreachable, *, provider: str, timeout_s: float) -> str:
+    """A person-readable reason for a call that got no answer."""
+    tries = "1 attempt" if exc.attempts == 1 else f"{exc.attempts} attempts"
+    if exc.timed_out:
         return f"{provider}: request timed out after {timeout_s:g} s ({tries})"
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__
-        reason = f"{type(cause).__name__}: {cause}" if cause else exc.message
-        return f"{provider}: could not connect ({reason}; {tries})"
-    if isinstance(exc, openai.APIStatusError):
-        return f"{provider}: HTTP {exc.status_code} {_upstream_error_text(exc.body)}" + (
-            f" (request id {exc.request_id})" if exc.request_id else ""
-        )
-    if isinstance(exc, ProviderError):
-        return f"{provider}: {exc.message}"
-    return f"{provider}: call failed: {type(exc).__name__}: {exc}"
+    return f"{provider}: could not connect ({exc.reason}; {tries})"
 
 
 def _upstream_error_text(body: object) -> str:
@@ -240,10 +260,14 @@ def _upstream_error_text(body: object) -> str:
 
 
 class OpenAIProvider:
-    """Sends completions to an OpenAI-compatible Chat Completions endpoint (official SDK).
+    """Sends completions to an OpenAI-compatible Chat Completions endpoint.
 
-    ``api_key`` may be None for local servers that want none; the SDK insists on some key, so
-    a placeholder is sent instead.
+    The request is built by :func:`build_request` in the wire format already, so it is posted
+    as it is, over one pooled keep-alive connection set (``llm/http_upstream.py``), with the
+    retries, timeouts and error mapping written out there and here rather than left to the
+    SDK: its request building was most of the proxy's CPU per call (bench/README.md).
+    ``api_key`` may be None for local servers that want none; a placeholder is sent, as the
+    SDK does, since some servers insist on a header.
     """
 
     def __init__(
@@ -256,22 +280,21 @@ class OpenAIProvider:
     ) -> None:
         self._key = api_key
         self._timeout_s = timeout_s
-        self._attempts = max_retries + 1
+        self._max_retries = max_retries
         self._official_api = base_url is None or urlsplit(base_url).hostname == "api.openai.com"
         self._name = (
             f"openai-compatible ({display_url(base_url)})"
             if base_url is not None and not self._official_api
             else "openai"
         )
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key.reveal() if api_key else "unused",
-            base_url=base_url,
-            timeout=timeout_s,
-            max_retries=max_retries,
-            # The SDK's aiohttp transport: the proxy's hot path spent a third of its time in
-            # the default httpx stack (bench/README.md).
-            http_client=openai.DefaultAioHttpClient(timeout=timeout_s),
-        )
+        # Parsed once: aiohttp would parse a string URL again on every call.
+        self._url = URL((base_url or OPENAI_API_URL).rstrip("/") + "/chat/completions")
+        self._headers = {
+            "Authorization": f"Bearer {api_key.reveal() if api_key else 'unused'}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        self._http = UpstreamHttp(read_timeout_s=timeout_s)
 
     @property
     def name(self) -> str:
@@ -281,19 +304,34 @@ class OpenAIProvider:
     async def complete(self, request: CompletionRequest) -> CompletionResult:
         """Sends one Chat Completions request; raises ProviderError on any failure."""
         params = build_request(request, official_api=self._official_api)
+        body = json.dumps(params, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            # build_request already produces the wire format: posting it skips the SDK's
-            # re-validation of every parameter against its type annotations.
-            completion = await self._client.post(
-                "/chat/completions", body=params, cast_to=ChatCompletion
+            answer = await self._http.exchange(
+                self._url,
+                body,
+                self._headers,
+                max_retries=self._max_retries,
+                timeout_s=self._timeout_s,
             )
-            return parse_response(completion, request)
-        except Exception as exc:
-            text = describe_error(
-                exc, provider=self._name, timeout_s=self._timeout_s, attempts=self._attempts
+        except UpstreamUnreachable as exc:
+            text = describe_unreachable(exc, provider=self._name, timeout_s=self._timeout_s)
+            raise ProviderError(scrub(text, self._key)) from None
+        if answer.status >= 400:
+            text = describe_status(
+                self._name, answer.status, answer.body, answer.headers.get("x-request-id")
             )
-            raise ProviderError(scrub(text, self._key)) from safe_cause(exc, self._key)
+            raise ProviderError(scrub(text, self._key))
+        try:
+            document = json.loads(answer.body)
+        except (ValueError, RecursionError):
+            raise ProviderError(f"{self._name}: the answer is not JSON") from None
+        if not isinstance(document, dict):
+            raise ProviderError(f"{self._name}: the answer is not a JSON object")
+        try:
+            return parse_response(document, request)
+        except ProviderError as exc:
+            raise ProviderError(scrub(f"{self._name}: {exc.message}", self._key)) from None
 
     async def aclose(self) -> None:
-        """Closes the SDK's connection pool."""
-        await self._client.close()
+        """Closes the connection pool."""
+        await self._http.close()
