@@ -74,6 +74,9 @@ MAX_QUEUED_PROMPTS = 100
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 HISTORY_LIMIT = 2000
+# From answering a warm slot's claim until the job's first worker-API call: beyond it the claim
+# failed and the job starts cold (the slot's agent imports nothing more before that call).
+CLAIM_CONFIRM_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -382,10 +385,22 @@ class ContainerJobManager:
             if job.state is not JobState.CREATING:
                 pool.forget(slot)
                 return True  # stopped meanwhile: the slot's container goes with the job
+            job.claim_answered = asyncio.Event()
             delivered = await pool.deliver(slot, job.job_id, token)
+            if delivered:
+                # The claim counts once the agent calls in as the job: an answer lost on its
+                # way (a connection cut, a frozen container) must not leave the job waiting.
+                await asyncio.wait_for(job.claim_answered.wait(), CLAIM_CONFIRM_S)
         except Exception as exc:
-            log.warning("warm slot claim failed", job_id=job.job_id, error=str(exc))
+            log.warning(
+                "warm slot claim failed", job_id=job.job_id, error=str(exc) or type(exc).__name__
+            )
             delivered = False
+        finally:
+            job.claim_answered = None
+        if job.state is not JobState.CREATING:
+            pool.forget(slot)
+            return True  # ended meanwhile: its teardown removes the slot's container
         if delivered:
             pool.claimed(job.mode, time.monotonic() - started)
             return True
@@ -530,6 +545,8 @@ class ContainerJobManager:
             self._tokens.validate(job_id, token) or self._tokens.validate_egress_key(job_id, token)
         ):
             return True  # refused by the handler's own check, without waiting
+        if job.claim_answered is not None:
+            job.claim_answered.set()  # the warm slot's agent runs as this job (see _claim)
         return await wait_while_creating(job, timeout_s)
 
     # ---------------------------------------------------------------- worker-side calls

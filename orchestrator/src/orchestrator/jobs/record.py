@@ -68,6 +68,8 @@ class JobRecord:
     # The warm-pool slot whose container the job claimed (jobs/warm_pool.py): its container
     # and isolated network are named after the slot, not the job.
     warm_slot: str | None = None
+    # Set while a warm slot's claim waits for the job's first call (never persisted).
+    claim_answered: asyncio.Event | None = field(default=None, repr=False)
     # The code (a Refusal) of the last LLM call the job's policy refused: types a later failure
     # and tells the agent why (GET /job's llm_refusal).
     budget_refused: str | None = None
