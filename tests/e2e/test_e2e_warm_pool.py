@@ -101,11 +101,13 @@ async def test_a_job_claims_a_warm_slot_runs_to_completion_and_the_pool_refills(
     hello = base_dir / "projects" / job.job_id / "hello.txt"
     assert hello.read_text() == "hello from the worker\n"
     # The claim revoked the slot's secret: it opens not even the claim channel any more.
-    async with aiohttp.ClientSession() as http:
-        async with http.get(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
             f"{url}/warm/{slot.slot_id}/claim", headers={"Authorization": f"Bearer {secret}"}
-        ) as response:
-            assert response.status == 401
+        ) as response,
+    ):
+        assert response.status == 401
     # The pool made a new slot in the background; the claimed one is gone with its job.
     [fresh] = await _wait_ready(pool)
     assert fresh.slot_id != slot.slot_id
