@@ -397,3 +397,23 @@ def test_no_job_may_name_a_warm_slot_directory(settings: Settings) -> None:
             (settings.projects_dir / "x").mkdir(exist_ok=True)
         with pytest.raises(InvalidArgument, match="warm pool"):
             open_project_dir(requested, settings.projects_dir)
+
+
+def test_status_reads_the_pools_from_the_metrics_exposition() -> None:
+    from orchestrator.cli.warm_pools import parse_warm_pools
+    from orchestrator.jobs.warm_pool import PoolState
+    from orchestrator.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.watch_warm_pools(
+        lambda: [PoolState(mode="worker", size=4, ready=3, starting=1, claims=2, misses=1)]
+    )
+    metrics.warm_pool_claim("worker", 0.004)
+    metrics.warm_pool_claim("worker", 0.006)
+    metrics.warm_pool_miss("worker", "empty")
+    metrics.warm_pool_miss("worker", "project")
+    pools = parse_warm_pools(metrics.exposition().decode(), {"claude-code": {"size": 1}})
+    assert pools == {
+        "worker": {"size": 4, "ready": 3, "starting": 1, "claims": 2, "misses": 2},
+        "claude-code": {"size": 1, "claims": 0, "misses": 0},
+    }
