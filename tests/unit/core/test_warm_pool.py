@@ -417,3 +417,22 @@ def test_status_reads_the_pools_from_the_metrics_exposition() -> None:
         "worker": {"size": 4, "ready": 3, "starting": 1, "claims": 2, "misses": 2},
         "claude-code": {"size": 1, "claims": 0, "misses": 0},
     }
+
+
+async def test_a_poll_without_a_claim_ends_empty_and_a_newer_poll_replaces_an_older(
+    start: Callable[..., ContainerJobManager],
+) -> None:
+    backend = FakeBackend()
+    manager = start(backend)
+    manager.start_warm_pool()
+    pool = _pool(manager)
+    slot, _ = await _filled(pool)
+    secret = _spec_of(backend, slot).env[container_env.WARM_SLOT_SECRET]
+    assert await pool.await_claim(slot.slot_id, secret, 0.01) is None
+    older = asyncio.get_running_loop().create_task(pool.await_claim(slot.slot_id, secret, 5.0))
+    await wait_for(lambda: slot._poller is not None, what="the older poll")
+    newer = asyncio.get_running_loop().create_task(pool.await_claim(slot.slot_id, secret, 5.0))
+    assert await older is None
+    assert pool.take(slot.mode) is slot
+    assert await pool.deliver(slot, "job", "irc_token")
+    assert await newer == ClaimAnswer(job_id="job", token="irc_token")
