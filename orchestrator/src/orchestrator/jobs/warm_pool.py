@@ -218,7 +218,9 @@ class WarmPool:
             if slot.mode is mode and slot.ready:
                 del self._slots[slot.slot_id]
                 self._claiming[slot.slot_id] = slot
-                self._wake[mode].set()
+                wake = self._wake.get(mode)
+                if wake is not None:
+                    wake.set()  # refill
                 return slot
         self.count_miss(mode, "empty")
         return None
@@ -426,6 +428,9 @@ class WarmPool:
 
     def _retire(self, slot: WarmSlot, reason: str) -> None:
         self._retiring.add(slot.slot_id)
+        if slot._poller is not None and not slot._poller.done():
+            # Its poll ends now (204); the next one is refused and the waiter exits.
+            slot._poller.cancel()
         log.info("warm slot removed", slot=slot.slot_id, mode=slot.mode.value, reason=reason)
         if not self._closed:
             wake = self._wake.get(slot.mode)
