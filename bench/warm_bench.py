@@ -20,6 +20,7 @@ the burst's wall time (first request → last first call) against the sequential
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -68,6 +69,9 @@ def run_warm_bench(options: WarmOptions) -> dict[str, Any]:
     raw_instance = f"{instance}-raw"
     base_dir = Path(tempfile.mkdtemp(prefix="ironclaw-bench-"))
     env = start_env(instance, base_dir)
+    # The tag build-images.sh gave the image (IRONCLAW_IMAGE_TAG): the slots' entry point must
+    # be this checkout's.
+    env["WORKER_IMAGE"] = f"ironclaw-worker:{os.environ.get('IRONCLAW_IMAGE_TAG', 'latest')}"
     env["WARM_POOL"] = f"worker={max(POOL_SIZE, options.burst)}"
     env["METRICS_PORT"] = "0"
     settings = Settings.from_env(env)

@@ -436,3 +436,22 @@ async def test_a_poll_without_a_claim_ends_empty_and_a_newer_poll_replaces_an_ol
     assert pool.take(slot.mode) is slot
     assert await pool.deliver(slot, "job", "irc_token")
     assert await newer == ClaimAnswer(job_id="job", token="irc_token")
+
+
+async def test_the_refill_waits_for_the_claims_under_way(
+    start: Callable[..., ContainerJobManager],
+) -> None:
+    backend = FakeBackend()
+    manager = start(backend)
+    manager.start_warm_pool()
+    pool = _pool(manager)
+    await _filled(pool)
+    made = len(backend.created)
+    taken = pool.take(JobMode.WORKER)
+    assert taken is not None
+    # Several of the pool's check intervals: no container is made while the claim runs.
+    await asyncio.sleep(warm_pool.CHECK_INTERVAL_S * 4)
+    assert len(backend.created) == made
+    pool.discard(taken, "test")
+    await wait_for(lambda: len(backend.created) == made + 1, what="the refill after the claim")
+    await _filled(pool)

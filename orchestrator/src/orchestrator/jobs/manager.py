@@ -261,6 +261,8 @@ class ContainerJobManager:
                 raise FailedPrecondition(message) from exc
             finally:
                 job.lifecycle_lock.release()
+                if slot is not None and self._warm is not None:
+                    self._warm.forget(slot)  # whatever happened, this claim is over
         finally:
             project.close()
         if job.state is JobState.CREATING:
@@ -402,7 +404,7 @@ class ContainerJobManager:
             pool.forget(slot)
             return True  # ended meanwhile: its teardown removes the slot's container
         if delivered:
-            pool.claimed(job.mode, time.monotonic() - started)
+            pool.claimed(slot, time.monotonic() - started)
             return True
         log.warning("warm slot claim failed; starting the job cold", job_id=job.job_id)
         pool.discard(slot, "its claim failed")

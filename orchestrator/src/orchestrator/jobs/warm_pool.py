@@ -103,6 +103,7 @@ class WarmSlot:
     ready: bool = False
     # The directory became a job's project (renamed): it is no longer the slot's to remove.
     directory_adopted: bool = False
+    in_flight: bool = False  # taken by a job, its claim not settled yet
     _poller: asyncio.Future[ClaimAnswer] | None = field(default=None, repr=False)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -139,6 +140,9 @@ class WarmPool:
         # Being removed: still owned (reconciliation must not race the removal).
         self._retiring: set[str] = set()
         self._claims: dict[JobMode, int] = dict.fromkeys(self._sizes, 0)
+        # Claims taken and not yet settled (counted, failed or abandoned), per pool: a refill
+        # waits for them, so a burst of claims does not compete with new containers for CPU.
+        self._in_flight: dict[JobMode, int] = dict.fromkeys(self._sizes, 0)
         self._misses: dict[JobMode, int] = dict.fromkeys(self._sizes, 0)
         self._wake: dict[JobMode, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -218,9 +222,8 @@ class WarmPool:
             if slot.mode is mode and slot.ready:
                 del self._slots[slot.slot_id]
                 self._claiming[slot.slot_id] = slot
-                wake = self._wake.get(mode)
-                if wake is not None:
-                    wake.set()  # refill
+                slot.in_flight = True
+                self._in_flight[mode] += 1
                 return slot
         self.count_miss(mode, "empty")
         return None
@@ -234,8 +237,19 @@ class WarmPool:
         if self._metrics is not None:
             self._metrics.warm_pool_miss(mode.value, reason)
 
+    def _settled(self, slot: WarmSlot) -> None:
+        """The claim of a taken slot is over, one way or another (once per take): refill."""
+        if not slot.in_flight:
+            return
+        slot.in_flight = False
+        self._in_flight[slot.mode] -= 1
+        wake = self._wake.get(slot.mode)
+        if wake is not None:
+            wake.set()
+
     def give_back(self, slot: WarmSlot) -> None:
         """A slot taken but not used (nothing about it changed): ready again."""
+        self._settled(slot)
         if self._claiming.pop(slot.slot_id, None) is not None and not self._closed:
             self._slots[slot.slot_id] = slot
         else:
@@ -264,18 +278,21 @@ class WarmPool:
             except TimeoutError:
                 return False
 
-    def claimed(self, mode: JobMode, seconds: float) -> None:
-        """A job started in a warm slot, ``seconds`` after it was taken."""
+    def claimed(self, slot: WarmSlot, seconds: float) -> None:
+        """A job started in the warm slot, ``seconds`` after its claim began."""
+        self._settled(slot)
         if self._metrics is not None:
-            self._metrics.warm_pool_claim(mode.value, seconds)
+            self._metrics.warm_pool_claim(slot.mode.value, seconds)
 
     def forget(self, slot: WarmSlot) -> None:
-        """A taken slot whose job ended before its claim was answered: its container goes with
-        the job's teardown."""
+        """A taken slot whose job ended (or failed to start) before its claim was answered: its
+        container goes with the job's teardown. Harmless after the claim settled."""
+        self._settled(slot)
         self._claiming.pop(slot.slot_id, None)
 
     def discard(self, slot: WarmSlot, reason: str) -> None:
         """A taken slot whose claim failed: removed (the job starts cold)."""
+        self._settled(slot)
         self._claiming.pop(slot.slot_id, None)
         self._retire(slot, reason)
 
@@ -333,7 +350,9 @@ class WarmPool:
         while not self._closed:
             await self._retire_stale(mode)
             missing = self._sizes[mode] - sum(1 for s in self._slots.values() if s.mode is mode)
-            if missing > 0:
+            if missing > 0 and self._in_flight[mode]:
+                pause = CHECK_INTERVAL_S  # claims under way: refill once they are over
+            elif missing > 0:
                 results = await asyncio.gather(
                     *(self._fill_one(mode) for _ in range(min(missing, FILL_CONCURRENCY)))
                 )
