@@ -15,7 +15,8 @@ a burst of 20 at once.
 Rounds rotate the order of the three; each round starts once the pool is full again, so no
 refill runs under a measurement. Then 20 warm jobs are created one after the other (each once
 the previous one's first call arrived) and, the pool full again, 20 at once from 20 threads:
-the burst's wall time (first request → last first call) against the sequential one's.
+the burst's wall time (first request → last first call) against the sequential one's. Every
+job's model is a script that keeps it in one long shell command until the driver stops it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ POOL_SIZE = 20
 WARM_P50_MS = 150.0
 WARM_P99_MS = 400.0
 TASK = "bench: warm start (stopped after the first call)"
+SLEEP_SCRIPT = """\
+- content: "Waiting."
+  tool_calls:
+    - name: shell
+      arguments: {command: "sleep 600", timeout: 900}
+- content: "Done."
+"""
 _READY_LINE = re.compile(r'^ironclaw_warm_pool_slots\{mode="worker",state="ready"\} (\S+)$', re.M)
 
 
@@ -73,6 +81,11 @@ def run_warm_bench(options: WarmOptions) -> dict[str, Any]:
     # be this checkout's.
     env["WORKER_IMAGE"] = f"ironclaw-worker:{os.environ.get('IRONCLAW_IMAGE_TAG', 'latest')}"
     env["WARM_POOL"] = f"worker={max(POOL_SIZE, options.burst)}"
+    # Jobs that stay up (in one long shell command) until the driver stops them, as real jobs
+    # do: without a model a job fails at once, and its teardown would run under the burst.
+    script = base_dir / "sleep.yaml"
+    script.write_text(SLEEP_SCRIPT)
+    env.update({"LLM_PROVIDER": "scripted", "LLM_SCRIPT": str(script)})
     env["METRICS_PORT"] = "0"
     settings = Settings.from_env(env)
     client = docker_client()
