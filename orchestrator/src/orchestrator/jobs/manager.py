@@ -227,6 +227,8 @@ class ContainerJobManager:
             # A concurrent create with the same id may have won while the checks above ran.
             existing = self._existing(admitted.job_id)
             if existing is not None:
+                if slot is not None and self._warm is not None:
+                    self._warm.discard(slot, "its job existed already")
                 return existing
             job = self._record(admitted, str(project.path))
             token = self._tokens.create_token(job.job_id, admitted.grants)
