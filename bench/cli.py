@@ -25,6 +25,7 @@ from bench.procs import RESULTS_DIR, BenchError, code_version
 from bench.proxy_bench import ProxyOptions, run_proxy_bench
 from bench.start_bench import StartOptions, run_start_bench
 from bench.stats import markdown_table
+from bench.warm_bench import WarmOptions, render_warm, run_warm_bench
 from bench.workerapi_bench import WorkerApiOptions, run_workerapi_bench
 
 # The suite's order: the two that start 50 containers, which load the machine most, come last.
@@ -37,6 +38,7 @@ BENCHMARKS = (
     "workerapi",
     "attacks",
     "burst",
+    "warm",
 )
 
 
@@ -147,6 +149,9 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if args.quick:
             return run_burst_bench(BurstOptions(sizes=(20,), rounds=2))
         return run_burst_bench(BurstOptions())
+    if name == "warm":
+        samples = args.samples or (10 if args.quick else 30)
+        return run_warm_bench(WarmOptions(samples=samples))
     if name == "workerapi":
         if args.quick:
             return run_workerapi_bench(
@@ -258,6 +263,8 @@ def render(document: dict[str, Any]) -> str:
         return render_workerapi(document)
     if document["benchmark"] == "attacks":
         return render_attacks(document)
+    if document["benchmark"] == "warm":
+        return render_warm(document)
     return render_start(document)
 
 

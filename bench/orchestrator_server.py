@@ -98,6 +98,7 @@ async def run(sleep_jobs: int, job_wait_s: float, provider_kind: str) -> None:
             "grpc_port": orch.grpc_port,
             "http_port": orch.http_port,
             "http_host": orch.http_host,
+            "metrics_port": orch.metrics_port or 0,
             "pid": os.getpid(),
         }
         if sleep_jobs:

@@ -23,7 +23,7 @@ from orchestrator.containers.backend import (
     ContainerSpec,
     JobNetworkRequest,
 )
-from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID
+from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID, LABEL_WARM_SLOT
 from orchestrator.errors import EngineUnavailable, FailedPrecondition
 
 SIGTERM_EXIT_CODE = 143
@@ -71,6 +71,10 @@ class FakeBackend(ContainerBackend):
         self.removed: list[str] = []
         self.stopped: list[str] = []
         self._gateway = gateway
+        # What update_memory was asked: (container id, memory bytes, swap bytes).
+        self.memory_updates: list[tuple[str, int, int]] = []
+        # The id each image reference names (rebuilding an image: a new id); default "sha256:1".
+        self.image_ids: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._exit_queues: dict[str, list[asyncio.Queue[ContainerExit]]] = {}
 
@@ -104,6 +108,7 @@ class FakeBackend(ContainerBackend):
             job_id=container.job_id,
             exit_code=container.exit_code,
             oom_killed=container.oom_killed,
+            slot_id=container.spec.labels.get(LABEL_WARM_SLOT, ""),
         )
         instance = container.spec.labels.get(LABEL_INSTANCE, "")
         for queue in self._exit_queues.get(instance, []):
@@ -137,6 +142,16 @@ class FakeBackend(ContainerBackend):
         self.containers[container_id] = FakeContainer(container_id, spec)
         self.created.append(spec)
         return container_id
+
+    async def update_memory(self, container_id: str, memory_bytes: int, swap_bytes: int) -> None:
+        self._check()
+        if container_id not in self.containers:
+            raise FailedPrecondition(f"no container {container_id}")
+        self.memory_updates.append((container_id, memory_bytes, swap_bytes))
+
+    async def image_id(self, image: str) -> str | None:
+        self._check()
+        return self.image_ids.get(image, "sha256:1")
 
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         self._check()

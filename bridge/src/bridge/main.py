@@ -20,6 +20,7 @@ from pathlib import Path
 from bridge.runner import BridgeConfig, ClaudeBridge
 from ironclaw_contract.job_keys import egress_key_for, llm_key_for
 from worker.agent import EXIT_TERMINATED, EXIT_USAGE
+from worker.claim import claim_from_environment
 from worker.client import WorkerApiClient
 from worker.main import (
     JOB_ID_VAR,
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's own usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.await_claim:
+        # A warm-pool slot: the job id and token arrive with the claim (worker/claim.py).
+        refused = claim_from_environment()
+        if refused is not None:
+            return refused
     env = os.environ
     try:
         token = _required(env.get(TOKEN_VAR), TOKEN_VAR)
@@ -142,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
         "--claude-bin", help=f"the claude executable (default: ${CLAUDE_BIN_VAR} or claude)"
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--await-claim",
+        action="store_true",
+        help="a warm-pool slot: wait for the orchestrator to hand this container a job "
+        "(its id and token) before starting",
+    )
     return parser
 
 

@@ -12,9 +12,18 @@ ORCHESTRATOR_URL: Final = "IRONCLAW_ORCHESTRATOR_URL"
 WORKER_TOKEN: Final = "IRONCLAW_WORKER_TOKEN"  # noqa: S105 - the variable's name
 WORKSPACE: Final = "IRONCLAW_WORKSPACE"
 
+# A warm-pool slot (a container started before its job exists) holds no job identity: only which
+# slot it is and the slot's claim secret, with which it waits on ``GET /warm/{slot}/claim``
+# for the job id and token (``ironclaw-worker --await-claim``). The secret opens nothing else
+# and dies with the claim.
+WARM_SLOT_ID: Final = "IRONCLAW_WARM_SLOT"
+WARM_SLOT_SECRET: Final = "IRONCLAW_WARM_SLOT_SECRET"  # noqa: S105 - the variable's name
+
 # Every variable the orchestrator sets; a job container's environment holds these and the
 # image's own (PATH, HOME, ...), never a credential or a setting of the job.
 ALL: Final = (JOB_ID, ORCHESTRATOR_URL, WORKER_TOKEN, WORKSPACE)
+# What a warm slot's container starts with instead: no job id, no token.
+WARM_SLOT_ALL: Final = (ORCHESTRATOR_URL, WORKSPACE, WARM_SLOT_ID, WARM_SLOT_SECRET)
 
 # Where the job's project is mounted in its container.
 WORKSPACE_PATH: Final = "/workspace"

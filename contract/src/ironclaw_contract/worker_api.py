@@ -38,6 +38,18 @@ OPENAI_RESPONSES: Final = "openai/v1/responses"
 OPENAI_MODELS: Final = "openai/v1/models"
 
 
+# A warm-pool slot's claim channel (bearer: the slot's secret): a long poll answered with the
+# claim ``{"job_id", "token"}`` once a job claims the slot, 204 when nothing came within
+# ``WARM_CLAIM_POLL_S`` (poll again), 401 when the slot is unknown or retired (exit).
+WARM_CLAIM: Final = "/warm/{slot_id}/claim"
+WARM_CLAIM_POLL_S: Final = 20.0
+
+
+def warm_claim_route(slot_id: str) -> str:
+    """The claim channel of one warm-pool slot."""
+    return f"/warm/{slot_id}/claim"
+
+
 def job_route(job_id: str, route: str) -> str:
     """The path of one of a job's routes: ``job_route(id, STATUS)`` → ``/worker/<id>/status``."""
     return f"/worker/{job_id}/{route}"

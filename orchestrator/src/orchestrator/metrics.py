@@ -34,6 +34,7 @@ JobCounts = Callable[[], Mapping[tuple[str, str], int]]
 START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 86400.0)
 LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+CLAIM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 OTHER = "other"
 
@@ -58,6 +59,30 @@ class _JobStateCollector(Collector):
         for (state, mode), count in sorted(self._counts().items()):
             family.add_metric([state.lower(), mode.lower()], count)
         yield family
+
+
+class _WarmPoolCollector(Collector):
+    """``ironclaw_warm_pool_slots{mode,state}`` and the configured sizes, read at scrape time."""
+
+    def __init__(self, states: Callable[[], Iterable[object]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable[Metric]:
+        slots = GaugeMetricFamily(
+            "ironclaw_warm_pool_slots",
+            "Unclaimed warm-pool containers, by mode and state (ready, starting)",
+            labels=["mode", "state"],
+        )
+        sizes = GaugeMetricFamily(
+            "ironclaw_warm_pool_size", "Configured warm-pool size (WARM_POOL)", labels=["mode"]
+        )
+        for state in self._states():
+            mode = str(getattr(state, "mode", ""))
+            slots.add_metric([mode, "ready"], float(getattr(state, "ready", 0)))
+            slots.add_metric([mode, "starting"], float(getattr(state, "starting", 0)))
+            sizes.add_metric([mode], float(getattr(state, "size", 0)))
+        yield slots
+        yield sizes
 
 
 class Metrics:
@@ -199,6 +224,32 @@ class Metrics:
             registry=r,
         )
 
+        self.warm_pool_claims = Counter(
+            "ironclaw_warm_pool_claims",
+            "Jobs that started in a warm-pool container",
+            ["mode"],
+            registry=r,
+        )
+        self.warm_pool_misses = Counter(
+            "ironclaw_warm_pool_misses",
+            "Jobs of a pooled mode that started cold (empty, project, claim_failed)",
+            ["mode", "reason"],
+            registry=r,
+        )
+        self.warm_pool_claim_seconds = Histogram(
+            "ironclaw_warm_pool_claim_seconds",
+            "Time from taking a warm slot until its claim was answered",
+            ["mode"],
+            buckets=CLAIM_BUCKETS,
+            registry=r,
+        )
+        self.warm_pool_fill_failures = Counter(
+            "ironclaw_warm_pool_fill_failures",
+            "Warm-pool containers that could not be made",
+            ["mode"],
+            registry=r,
+        )
+
     @classmethod
     def for_settings(cls, settings: Settings) -> Metrics:
         """Metrics whose model labels are limited to the models the settings allow."""
@@ -213,6 +264,22 @@ class Metrics:
     def model_label(self, model: str) -> str:
         """The model as a label value: a configured model, else ``other`` (bounded)."""
         return model if model in self._known_models else OTHER
+
+    # ------------------------------------------------------------ warm pools
+
+    def watch_warm_pools(self, states: Callable[[], Iterable[object]]) -> None:
+        """Publishes the pools' slot counts and sizes from ``states`` at every scrape."""
+        self.registry.register(_WarmPoolCollector(states))
+
+    def warm_pool_claim(self, mode: str, seconds: float) -> None:
+        self.warm_pool_claims.labels(mode).inc()
+        self.warm_pool_claim_seconds.labels(mode).observe(max(0.0, seconds))
+
+    def warm_pool_miss(self, mode: str, reason: str) -> None:
+        self.warm_pool_misses.labels(mode, reason).inc()
+
+    def warm_pool_fill_failed(self, mode: str) -> None:
+        self.warm_pool_fill_failures.labels(mode).inc()
 
     # ------------------------------------------------------------ jobs
 

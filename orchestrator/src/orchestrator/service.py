@@ -248,6 +248,8 @@ async def start_orchestrator(
     except EngineUnavailable as exc:
         log.warning("first reconciliation postponed: engine unreachable", error=exc.message)
     orch.tasks.append(asyncio.create_task(manager.watch_container_exits(), name="exits"))
+    # After the first reconciliation, which removes the slots a previous run left unclaimed.
+    manager.start_warm_pool()
     orch.tasks.append(asyncio.create_task(manager.run_reaper(reaper_interval), name="reaper"))
     orch.tasks.append(
         asyncio.create_task(
@@ -265,6 +267,7 @@ async def start_orchestrator(
         worker_api_max_connections_per_source=limits.max_per_source,
         container_url=orchestrator_url,
         instance=settings.instance,
+        warm_pool=dict(settings.warm_pool) or "off",
         llm_provider=proxy.provider_name,
         metrics=(
             f"{settings.metrics_bind}:{orch.metrics_port}/metrics" if orch.metrics_port else "off"

@@ -170,6 +170,31 @@ def _csv(name: str, raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+# The pool names of WARM_POOL: one per job mode (its image).
+WARM_POOL_MODES = {"worker": "worker", "claude": "claude-code", "claude-code": "claude-code"}
+MAX_WARM_POOL_SIZE = 64
+
+
+def _warm_pool(name: str, raw: str) -> tuple[tuple[str, int], ...]:
+    """``worker=4,claude=1``: how many started, unclaimed containers to keep per job mode (the
+    mode's value, ``worker`` or ``claude-code``); "" or sizes of 0: no pool."""
+    sizes: dict[str, int] = {}
+    for part in _csv(name, raw):
+        pool, sep, size = (piece.strip() for piece in part.partition("="))
+        mode = WARM_POOL_MODES.get(pool.lower())
+        if not sep or mode is None or not size.isdigit():
+            raise ConfigError(
+                f"{name}: {part!r} is not pool=size with pool one of worker, claude "
+                "(e.g. WARM_POOL=worker=4,claude=1)"
+            )
+        if mode in sizes:
+            raise ConfigError(f"{name}: the {pool} pool is named twice")
+        if int(size) > MAX_WARM_POOL_SIZE:
+            raise ConfigError(f"{name}: {part!r}: at most {MAX_WARM_POOL_SIZE} containers a pool")
+        sizes[mode] = int(size)
+    return tuple((mode, size) for mode, size in sizes.items() if size > 0)
+
+
 def _claude_tools(name: str, raw: str) -> tuple[str, ...]:
     tools = []
     for part in _csv(name, raw):
@@ -466,6 +491,13 @@ class Settings:
     )
     worker_runtime: str | None = setting(
         "WORKER_RUNTIME", _nonempty, None, "OCI runtime of job containers"
+    )
+    # Started, hardened containers waiting to be claimed by a job (jobs/warm_pool.py).
+    warm_pool: tuple[tuple[str, int], ...] = setting(
+        "WARM_POOL", _warm_pool, "", "warm containers per job mode: worker=4,claude=1 (off)"
+    )
+    warm_pool_max_age_s: int = setting(
+        "WARM_POOL_MAX_AGE_S", _int_range(10, 7 * 86400), "3600", "a warm slot is replaced after"
     )
     # "bridge": the seed's behaviour (host.docker.internal, the internet reachable); "isolated":
     # a per-job internal network whose only peer is a relay to the worker API.

@@ -28,6 +28,7 @@ from worker.agent import (
     Agent,
     AgentConfig,
 )
+from worker.claim import claim_from_environment
 from worker.client import WorkerApiClient
 from worker.termination import Terminated, sigterm_raises_terminated
 
@@ -58,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's own usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.await_claim:
+        # A warm-pool slot: the job id and token arrive with the claim (worker/claim.py).
+        refused = claim_from_environment()
+        if refused is not None:
+            return refused
     env = os.environ
     try:
         token = _required(env, TOKEN_VAR, None)
@@ -118,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         f"one; default {DEFAULT_MAX_ITERATIONS})",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--await-claim",
+        action="store_true",
+        help="a warm-pool slot: wait for the orchestrator to hand this container a job "
+        "(its id and token) before starting",
+    )
     return parser
 
 

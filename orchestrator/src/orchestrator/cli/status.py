@@ -61,6 +61,8 @@ class StatusReport:
     jobs_by_state: dict[str, int] = field(default_factory=dict)
     budget_defaults: dict[str, Any] = field(default_factory=dict)
     custom_tools: dict[str, Any] = field(default_factory=dict)
+    # Per job mode: size, ready, starting, claims, misses (empty: WARM_POOL is off).
+    warm_pools: dict[str, dict[str, Any]] = field(default_factory=dict)
     problems: list[dict[str, str]] = field(default_factory=list)
 
     def problem(self, what: str, fix: str) -> None:
@@ -92,6 +94,7 @@ def run_status(args: argparse.Namespace, client: Client) -> int:
             "claude_code_max_turns": settings.claude_max_turns,
         }
         _check_catalogues(settings, report)
+        _check_warm_pools(settings, report)
     if args.json:
         print(json.dumps(report.__dict__, indent=2))
     else:
@@ -164,6 +167,29 @@ def _check_catalogues(settings: Any, report: StatusReport) -> None:
         )
         return
     report.custom_tools["mcp_servers"] = sorted(catalog.mcp_servers())
+
+
+def _check_warm_pools(settings: Any, report: StatusReport) -> None:
+    """The pools as the orchestrator's metrics show them (``/metrics`` on loopback, where this
+    CLI runs): slots ready and starting, claims and misses since it started."""
+    from orchestrator.cli.warm_pools import read_warm_pools
+
+    if not settings.warm_pool:
+        return
+    pools, error = read_warm_pools(settings)
+    report.warm_pools = pools
+    if error:
+        report.problem(
+            f"the warm pools' state could not be read from the orchestrator's metrics: {error}",
+            "check METRICS_ENABLED, METRICS_BIND and METRICS_PORT match `ironclaw serve`'s",
+        )
+        return
+    for mode, pool in pools.items():
+        if pool.get("ready") == 0 and pool.get("starting") == 0:
+            report.problem(
+                f"the {mode} warm pool has no container ready or starting",
+                "see the orchestrator's log for `warm slot could not be made`",
+            )
 
 
 async def _check_engine(settings: Any, report: StatusReport) -> None:
@@ -243,6 +269,12 @@ def _print(report: StatusReport) -> None:
         )
         print(
             f"wasm tools    {', '.join(tools['wasm_tools']) or 'none'}  ({tools['wasm_tools_dir']})"
+        )
+    for mode, pool in report.warm_pools.items():
+        print(
+            f"warm pool     {mode:12} size={pool.get('size', '?')} ready={pool.get('ready', '?')} "
+            f"starting={pool.get('starting', '?')} claims={pool.get('claims', '?')} "
+            f"misses={pool.get('misses', '?')}"
         )
     if report.problems:
         print()

@@ -127,9 +127,10 @@ class ContainerExit:
     """A managed container stopped running (exited, killed or OOM-killed)."""
 
     container_id: str
-    job_id: str
+    job_id: str  # "" for a warm-pool slot's container: its job (if any) is in the store
     exit_code: int | None
     oom_killed: bool
+    slot_id: str = ""  # the warm-pool slot it was started as, if it was one
 
 
 class ContainerBackend(abc.ABC):
@@ -182,6 +183,18 @@ class ContainerBackend(abc.ABC):
         the backend binds no host directories (this default), or the container has already
         stopped. Backends that bind host paths must override it; raises OrchestratorError
         when the container runs but its mount cannot be read."""
+        return None
+
+    async def update_memory(self, container_id: str, memory_bytes: int, swap_bytes: int) -> None:
+        """Changes a running container's memory limit (a warm slot claimed by a job whose
+        limit differs from the pool's). Backends that cannot refuse with FailedPrecondition."""
+        from orchestrator.errors import FailedPrecondition
+
+        raise FailedPrecondition(f"{type(self).__name__} cannot change a container's limits")
+
+    async def image_id(self, image: str) -> str | None:
+        """The id the image reference names now (None: not present), to tell a warm slot made
+        from an image that has since been rebuilt. Backends that cannot tell return None."""
         return None
 
     async def capabilities(self, probe_image: str | None = None) -> EngineCapabilities:

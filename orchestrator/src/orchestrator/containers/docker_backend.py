@@ -41,7 +41,7 @@ from orchestrator.containers.mount_identity import (
     identity_through_proc,
     parse_stat_output,
 )
-from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID
+from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID, LABEL_WARM_SLOT
 from orchestrator.errors import EngineUnavailable, FailedPrecondition, OrchestratorError
 from orchestrator.logging import get_logger
 
@@ -240,6 +240,27 @@ class DockerBackend(ContainerBackend):
             api.remove_container(created["Id"], force=True)
         return True
 
+    async def update_memory(self, container_id: str, memory_bytes: int, swap_bytes: int) -> None:
+        def update() -> None:
+            try:
+                self._api().update_container(
+                    container_id, mem_limit=memory_bytes, memswap_limit=swap_bytes
+                )
+            except docker.errors.APIError as exc:
+                raise ContainerStartFailed(_api_error_text("update", exc)) from exc
+
+        await self._run(update)
+
+    async def image_id(self, image: str) -> str | None:
+        def image_id() -> str | None:
+            try:
+                data = self._api().inspect_image(image)  # type: ignore[no-untyped-call]
+            except docker.errors.ImageNotFound:
+                return None
+            return str(data.get("Id") or "") or None
+
+        return await self._run(image_id)
+
     async def stop(self, container_id: str, grace_seconds: int) -> None:
         def stop() -> None:
             with contextlib.suppress(docker.errors.NotFound):
@@ -377,9 +398,10 @@ class DockerBackend(ContainerBackend):
     def _exit_from_event(self, event: dict[str, Any], oom_seen: set[str]) -> ContainerExit | None:
         actor = event.get("Actor") or {}
         attrs = actor.get("Attributes") or {}
-        job_id = attrs.get(LABEL_JOB_ID)
+        job_id = attrs.get(LABEL_JOB_ID) or ""
+        slot_id = attrs.get(LABEL_WARM_SLOT) or ""
         container_id = actor.get("ID") or event.get("id")
-        if not job_id or not container_id:
+        if not (job_id or slot_id) or not container_id:
             return None
         raw_code = attrs.get("exitCode")
         exit_code = int(raw_code) if raw_code is not None and str(raw_code).isdigit() else None
@@ -391,7 +413,11 @@ class DockerBackend(ContainerBackend):
         except Exception:  # gone already: the exit code is all we know
             log.debug("container gone before inspect", container_id=container_id)
         return ContainerExit(
-            container_id=container_id, job_id=job_id, exit_code=exit_code, oom_killed=oom
+            container_id=container_id,
+            job_id=job_id,
+            exit_code=exit_code,
+            oom_killed=oom,
+            slot_id=slot_id,
         )
 
     async def mounted_directory(

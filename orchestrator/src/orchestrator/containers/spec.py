@@ -13,6 +13,11 @@ LABEL_JOB_ID = "ironclaw.job_id"
 LABEL_MODE = "ironclaw.mode"
 LABEL_CREATED_AT = "ironclaw.created_at"
 LABEL_INSTANCE = "ironclaw.instance"
+# A warm-pool slot's container carries this instead of ``ironclaw.job_id`` (labels cannot
+# change when a job claims it: the store maps the slot to its job).
+LABEL_WARM_SLOT = "ironclaw.warm_slot"
+# The command of a slot's container: the image's own entry point, waiting for its claim.
+AWAIT_CLAIM_COMMAND = ("--await-claim",)
 
 WORKSPACE = container_env.WORKSPACE_PATH
 SANDBOX_USER = "1000:1000"
@@ -25,6 +30,10 @@ HOST_GATEWAY_NAME = "host.docker.internal"
 
 def container_name(mode: JobMode, job_id: str) -> str:
     return f"ironclaw-{mode.container_prefix}-{job_id}"
+
+
+def warm_slot_name(mode: JobMode, slot_id: str) -> str:
+    return f"ironclaw-{mode.container_prefix}-warm-{slot_id}"
 
 
 def job_labels(instance: str, job_id: str, mode: JobMode, created_at: datetime) -> dict[str, str]:
@@ -62,18 +71,91 @@ def build_container_spec(
         container_env.WORKER_TOKEN: token,
         container_env.WORKSPACE: WORKSPACE,
     }
+    return _hardened_spec(
+        settings=settings,
+        name=container_name(mode, job_id),
+        mode=mode,
+        memory_mb=limits.memory_mb,
+        env=env,
+        secret_env_keys=frozenset({container_env.WORKER_TOKEN}),
+        labels=job_labels(settings.instance, job_id, mode, created_at),
+        command=(),
+        project_dir=project_dir,
+        network=network,
+    )
+
+
+def build_warm_slot_spec(
+    *,
+    settings: Settings,
+    slot_id: str,
+    mode: JobMode,
+    created_at: datetime,
+    secret: str,
+    orchestrator_url: str,
+    project_dir: str,
+    network: str | None = None,
+) -> ContainerSpec:
+    """A warm-pool slot: the container of a job not known yet, hardened exactly like one, with
+    the mode's default memory limit (a claim with another changes it). Its environment names
+    the slot and its claim secret, never a job or a token; its command waits for the claim
+    (``ironclaw-worker --await-claim``)."""
+    env = {
+        container_env.ORCHESTRATOR_URL: orchestrator_url,
+        container_env.WORKSPACE: WORKSPACE,
+        container_env.WARM_SLOT_ID: slot_id,
+        container_env.WARM_SLOT_SECRET: secret,
+    }
+    labels = {
+        LABEL_WARM_SLOT: slot_id,
+        LABEL_MODE: mode.value,
+        LABEL_CREATED_AT: created_at.isoformat(),
+        LABEL_INSTANCE: settings.instance,
+    }
+    return _hardened_spec(
+        settings=settings,
+        name=warm_slot_name(mode, slot_id),
+        mode=mode,
+        memory_mb=default_memory_mb(settings, mode),
+        env=env,
+        secret_env_keys=frozenset({container_env.WARM_SLOT_SECRET}),
+        labels=labels,
+        command=AWAIT_CLAIM_COMMAND,
+        project_dir=project_dir,
+        network=network,
+    )
+
+
+def default_memory_mb(settings: Settings, mode: JobMode) -> int:
+    """A job's memory limit when it asks for none (what a warm slot starts with)."""
+    return settings.worker_memory_mb if mode is JobMode.WORKER else settings.claude_memory_mb
+
+
+def _hardened_spec(
+    *,
+    settings: Settings,
+    name: str,
+    mode: JobMode,
+    memory_mb: int,
+    env: dict[str, str],
+    secret_env_keys: frozenset[str],
+    labels: dict[str, str],
+    command: tuple[str, ...],
+    project_dir: str,
+    network: str | None,
+) -> ContainerSpec:
     image = settings.worker_image if mode is JobMode.WORKER else settings.claude_image
-    memory = limits.memory_mb * 1024 * 1024
+    memory = memory_mb * 1024 * 1024
     # ``network``: the job's own isolated network (JOB_NETWORK=isolated), where a relay answers
     # as the worker API's host: no host-gateway entry then.
     isolated = network is not None
     network = network or settings.worker_network
     return ContainerSpec(
-        name=container_name(mode, job_id),
+        name=name,
         image=image,
-        command=(),
+        command=command,
         env=env,
-        labels=job_labels(settings.instance, job_id, mode, created_at),
+        labels=labels,
         user=SANDBOX_USER,
         working_dir=WORKSPACE,
         mounts=(BindMount(host_path=project_dir, container_path=WORKSPACE),),
@@ -92,7 +174,7 @@ def build_container_spec(
             {HOST_GATEWAY_NAME: "host-gateway"} if network == "bridge" and not isolated else {}
         ),
         runtime=settings.worker_runtime,
-        secret_env_keys=frozenset({container_env.WORKER_TOKEN}),
+        secret_env_keys=secret_env_keys,
         # A quota, not only shares: shares divide the CPUs only among jobs that compete, so
         # one job alone could take every core of the host.
         nano_cpus=round(settings.worker_cpus * 1e9),

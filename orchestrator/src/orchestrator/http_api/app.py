@@ -21,6 +21,8 @@ from ironclaw_contract.worker_api import (
     MAX_COMPLETE_BODY_BYTES,
     MAX_COMPLETE_DETAILS_BYTES,
     MAX_REPORT_BODY_BYTES,
+    WARM_CLAIM,
+    WARM_CLAIM_POLL_S,
     Refusal,
 )
 from orchestrator.accept_errors import listening_socket
@@ -253,6 +255,23 @@ class WorkerApi:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(build_openapi())
 
+    async def warm_claim(self, request: web.Request) -> web.Response:
+        """A warm-pool slot's claim channel (jobs/warm_pool.py): answered with the job id and
+        token once a job claims the slot, 204 when none did within the poll's time."""
+        pool = self._manager.warm_pool
+        raw = request.match_info["slot_id"]
+        try:
+            slot_id = str(uuid.UUID(raw))
+        except ValueError:
+            raise InvalidArgument(f"slot id {raw[:64]!r} is not a UUID") from None
+        secret = request_token(request)
+        if pool is None or not secret:
+            raise Unauthenticated("Invalid slot secret")
+        claim = await pool.await_claim(slot_id, secret, WARM_CLAIM_POLL_S)
+        if claim is None:
+            return web.Response(status=204)
+        return web.json_response({"job_id": claim.job_id, "token": claim.token})
+
     async def get_job(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
         manager = self._manager
@@ -413,6 +432,7 @@ def build_app(
     prefix = "/worker/{job_id}"
     app.router.add_get("/health", api.health)
     app.router.add_get("/openapi.json", api.openapi)
+    app.router.add_get(WARM_CLAIM, api.warm_claim)
     app.router.add_get(f"{prefix}/job", api.get_job)
     app.router.add_get(f"{prefix}/credentials", api.credentials)
     app.router.add_get(f"{prefix}/tools", api.tools)

@@ -92,10 +92,18 @@ def build_openapi() -> dict[str, Any]:
         schemas.PromptBody,
         schemas.JobCompleteRequest,
         schemas.HealthBody,
+        schemas.WarmClaimBody,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
     prompt_ok = _operation("Next follow-up prompt", schemas.PromptBody)
     prompt_ok["responses"]["204"] = {"description": "No follow-up is queued"}
+    claim = _operation(
+        "A warm-pool slot waits for its job (bearer: the slot's claim secret)",
+        schemas.WarmClaimBody,
+        extra={"401": "Unknown or retired slot, or a wrong secret"},
+    )
+    claim["responses"]["204"] = {"description": "No job claimed the slot yet: poll again"}
+    claim["parameters"][0]["name"] = "slot_id"
     return {
         "openapi": "3.1.0",
         "info": {
@@ -116,6 +124,7 @@ def build_openapi() -> dict[str, Any]:
         },
         "paths": {
             "/health": {"get": _operation("Liveness", schemas.HealthBody, authenticated=False)},
+            "/warm/{slot_id}/claim": {"get": claim},
             "/worker/{job_id}/job": {"get": _operation("The job's metadata", schemas.JobInfo)},
             "/worker/{job_id}/credentials": {
                 "get": _operation(

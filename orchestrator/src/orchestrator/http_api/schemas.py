@@ -273,3 +273,10 @@ class JobCompleteRequest(_Strict):
 
 class HealthBody(_Strict):
     status: Literal["ok"] = "ok"
+
+
+class WarmClaimBody(_Strict):
+    """A warm-pool slot's claim: the job it now runs and that job's token."""
+
+    job_id: str
+    token: str

@@ -141,7 +141,7 @@ class JobLifecycle:
                 if container_id is not None:
                     await self._remove_container(job, container_id)
         finally:
-            await self.release_network(job.job_id)
+            await self.release_network(job.network_key)
             await self._leave_memory(job)
 
     async def _remove_container(self, job: JobRecord, container_id: str) -> None:
@@ -159,7 +159,7 @@ class JobLifecycle:
 
     async def abandon(self, job: JobRecord) -> None:
         """A job that ended before it had a container (its start failed): nothing to stop."""
-        await self.release_network(job.job_id)
+        await self.release_network(job.network_key)
         await self._leave_memory(job)
 
     async def _leave_memory(self, job: JobRecord) -> None:
@@ -174,7 +174,8 @@ class JobLifecycle:
             self._table.evict(job)
 
     async def release_network(self, job_id: str) -> None:
-        """Removes the job's isolated network and relay, if it has them (never raises)."""
+        """Removes the isolated network and relay named after ``job_id`` (a job's, or the
+        warm-pool slot's it claimed: ``JobRecord.network_key``), if any (never raises)."""
         try:
             await self._backend.remove_job_network(self._settings.instance, job_id)
         except Exception as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from ironclaw_contract.worker_api import FailureReason
 from orchestrator.containers.backend import ContainerBackend, ContainerExit
-from orchestrator.containers.spec import build_container_spec, container_name
+from orchestrator.containers.spec import (
+    build_container_spec,
+    container_name,
+    default_memory_mb,
+)
 from orchestrator.domain.jobs import (
     CreateJobRequest,
     FollowUpPrompt,
@@ -48,6 +53,7 @@ from orchestrator.jobs.reconciler import Reconciler
 from orchestrator.jobs.record import JobRecord, utcnow
 from orchestrator.jobs.start_gate import wait_while_creating
 from orchestrator.jobs.table import JobPage, JobTable
+from orchestrator.jobs.warm_pool import WarmPool, WarmSlot
 from orchestrator.jobs.workspace_check import verify_mounted_workspace
 from orchestrator.logging import get_logger
 from orchestrator.settings import Settings
@@ -72,6 +78,9 @@ MAX_QUEUED_PROMPTS = 100
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 HISTORY_LIMIT = 2000
+# From answering a warm slot's claim until the job's first worker-API call: beyond it the claim
+# failed and the job starts cold (the slot's agent imports nothing more before that call).
+CLAIM_CONFIRM_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,18 @@ class ContainerJobManager:
         self._llm_provider_name = llm_provider_name
         self._table = JobTable(self._store)
         self._lifecycle = JobLifecycle(settings, backend, tokens, self._table, metrics)
+        # Off unless WARM_POOL names a pool.
+        self._warm = WarmPool(settings, backend, metrics) if settings.warm_pool else None
         self._reconciler = Reconciler(
-            settings, backend, tokens, self._table, self._lifecycle, HISTORY_LIMIT, sealer, metrics
+            settings,
+            backend,
+            tokens,
+            self._table,
+            self._lifecycle,
+            HISTORY_LIMIT,
+            sealer,
+            metrics,
+            warm=self._warm,
         )
         self._ledger = LlmLedger(self._table.require, self._usage_changed)
         self._accepting = True
@@ -196,6 +215,16 @@ class ContainerJobManager:
         """The worker API's URL as containers reach it (known once the API is bound)."""
         self._orchestrator_url = url
 
+    @property
+    def warm_pool(self) -> WarmPool | None:
+        """The warm pools, when ``WARM_POOL`` names any."""
+        return self._warm
+
+    def start_warm_pool(self) -> None:
+        """Starts filling the warm pools (once the worker API and the gateway are bound)."""
+        if self._warm is not None and self._accepting:
+            self._warm.start(self._orchestrator_url, self._egress_url)
+
     def container_id(self, job_id: str) -> str | None:
         """The id of the job's container while it exists."""
         job = self._table.record(parse_job_id(job_id))
@@ -218,15 +247,14 @@ class ContainerJobManager:
             if existing is not None:
                 return existing
         admitted = admit(request, self._settings, self._catalog.grant)
-        # Held open until the started container's /workspace has been compared with it.
-        project = hold_job_project_dir(
-            admitted.project_dir, self._settings.projects_dir, admitted.job_id
-        )
+        slot, project = self._warm_slot_or_project(admitted)
         try:
             self._uploads.refuse_staging(project.path)
             # A concurrent create with the same id may have won while the checks above ran.
             existing = self._existing(admitted.job_id)
             if existing is not None:
+                if slot is not None and self._warm is not None:
+                    self._warm.discard(slot, "its job existed already")
                 return existing
             job = self._record(admitted, str(project.path))
             # No suspension since the project was opened: a retention sweep cannot have
@@ -240,11 +268,19 @@ class ContainerJobManager:
             # Its commands' identity at the egress gateway (tokens.py): every job has one, used
             # when its network leads out through the gateway only.
             egress_key = self._tokens.create_egress_key(job.job_id, token)
+            if slot is not None:
+                # Recorded with the job before the claim is answered: a restart finds the
+                # slot's container as the job's (reconciler.py).
+                job.warm_slot = slot.slot_id
+                job.container_id = slot.container_id
+                job.container_name = slot.container_name
             # Held until the container is started, so reconciliation never judges the job
             # "vanished" while it is being created. A fresh lock is acquired without suspending.
             await job.lifecycle_lock.acquire()
             try:
-                await self._start(job, admitted, token, (llm_key, egress_key), project)
+                await self._save_created(job, admitted, token, (llm_key, egress_key))
+                if slot is None or not await self._claim(job, slot, token):
+                    await self._start(job, project, token)
             except OrchestratorError as exc:
                 self._start_failed(job, exc.message)
                 raise
@@ -254,15 +290,57 @@ class ContainerJobManager:
                 raise FailedPrecondition(message) from exc
             finally:
                 job.lifecycle_lock.release()
+                if slot is not None and self._warm is not None:
+                    self._warm.forget(slot)  # whatever happened, this claim is over
         finally:
             project.close()
         if job.state is JobState.CREATING:
-            self._lifecycle.started(job, "container started")
+            self._lifecycle.started(
+                job, "warm container claimed" if job.warm_slot else "container started"
+            )
             log.info("job running", job_id=job.job_id, container=job.container_name)
         elif job.state.is_terminal and job.container_id is not None:
             # Stopped or died while starting: make sure its container goes too.
             self._lifecycle.begin_teardown(job)
         return CreatedJob(job.snapshot(), token, already_existed=False)
+
+    def _warm_slot_or_project(
+        self, admitted: AdmittedJob
+    ) -> tuple[WarmSlot | None, HeldProjectDir]:
+        """A warm slot for the job and its directory as the job's project, when the job's mode
+        has a pool with a ready slot and the job names no project (a bind mount cannot be
+        added to a running container); else no slot and the project a cold start mounts,
+        held open until the started container's /workspace has been compared with it."""
+        pool, mode = self._warm, admitted.mode
+        if pool is not None and pool.has_pool(mode) and not self._existing_record(admitted):
+            if admitted.project_dir:
+                pool.count_miss(mode, "project")
+            elif (slot := pool.take(mode)) is not None:
+                held = self._adopt_slot_directory(pool, slot, admitted.job_id)
+                if held is not None:
+                    return slot, held
+        project = hold_job_project_dir(
+            admitted.project_dir, self._settings.projects_dir, admitted.job_id
+        )
+        return None, project
+
+    def _adopt_slot_directory(
+        self, pool: WarmPool, slot: WarmSlot, job_id: str
+    ) -> HeldProjectDir | None:
+        try:
+            held = pool.adopt_directory(slot, self._settings.projects_dir, job_id)
+        except (OSError, OrchestratorError) as exc:
+            log.warning("a warm slot's directory could not be adopted", error=str(exc))
+            pool.discard(slot, "its directory could not be adopted")
+            pool.count_miss(slot.mode, "claim_failed")
+            return None
+        if held is None:  # <projects>/<job_id> exists already: the job mounts that one
+            pool.give_back(slot)
+            pool.count_miss(slot.mode, "project")
+        return held
+
+    def _existing_record(self, admitted: AdmittedJob) -> bool:
+        return self._table.exists(admitted.job_id) or self._table.store.is_hidden(admitted.job_id)
 
     def _existing(self, job_id: str) -> CreatedJob | None:
         """The job already created under this id (an idempotent retry), if there is one."""
@@ -299,13 +377,12 @@ class ContainerJobManager:
             self._metrics.job_created(job.mode.value)
         return job
 
-    async def _start(
+    async def _save_created(
         self,
         job: JobRecord,
         admitted: AdmittedJob,
         token: str,
         keys: tuple[str | None, str],
-        project: HeldProjectDir,
     ) -> None:
         llm_key, egress_key = keys
         self._lifecycle.publish(
@@ -323,6 +400,52 @@ class ContainerJobManager:
         # The job must be on disk before its container can call back or outlive us.
         await self._store.flush()
         log.info("job created", job_id=job.job_id, mode=job.mode.value, project_dir=job.project_dir)
+
+    async def _claim(self, job: JobRecord, slot: WarmSlot, token: str) -> bool:
+        """Hands the warm slot to the job: its memory limit set if the job's differs from the
+        pool's, then the slot's waiting poll answered with the job id and token. False (the
+        slot removed, the job's record cleared of it) when that failed: the job starts cold."""
+        pool = self._warm
+        assert pool is not None
+        assert slot.container_id is not None
+        started = time.monotonic()
+        try:
+            memory_mb = job.limits.memory_mb
+            if memory_mb != default_memory_mb(self._settings, job.mode):
+                memory = memory_mb * 1024 * 1024
+                await self._backend.update_memory(slot.container_id, memory, memory)
+            if job.state is not JobState.CREATING:
+                pool.forget(slot)
+                return True  # stopped meanwhile: the slot's container goes with the job
+            job.claim_answered = asyncio.Event()
+            delivered = await pool.deliver(slot, job.job_id, token)
+            if delivered:
+                # The claim counts once the agent calls in as the job: an answer lost on its
+                # way (a connection cut, a frozen container) must not leave the job waiting.
+                await asyncio.wait_for(job.claim_answered.wait(), CLAIM_CONFIRM_S)
+        except Exception as exc:
+            log.warning(
+                "warm slot claim failed", job_id=job.job_id, error=str(exc) or type(exc).__name__
+            )
+            delivered = False
+        finally:
+            job.claim_answered = None
+        if job.state is not JobState.CREATING:
+            pool.forget(slot)
+            return True  # ended meanwhile: its teardown removes the slot's container
+        if delivered:
+            pool.claimed(slot, time.monotonic() - started)
+            return True
+        log.warning("warm slot claim failed; starting the job cold", job_id=job.job_id)
+        pool.discard(slot, "its claim failed")
+        pool.count_miss(job.mode, "claim_failed")
+        job.warm_slot = None
+        job.container_id = None
+        job.container_name = container_name(job.mode, job.job_id)
+        self._lifecycle.persist(job)
+        return False
+
+    async def _start(self, job: JobRecord, project: HeldProjectDir, token: str) -> None:
         network = None
         if self._settings.job_network == "isolated":
             network = await self._backend.create_job_network(
@@ -456,6 +579,8 @@ class ContainerJobManager:
             or self._tokens.validate_llm_key(job_id, token)
         ):
             return True  # refused by the handler's own check, without waiting
+        if job.claim_answered is not None:
+            job.claim_answered.set()  # the warm slot's agent runs as this job (see _claim)
         return await wait_while_creating(job, timeout_s)
 
     # ---------------------------------------------------------------- worker-side calls
@@ -654,8 +779,11 @@ class ContainerJobManager:
     # ---------------------------------------------------------------- shutdown
 
     async def shutdown(self, drain: bool = False) -> None:
-        """Stops accepting jobs; with ``drain`` stops every live job. Waits for teardowns."""
+        """Stops accepting jobs and removes the warm pools' unclaimed containers; with
+        ``drain`` stops every live job. Waits for teardowns."""
         self._accepting = False
+        if self._warm is not None:
+            await self._warm.close()
         if drain:
             for job in list(self._table.live.values()):
                 self._lifecycle.finish(

@@ -63,6 +63,7 @@ def record_to_json(job: JobRecord) -> dict[str, Any]:
         "usage": usage_to_json(job.usage),
         "log_tail": job.log_tail,
         "container_id": job.container_id,
+        "warm_slot": job.warm_slot,
         "budget_refused": job.budget_refused,
         "sequence": job.sequence,
         "tools": _tools_json(job.tools),
@@ -138,6 +139,8 @@ def record_from_json(
         history_limit=history_limit,
         history_max_bytes=history_max_bytes,
         container_id=data["container_id"],
+        # Records written before the warm pool have none.
+        warm_slot=data.get("warm_slot"),
         budget_refused=data["budget_refused"],
         sequence=data["sequence"],
         tools=_tools_from_json(data.get("tools")),

@@ -29,6 +29,9 @@ from orchestrator.errors import FailedPrecondition, InvalidArgument
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 OUTSIDE_BASE = "Project directory outside allowed base"
+# Where warm-pool slots keep their directories until a job claims one (jobs/warm_pool.py): no
+# job may name one, or two jobs could share a workspace.
+WARM_SLOTS_DIR = ".warm"
 
 _OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -116,6 +119,12 @@ def open_project_dir(requested: str, projects_dir: Path) -> HeldProjectDir:
                 os.close(steps.pop().fd)
                 continue
             parent = steps[-1]
+            if len(steps) == 1 and name == WARM_SLOTS_DIR:
+                raise InvalidArgument(
+                    f"Project directory {requested} is refused: {WARM_SLOTS_DIR} under the "
+                    "projects base holds the warm pool's workspaces, which only the "
+                    "orchestrator hands out"
+                )
             # Checked before anything below it is looked at: whatever a job does in there
             # (a link, a swap) is then never what decides.
             if len(steps) > 1 and _sandbox_controls(parent.st):

@@ -11,8 +11,8 @@ import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from orchestrator.containers.backend import ContainerBackend, ContainerExit
-from orchestrator.containers.spec import LABEL_JOB_ID
+from orchestrator.containers.backend import ContainerBackend, ContainerExit, ContainerInfo
+from orchestrator.containers.spec import LABEL_JOB_ID, LABEL_WARM_SLOT
 from orchestrator.domain.jobs import CredentialGrant, JobState, TerminalReason
 from orchestrator.errors import EngineUnavailable
 from orchestrator.jobs.lifecycle import JobLifecycle
@@ -25,6 +25,7 @@ from orchestrator.store.sealing import GrantSealer
 from orchestrator.tokens import TokenStore
 
 if TYPE_CHECKING:
+    from orchestrator.jobs.warm_pool import WarmPool
     from orchestrator.metrics import Metrics
 
 log = get_logger(__name__)
@@ -47,6 +48,7 @@ class Reconciler:
         history_limit: int,
         sealer: GrantSealer | None = None,
         metrics: Metrics | None = None,
+        warm: WarmPool | None = None,
     ) -> None:
         self._settings = settings
         self._backend = backend
@@ -56,6 +58,19 @@ class Reconciler:
         self._history_limit = history_limit
         self._sealer = sealer
         self._metrics = metrics
+        self._warm = warm
+
+    def _job_of(self, info: ContainerInfo) -> tuple[str, JobRecord | None]:
+        """The job id a container belongs to, and its record: a job container's label names
+        it; a warm slot's container belongs to the job that claimed the slot (if any)."""
+        job_id = info.labels.get(LABEL_JOB_ID, "")
+        if job_id:
+            return job_id, self._table.record(job_id)
+        job = self._table.by_warm_slot(info.labels.get(LABEL_WARM_SLOT, ""))
+        return (job.job_id, job) if job is not None else ("", None)
+
+    def _pool_owns(self, slot_id: str) -> bool:
+        return bool(slot_id) and self._warm is not None and self._warm.owns(slot_id)
 
     # ---- restore --------------------------------------------------------------------------
 
@@ -104,6 +119,15 @@ class Reconciler:
                     self._tokens.adopt_llm_key_digest(job.job_id, stored.llm_key_digest)
                 if stored.egress_key_digest is not None:
                     self._tokens.adopt_egress_key_digest(job.job_id, stored.egress_key_digest)
+                if job.warm_slot and job.state is JobState.CREATING:
+                    # Its claim may never have been answered, and the slot's secret died with
+                    # the old process: the container waits for a claim no one can send.
+                    self._lifecycle.finish(
+                        job,
+                        TerminalReason.START_FAILED,
+                        "the orchestrator restarted while the job was claiming a warm "
+                        "container: create the job again",
+                    )
         log.info("jobs restored", total=sum(table.counts().values()), live=live)
         return live
 
@@ -129,8 +153,9 @@ class Reconciler:
         containers = await self._backend.list_managed(self._settings.instance)
         seen: set[str] = set()
         for info in containers:
-            job_id = info.labels.get(LABEL_JOB_ID, "")
-            job = table.record(job_id)
+            job_id, job = self._job_of(info)
+            if job is None and self._pool_owns(info.labels.get(LABEL_WARM_SLOT, "")):
+                continue  # an unclaimed warm slot: the pool's
             if job is None or (job.state.is_terminal and job.torn_down.is_set()):
                 log.warning(
                     "removing a container without a live job", job_id=job_id, container=info.name
@@ -171,12 +196,15 @@ class Reconciler:
                 continue
             self._count("container_lost")
             lifecycle.finish(live, TerminalReason.CONTAINER_LOST, "container vanished")
-        listed = {info.labels.get(LABEL_JOB_ID, "") for info in containers}
+        listed = {self._job_of(info)[0] for info in containers}
         for ended in table.records():
             if ended.state.is_terminal and ended.torn_down.is_set() and ended.job_id not in listed:
                 await self._forget_container(ended)  # its container went meanwhile
         for job_id in await self._backend.list_job_networks(self._settings.instance):
-            owner = table.record(job_id)
+            # Named after a job, or after the warm slot it claimed or the pool still holds.
+            if self._pool_owns(job_id):
+                continue
+            owner = table.record(job_id) or table.by_warm_slot(job_id)
             if owner is None or (owner.state.is_terminal and owner.torn_down.is_set()):
                 log.warning("removing a job network without a live job", job_id=job_id)
                 await lifecycle.release_network(job_id)
@@ -208,7 +236,15 @@ class Reconciler:
 
     async def handle_container_exit(self, event: ContainerExit) -> None:
         """A container died: unless its job already ended, the job fails with the reason."""
-        job = self._table.record(event.job_id)
+        if event.job_id:
+            job = self._table.record(event.job_id)
+        else:
+            job = self._table.by_warm_slot(event.slot_id)
+            if job is None:
+                if self._warm is not None:
+                    self._warm.slot_exited(event.slot_id)
+                return
+            event = replace(event, job_id=job.job_id)
         if job is None or job.state.is_terminal:
             return
         if event.exit_code == SIGKILL_EXIT_CODE and not event.oom_killed:

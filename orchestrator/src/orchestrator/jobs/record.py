@@ -67,6 +67,11 @@ class JobRecord:
     usage: LlmUsage = field(default_factory=LlmUsage)
     log_tail: str = ""
     container_id: str | None = None
+    # The warm-pool slot whose container the job claimed (jobs/warm_pool.py): its container
+    # and isolated network are named after the slot, not the job.
+    warm_slot: str | None = None
+    # Set while a warm slot's claim waits for the job's first call (never persisted).
+    claim_answered: asyncio.Event | None = field(default=None, repr=False)
     # The code (a Refusal) of the last LLM call the job's policy refused: types a later failure
     # and tells the agent why (GET /job's llm_refusal).
     budget_refused: str | None = None
@@ -85,6 +90,11 @@ class JobRecord:
 
     def __post_init__(self) -> None:
         self.history = UpdateHistory(self.history_limit, self.history_max_bytes)
+
+    @property
+    def network_key(self) -> str:
+        """The id the job's isolated network and relay are named after."""
+        return self.warm_slot or self.job_id
 
     @property
     def prompts(self) -> deque[FollowUpPrompt]:

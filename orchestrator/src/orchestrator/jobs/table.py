@@ -73,6 +73,15 @@ class JobTable:
             raise JobNotFound(job_id)
         return job
 
+    def by_warm_slot(self, slot_id: str) -> JobRecord | None:
+        """The job in memory that claimed the warm-pool slot, if one did."""
+        if not slot_id:
+            return None
+        for job in self._memory.values():
+            if job.warm_slot == slot_id:
+                return job
+        return None
+
     def records(self) -> list[JobRecord]:
         return list(self._memory.values())
 
