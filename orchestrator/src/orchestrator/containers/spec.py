@@ -47,6 +47,7 @@ def build_container_spec(
     orchestrator_url: str,
     project_dir: str,
     network: str | None = None,
+    placement: tuple[str, ...] = (),
 ) -> ContainerSpec:
     """The container of one job. The job never chooses the image, the working dir or mounts.
 
@@ -98,6 +99,7 @@ def build_container_spec(
         nano_cpus=round(settings.worker_cpus * 1e9),
         read_only_rootfs=settings.worker_read_only_rootfs,
         writable_layer_bytes=settings.worker_disk_bytes,
+        placement=placement,
     )
 
 

@@ -101,6 +101,7 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
         mcp_servers=tuple(request.mcp_servers),
         wasm_tools=tuple(request.wasm_tools),
         egress_hosts=tuple(request.egress.allow_hosts) if request.HasField("egress") else None,
+        placement_node_labels=dict(request.placement.node_labels),
     )
 
 

@@ -312,6 +312,7 @@ class ContainerJobManager:
             token=token,
             orchestrator_url=self._orchestrator_url,
             project_dir=job.project_dir,
+            placement=admitted.placement,
         )
         if job.state is JobState.CREATING:
             job.container_id = await self._backend.create_and_start(spec)

@@ -163,6 +163,7 @@ class Reconciler:
                         job_id=job_id,
                         exit_code=detail.exit_code if detail else None,
                         oom_killed=bool(detail and detail.oom_killed),
+                        lost_node=detail.lost_node if detail else None,
                     )
                 )
         for live in list(table.live.values()):
@@ -211,6 +212,14 @@ class Reconciler:
         job = self._table.record(event.job_id)
         if job is None or job.state.is_terminal:
             return
+        if event.lost_node is not None:
+            log.warning("job's node went down", job_id=job.job_id, node=event.lost_node)
+            self._lifecycle.finish(
+                job,
+                TerminalReason.NODE_LOST,
+                f"node {event.lost_node} running the job went down",
+            )
+            return
         if event.exit_code == SIGKILL_EXIT_CODE and not event.oom_killed:
             event = await self._confirm_oom(event)
             if job.state.is_terminal:
@@ -221,6 +230,8 @@ class Reconciler:
         else:
             reason = TerminalReason.EXITED
             message = f"container exited with code {event.exit_code} without reporting a result"
+            if event.detail:
+                message = f"{message}: {event.detail}"
         log.warning(
             "job container died", job_id=job.job_id, reason=reason.value, exit_code=event.exit_code
         )
