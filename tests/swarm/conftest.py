@@ -153,7 +153,7 @@ def swarm_cluster(docker_engine: Any, worker_image: str) -> Iterator[SwarmCluste
             _unavailable(f"`{tool}` is not installed")
     _build_job_image()
     cluster_id, net = _cluster_ids()
-    state_dir = Path(f"/tmp/ironclaw-swarm-{cluster_id}")  # noqa: S108 - root-only, ours
+    state_dir = Path(f"/tmp/ironclaw-swarm-{cluster_id}")
     _down(state_dir)  # what a killed session of this checkout left
     started = time.monotonic()
     try:
@@ -268,7 +268,9 @@ def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator
                 client = node.client()
                 try:
                     label = f"ironclaw.instance={test_instance}"
-                    names = [c.name for c in client.containers.list(all=True, filters={"label": label})]
+                    names = [
+                        c.name for c in client.containers.list(all=True, filters={"label": label})
+                    ]
                     if node is swarm_cluster.manager:
                         names += [s.name for s in client.services.list(filters={"label": label})]
                     if names:
@@ -280,10 +282,16 @@ def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator
     yield leftovers
     manager = swarm_cluster.manager.client()
     try:
-        for service in manager.services.list(filters={"label": f"ironclaw.instance={test_instance}"}):
+        for service in manager.services.list(
+            filters={"label": f"ironclaw.instance={test_instance}"}
+        ):
             with contextlib.suppress(Exception):
                 print(f"--- logs of {service.name} ---")
-                print(b"".join(service.logs(stdout=True, stderr=True, tail=50)).decode(errors="replace"))
+                print(
+                    b"".join(service.logs(stdout=True, stderr=True, tail=50)).decode(
+                        errors="replace"
+                    )
+                )
                 service.remove()
     finally:
         manager.close()

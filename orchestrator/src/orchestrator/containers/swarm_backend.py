@@ -374,6 +374,9 @@ class SwarmBackend(ContainerBackend):
 
     async def logs_tail(self, container_id: str, lines: int) -> str:
         def tail() -> str:
+            info = self._inspect(container_id)
+            if info is None or info.lost_node is not None:
+                return ""  # a down node has no logs to give (the manager would wait for it)
             try:
                 raw = self._api().service_logs(
                     container_id, stdout=True, stderr=True, tail=lines, follow=False
