@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IMAGE_TAG, IN_CI, ROOT, image_name
+from tests.conftest import IMAGE_TAG, IN_CI, ROOT
 
 CLUSTER_SH = Path(__file__).with_name("cluster.sh")
 JOB_DOCKERFILE = Path(__file__).with_name("Dockerfile.swarm-job")
@@ -101,12 +101,12 @@ def _read_env(path: Path) -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
-def _build_job_image() -> None:
+def _build_job_image(worker_image: str) -> None:
     result = _run(
         "docker",
         "build",
         "--build-arg",
-        f"WORKER_IMAGE={image_name('worker')}",
+        f"WORKER_IMAGE={worker_image}",
         "-f",
         str(JOB_DOCKERFILE),
         "-t",
@@ -151,7 +151,7 @@ def swarm_cluster(docker_engine: Any, worker_image: str) -> Iterator[SwarmCluste
     for tool in ("ip", "unshare", "dockerd", "setsid"):
         if shutil.which(tool) is None:
             _unavailable(f"`{tool}` is not installed")
-    _build_job_image()
+    _build_job_image(worker_image)
     cluster_id, net = _cluster_ids()
     state_dir = Path(f"/tmp/ironclaw-swarm-{cluster_id}")
     _down(state_dir)  # what a killed session of this checkout left

@@ -48,7 +48,6 @@ from orchestrator.errors import (
     ConfigError,
     EngineUnavailable,
     FailedPrecondition,
-    OrchestratorError,
 )
 from orchestrator.logging import get_logger
 from orchestrator.settings import Settings
@@ -66,8 +65,9 @@ _CONNECTION_ERRORS = (
 STOP_MARGIN_S = 10.0
 
 
-class ServiceStartFailed(OrchestratorError):
-    """The job's service was refused, or its task did not reach running."""
+class ServiceStartFailed(FailedPrecondition):
+    """The job's service was refused, or its task did not reach running (no node satisfies
+    its constraints, the image is not on the chosen node): the cluster's state, not a fault."""
 
 
 class SwarmBackend(ContainerBackend):

@@ -80,6 +80,8 @@ class _TerminalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Termin
     TERMINAL_REASON_START_FAILED: _TerminalReason.ValueType  # 8
     TERMINAL_REASON_CONTAINER_LOST: _TerminalReason.ValueType  # 9
     TERMINAL_REASON_CREDENTIALS_LOST: _TerminalReason.ValueType  # 10
+    TERMINAL_REASON_NODE_LOST: _TerminalReason.ValueType  # 11
+    """the cluster node running the job went down"""
 
 class TerminalReason(_TerminalReason, metaclass=_TerminalReasonEnumTypeWrapper):
     """Why a job ended. Every terminal job carries exactly one."""
@@ -95,6 +97,8 @@ TERMINAL_REASON_BUDGET_EXCEEDED: TerminalReason.ValueType  # 7
 TERMINAL_REASON_START_FAILED: TerminalReason.ValueType  # 8
 TERMINAL_REASON_CONTAINER_LOST: TerminalReason.ValueType  # 9
 TERMINAL_REASON_CREDENTIALS_LOST: TerminalReason.ValueType  # 10
+TERMINAL_REASON_NODE_LOST: TerminalReason.ValueType  # 11
+"""the cluster node running the job went down"""
 Global___TerminalReason: _TypeAlias = TerminalReason  # noqa: Y015
 
 class _CredentialInjectFormat:
