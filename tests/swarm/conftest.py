@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -219,19 +220,36 @@ def node_ready(cluster: SwarmCluster, hostname: str) -> bool:
     return False
 
 
-def restart_node(cluster: SwarmCluster, node: SwarmNode) -> None:
-    """Starts a killed node's dockerd again, the way cluster.sh started it."""
-    run_sh = cluster.state_dir / f"n{node.index}" / "run.sh"
-    log = (cluster.state_dir / f"n{node.index}" / "dockerd.log").open("ab")
-    netns = node.hostname
-    subprocess.Popen(
-        ["setsid", "ip", "netns", "exec", netns, "unshare", "--uts", str(run_sh)],
-        stdout=log,
-        stderr=log,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"},
+def restart_node(cluster: SwarmCluster, node: SwarmNode, no_new_privileges: bool = True) -> None:
+    """Starts a stopped or killed node's dockerd again the way cluster.sh started it, with
+    its daemon's ``no-new-privileges`` setting as asked."""
+    node_dir = cluster.state_dir / f"n{node.index}"
+    config = json.loads((node_dir / "daemon.json").read_text())
+    config["no-new-privileges"] = no_new_privileges
+    variant = node_dir / f"daemon-nnp-{int(no_new_privileges)}.json"
+    variant.write_text(json.dumps(config))
+    run_sh = node_dir / f"run-nnp-{int(no_new_privileges)}.sh"
+    run_sh.write_text(
+        (node_dir / "run.sh").read_text().replace(str(node_dir / "daemon.json"), str(variant))
     )
-    log.close()
+    run_sh.chmod(0o755)
+    with (node_dir / "dockerd.log").open("ab") as log:
+        subprocess.Popen(
+            ["setsid", "ip", "netns", "exec", node.hostname, "unshare", "--uts", str(run_sh)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"},
+        )
+
+
+def daemon_running(node: SwarmNode) -> bool:
+    """Whether the node's dockerd process is alive (by its pid file)."""
+    try:
+        os.kill(node.daemon_pid(), 0)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 @pytest.fixture

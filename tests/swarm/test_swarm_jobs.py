@@ -23,11 +23,13 @@ from grpc import aio
 
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
+from orchestrator.errors import ConfigError
 from tests.conftest import ROOT
 from tests.helpers import wait_for
 from tests.swarm.conftest import (
     ZONE_LABEL,
     SwarmCluster,
+    daemon_running,
     node_ready,
     restart_node,
 )
@@ -243,4 +245,46 @@ async def test_a_node_lost_mid_job_fails_that_job_naming_the_node_while_another_
         # The node comes back; the manager then removes the orphaned container there.
         restart_node(swarm_cluster, doomed)
         await wait_for(lambda: node_ready(swarm_cluster, doomed.hostname), timeout=60, interval=0.5)
+    await wait_for(lambda: not swarm_leftovers(), timeout=60, interval=0.5, what="no leftovers")
+
+
+async def test_a_node_without_no_new_privileges_is_refused_at_start_and_per_task(
+    control_plane: Any,
+    swarm_cluster: SwarmCluster,
+    demo_copy: Callable[[str], Path],
+    swarm_leftovers: Callable[[], Any],
+) -> None:
+    _, stub = await control_plane()  # every node has it: the start's probe passes
+    weak = swarm_cluster.nodes[2]
+    os.kill(weak.daemon_pid(), signal.SIGTERM)
+    await wait_for(lambda: not daemon_running(weak), timeout=30, what="the node's dockerd to stop")
+    restart_node(swarm_cluster, weak, no_new_privileges=False)
+    try:
+        await wait_for(
+            lambda: daemon_running(weak) and node_ready(swarm_cluster, weak.hostname),
+            timeout=60,
+            interval=0.5,
+            what="the node back without no-new-privileges",
+        )
+        # A job that lands there anyway: its task refuses to start the agent.
+        project = demo_copy("weak")
+        job = await _ended(stub, await _create(stub, project, "z3"))
+        assert job.state == pb.JOB_STATE_FAILED
+        assert job.result.reason == pb.TERMINAL_REASON_EXITED
+        assert f"no-new-privileges is off on node {weak.hostname}" in job.result.message
+        assert "calc.py" not in {p.name for p in project.iterdir()} or (
+            "return a - b" in (project / "calc.py").read_text()
+        ), "the agent never ran"
+        # A new orchestrator refuses to start, naming the node and the fix.
+        with pytest.raises(ConfigError) as refused:
+            await control_plane()
+        assert weak.hostname in str(refused.value)
+        assert '"no-new-privileges": true' in str(refused.value)
+        # Unless the operator accepts it.
+        await control_plane(SWARM_ALLOW_NEW_PRIVILEGES="1")
+    finally:
+        os.kill(weak.daemon_pid(), signal.SIGTERM)
+        await wait_for(lambda: not daemon_running(weak), timeout=30)
+        restart_node(swarm_cluster, weak, no_new_privileges=True)
+        await wait_for(lambda: node_ready(swarm_cluster, weak.hostname), timeout=60, interval=0.5)
     await wait_for(lambda: not swarm_leftovers(), timeout=60, interval=0.5, what="no leftovers")

@@ -20,7 +20,7 @@ from orchestrator.containers.swarm_spec import (
     build_service,
     tmpfs_bytes,
 )
-from orchestrator.containers.swarm_tasks import exit_detail, exit_event, nodes_by_id, service_info
+from orchestrator.containers.swarm_tasks import exit_event, nodes_by_id, service_info
 from orchestrator.domain.jobs import CreateJobRequest, JobLimits, JobMode, TerminalReason
 from orchestrator.errors import ConfigError, FailedPrecondition, InvalidArgument
 from orchestrator.jobs.admission import admit
@@ -235,7 +235,7 @@ def test_the_newest_task_counts() -> None:
 def test_an_exit_of_the_guard_names_the_node_and_the_fix() -> None:
     tasks = [_task("failed", exit_code=NO_NEW_PRIVS_EXIT_CODE)]
     info = service_info(_svc(), tasks, NODES)
-    detail = exit_detail(tasks, NODES, info)
+    detail = info.detail
     assert "no-new-privileges is off on node alpha" in detail
     assert "daemon.json" in detail
 

@@ -108,6 +108,8 @@ class ContainerInfo:
     status: str = ""  # the engine's word: created, running, exited, dead, ...
     # The cluster node it ran on went down (its name): the container's end is unknown.
     lost_node: str | None = None
+    # The backend's own explanation of how it ended, when the exit code does not say it.
+    detail: str = ""
 
     @property
     def exited(self) -> bool:

@@ -36,7 +36,6 @@ from orchestrator.containers.swarm_probe import probe_no_new_privileges
 from orchestrator.containers.swarm_spec import SwarmPlacement, build_service
 from orchestrator.containers.swarm_tasks import (
     NodeState,
-    exit_detail,
     exit_event,
     latest_task,
     nodes_by_id,
@@ -272,7 +271,7 @@ class SwarmBackend(ContainerBackend):
             if state in ("complete", "failed", "shutdown", "rejected", "orphaned"):
                 nodes = nodes_by_id(api.nodes())
                 info = service_info(api.inspect_service(service_id), tasks, nodes)
-                detail = exit_detail(tasks, nodes, info) or pending_reason(task)
+                detail = info.detail or pending_reason(task)
                 if state == "complete" or info.exit_code is not None:
                     # It ran and ended already: the exit watcher reports it like any other.
                     return
@@ -334,12 +333,12 @@ class SwarmBackend(ContainerBackend):
 
     async def list_managed(self, instance: str) -> list[ContainerInfo]:
         def list_all() -> list[ContainerInfo]:
-            return [info for info, _ in self._snapshot(instance)]
+            return self._snapshot(instance)
 
         return await self._run(list_all)
 
-    def _snapshot(self, instance: str) -> list[tuple[ContainerInfo, str]]:
-        """Every service of this instance with its state and, when ended, why."""
+    def _snapshot(self, instance: str) -> list[ContainerInfo]:
+        """Every service of this instance with its state (and, when ended, why)."""
         api = self._api()
         services = api.services(filters={"label": f"{LABEL_INSTANCE}={instance}"})
         if not services:
@@ -349,13 +348,10 @@ class SwarmBackend(ContainerBackend):
         for task in api.tasks(filters={"service": ids}):
             tasks_of.setdefault(str(task.get("ServiceID", "")), []).append(task)
         nodes = nodes_by_id(api.nodes())
-        rows = []
-        for service in services:
-            tasks = tasks_of.get(str(service.get("ID", "")), [])
-            info = service_info(service, tasks, nodes)
-            detail = exit_detail(tasks, nodes, info) if info.exited else ""
-            rows.append((info, detail))
-        return rows
+        return [
+            service_info(service, tasks_of.get(str(service.get("ID", "")), []), nodes)
+            for service in services
+        ]
 
     async def task_process(self, container_id: str) -> tuple[str, str, int] | None:
         """The running task of a job's service: (node hostname, container id on that node,
@@ -431,13 +427,13 @@ class SwarmBackend(ContainerBackend):
                 await asyncio.sleep(max(interval, 1.0))
                 continue
             present = set()
-            for info, detail in rows:
+            for info in rows:
                 present.add(info.container_id)
                 if info.container_id in reported:
                     continue
                 if info.exited or info.lost_node is not None:
                     reported.add(info.container_id)
-                    yield exit_event(info, detail)
+                    yield exit_event(info)
             reported &= present
             await asyncio.sleep(interval)
 

@@ -95,7 +95,8 @@ def service_info(
     # service still asking for its replica is the kernel's OOM killer.
     replicas = ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1)
     oom = exit_code == SIGKILL_EXIT_CODE and replicas != 0
-    return _replace(base, status="exited", exit_code=exit_code, oom_killed=oom)
+    ended = _replace(base, status="exited", exit_code=exit_code, oom_killed=oom)
+    return _replace(ended, detail=exit_detail(tasks, nodes, ended))
 
 
 def exit_detail(
@@ -118,7 +119,7 @@ def exit_detail(
     return ""
 
 
-def exit_event(info: ContainerInfo, detail: str = "") -> ContainerExit:
+def exit_event(info: ContainerInfo) -> ContainerExit:
     """The exit notification for an ended or lost service."""
     return ContainerExit(
         container_id=info.container_id,
@@ -126,7 +127,7 @@ def exit_event(info: ContainerInfo, detail: str = "") -> ContainerExit:
         exit_code=info.exit_code,
         oom_killed=info.oom_killed,
         lost_node=info.lost_node,
-        detail=detail,
+        detail=info.detail,
     )
 
 

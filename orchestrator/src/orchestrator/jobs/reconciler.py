@@ -164,6 +164,7 @@ class Reconciler:
                         exit_code=detail.exit_code if detail else None,
                         oom_killed=bool(detail and detail.oom_killed),
                         lost_node=detail.lost_node if detail else None,
+                        detail=detail.detail if detail else "",
                     )
                 )
         for live in list(table.live.values()):
