@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import IMAGE_TAG, IN_CI, ROOT
 
 CLUSTER_SH = Path(__file__).with_name("cluster.sh")
+DEMO_PROJECT = ROOT / "deploy" / "demo" / "project"
 JOB_DOCKERFILE = Path(__file__).with_name("Dockerfile.swarm-job")
 JOB_IMAGE = f"ironclaw-swarm-job:{IMAGE_TAG}"
 ZONE_LABEL = "ironclaw.test.zone"
@@ -92,6 +93,10 @@ def _run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 
 def _down(state_dir: Path) -> None:
+    for log in sorted(state_dir.glob("n*/dockerd.log")):
+        # Shown when the session fails: what each node's daemon said last.
+        print(f"--- {log.parent.name}: dockerd.log (last lines) ---")
+        print("\n".join(log.read_text(errors="replace").splitlines()[-15:]))
     result = _run(str(CLUSTER_SH), "down", str(state_dir))
     if result.returncode != 0:
         print(f"cluster.sh down failed:\n{result.stderr[-3000:]}")
@@ -250,6 +255,20 @@ def daemon_running(node: SwarmNode) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+@pytest.fixture
+def demo_copy(base_dir: Path) -> Callable[[str], Path]:
+    def make(name: str) -> Path:
+        """A copy of deploy/demo/project under the base, owned by uid 1000."""
+        path = base_dir / "projects" / name
+        shutil.copytree(DEMO_PROJECT, path, ignore=shutil.ignore_patterns("__pycache__"))
+        for current, dirs, files in os.walk(path):
+            for entry in [current, *(os.path.join(current, n) for n in dirs + files)]:
+                os.chown(entry, 1000, 1000)
+        return path
+
+    return make
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ can be looked at on its node, or its node killed, while it runs.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -24,37 +23,24 @@ from grpc import aio
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.errors import ConfigError
-from tests.conftest import ROOT
 from tests.helpers import wait_for
 from tests.swarm.conftest import (
-    ZONE_LABEL,
     SwarmCluster,
     daemon_running,
     node_ready,
     restart_node,
 )
+from tests.swarm.support import (
+    DEMO_SCRIPT,
+    HOLD_TURN,
+    RELEASE_FILE,
+    create_job,
+    ended_job,
+    no_new_privs,
+    running_task,
+)
 
 pytestmark = pytest.mark.docker
-
-DEMO_PROJECT = ROOT / "deploy" / "demo" / "project"
-DEMO_SCRIPT = ROOT / "deploy" / "demo" / "fix-the-tests.yaml"
-RELEASE_FILE = ".release"
-HOLD_TURN = {
-    "content": "Waiting until I am let go.",
-    "tool_calls": [
-        {
-            "name": "shell",
-            "arguments": {
-                "command": (
-                    f"i=0; while [ ! -e {RELEASE_FILE} ] && [ $i -lt 1200 ]; do "
-                    "sleep 0.1; i=$((i+1)); done; echo released"
-                ),
-                "timeout": 180,
-            },
-        }
-    ],
-}
-TERMINAL = (pb.JOB_STATE_STOPPED, pb.JOB_STATE_FAILED)
 
 
 @pytest.fixture
@@ -63,19 +49,6 @@ def held_demo_script(tmp_path: Path) -> Path:
     path = tmp_path / "hold-then-fix.yaml"
     path.write_text(yaml.safe_dump([HOLD_TURN, *turns]))
     return path
-
-
-@pytest.fixture
-def demo_copy(base_dir: Path) -> Callable[[str], Path]:
-    def make(name: str) -> Path:
-        path = base_dir / "projects" / name
-        shutil.copytree(DEMO_PROJECT, path, ignore=shutil.ignore_patterns("__pycache__"))
-        for current, dirs, files in os.walk(path):
-            for entry in [current, *(os.path.join(current, n) for n in dirs + files)]:
-                os.chown(entry, 1000, 1000)
-        return path
-
-    return make
 
 
 @pytest.fixture
@@ -98,52 +71,6 @@ async def control_plane(
         await channel.close()
 
 
-async def _create(stub: Any, project: Path, zone: str) -> str:
-    request = pb.CreateJobRequest(
-        task="Fix the failing tests.",
-        project_dir=str(project),
-        placement=pb.JobPlacement(node_labels={ZONE_LABEL: zone}),
-    )
-    return str((await stub.CreateJob(request)).job.job_id)
-
-
-async def _job(stub: Any, job_id: str) -> Any:
-    return (await stub.GetJob(pb.GetJobRequest(job_id=job_id))).job
-
-
-async def _ended(stub: Any, job_id: str, timeout: float = 90) -> Any:
-    async def ended() -> Any:
-        job = await _job(stub, job_id)
-        return job if job.state in TERMINAL else None
-
-    return await wait_for(ended, timeout=timeout, interval=0.1, what=f"job {job_id} to end")
-
-
-def _running_task(cluster: SwarmCluster, job_id: str) -> dict[str, Any] | None:
-    """The job's running task as the manager reports it, with its node's hostname."""
-    manager = cluster.manager.client()
-    try:
-        services = manager.api.services(filters={"label": f"ironclaw.job_id={job_id}"})
-        if not services:
-            return None
-        tasks = manager.api.tasks(filters={"service": services[0]["ID"]})
-        running = [t for t in tasks if t["Status"]["State"] == "running"]
-        if not running:
-            return None
-        task = running[0]
-        node = manager.api.inspect_node(task["NodeID"])
-        return {**task, "hostname": node["Description"]["Hostname"], "service": services[0]}
-    finally:
-        manager.close()
-
-
-def _no_new_privs(pid: int) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("NoNewPrivs:"):
-            return line.split(":", 1)[1].strip()
-    return "?"
-
-
 async def test_jobs_placed_on_two_nodes_run_hardened_to_completion(
     control_plane: Any,
     swarm_cluster: SwarmCluster,
@@ -153,10 +80,10 @@ async def test_jobs_placed_on_two_nodes_run_hardened_to_completion(
 ) -> None:
     _, stub = await control_plane()
     projects = {"z2": demo_copy("on-z2"), "z3": demo_copy("on-z3")}
-    jobs = {zone: await _create(stub, project, zone) for zone, project in projects.items()}
+    jobs = {zone: await create_job(stub, project, zone) for zone, project in projects.items()}
     for zone, job_id in jobs.items():
         task = await wait_for(
-            lambda job_id=job_id: _running_task(swarm_cluster, job_id),
+            lambda job_id=job_id: running_task(swarm_cluster, job_id),
             timeout=30,
             what=f"job {job_id}'s task to run",
         )
@@ -191,11 +118,11 @@ async def test_jobs_placed_on_two_nodes_run_hardened_to_completion(
         assert [(m["Source"], m["Target"]) for m in binds] == [(str(projects[zone]), "/workspace")]
         # Not visible to inspect: read from the task's process (the nodes share this host's
         # pid namespace).
-        assert _no_new_privs(int(task["Status"]["ContainerStatus"]["PID"])) == "1"
+        assert no_new_privs(int(task["Status"]["ContainerStatus"]["PID"])) == "1"
     for project in projects.values():
         (project / RELEASE_FILE).touch()
     for zone, job_id in jobs.items():
-        job = await _ended(stub, job_id)
+        job = await ended_job(stub, job_id)
         assert job.state == pb.JOB_STATE_STOPPED, job.result.message
         assert job.result.reason == pb.TERMINAL_REASON_COMPLETED
         assert "return a + b" in (projects[zone] / "calc.py").read_text()
@@ -207,7 +134,7 @@ async def test_a_placement_no_node_satisfies_fails_the_start_with_the_reason(
 ) -> None:
     _, stub = await control_plane(SWARM_START_TIMEOUT_S="3")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await _create(stub, demo_copy("nowhere"), "z9")
+        await create_job(stub, demo_copy("nowhere"), "z9")
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "node.labels.ironclaw.test.zone==z9" in str(refused.value.details())
     jobs = (await stub.ListJobs(pb.ListJobsRequest())).jobs
@@ -223,22 +150,22 @@ async def test_a_node_lost_mid_job_fails_that_job_naming_the_node_while_another_
 ) -> None:
     _, stub = await control_plane()
     survivor_project, lost_project = demo_copy("survives"), demo_copy("lost")
-    survivor = await _create(stub, survivor_project, "z2")
-    lost = await _create(stub, lost_project, "z3")
+    survivor = await create_job(stub, survivor_project, "z2")
+    lost = await create_job(stub, lost_project, "z3")
     for job_id in (survivor, lost):
-        await wait_for(lambda job_id=job_id: _running_task(swarm_cluster, job_id), timeout=30)
+        await wait_for(lambda job_id=job_id: running_task(swarm_cluster, job_id), timeout=30)
     doomed = swarm_cluster.nodes[2]
     killed_at = time.monotonic()
     os.kill(doomed.daemon_pid(), signal.SIGKILL)
     try:
-        job = await _ended(stub, lost, timeout=30)
+        job = await ended_job(stub, lost, timeout=30)
         marked_s = time.monotonic() - killed_at
         print(f"node loss → job Failed in {marked_s:.1f} s")
         assert job.state == pb.JOB_STATE_FAILED
         assert job.result.reason == pb.TERMINAL_REASON_NODE_LOST
         assert doomed.hostname in job.result.message
         (survivor_project / RELEASE_FILE).touch()
-        job = await _ended(stub, survivor)
+        job = await ended_job(stub, survivor)
         assert job.result.reason == pb.TERMINAL_REASON_COMPLETED, job.result.message
         assert "return a + b" in (survivor_project / "calc.py").read_text()
     finally:
@@ -268,7 +195,7 @@ async def test_a_node_without_no_new_privileges_is_refused_at_start_and_per_task
         )
         # A job that lands there anyway: its task refuses to start the agent.
         project = demo_copy("weak")
-        job = await _ended(stub, await _create(stub, project, "z3"))
+        job = await ended_job(stub, await create_job(stub, project, "z3"))
         assert job.state == pb.JOB_STATE_FAILED
         assert job.result.reason == pb.TERMINAL_REASON_EXITED
         assert f"no-new-privileges is off on node {weak.hostname}" in job.result.message

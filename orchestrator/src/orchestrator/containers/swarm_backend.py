@@ -339,6 +339,14 @@ class SwarmBackend(ContainerBackend):
 
     def _snapshot(self, instance: str) -> list[ContainerInfo]:
         """Every service of this instance with its state (and, when ended, why)."""
+        for _ in range(2):
+            try:
+                return self._list_services(instance)
+            except docker.errors.NotFound:
+                continue  # one was removed between the two listings: list again
+        return self._list_services(instance)
+
+    def _list_services(self, instance: str) -> list[ContainerInfo]:
         api = self._api()
         services = api.services(filters={"label": f"{LABEL_INSTANCE}={instance}"})
         if not services:
