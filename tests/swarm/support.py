@@ -8,7 +8,7 @@ from typing import Any
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from tests.conftest import ROOT
 from tests.helpers import wait_for
-from tests.swarm.conftest import ZONE_LABEL, SwarmCluster
+from tests.swarm.fixtures import ZONE_LABEL, SwarmCluster
 
 DEMO_SCRIPT = ROOT / "deploy" / "demo" / "fix-the-tests.yaml"
 RELEASE_FILE = ".release"

@@ -24,7 +24,7 @@ from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.errors import ConfigError
 from tests.helpers import wait_for
-from tests.swarm.conftest import (
+from tests.swarm.fixtures import (
     SwarmCluster,
     daemon_running,
     node_ready,

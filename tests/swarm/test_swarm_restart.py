@@ -14,7 +14,7 @@ import yaml
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from tests.durability.conftest import OrchestratorProcess, free_port, job_stub
 from tests.helpers import wait_for
-from tests.swarm.conftest import SwarmCluster
+from tests.swarm.fixtures import SwarmCluster
 from tests.swarm.support import (
     DEMO_SCRIPT,
     HOLD_TURN,

@@ -61,7 +61,8 @@ def _spec(**settings_env: str) -> Any:
 def _service(**kwargs: Any) -> Any:
     options: dict[str, Any] = {
         "placement": SwarmPlacement(("node.role==worker",), 500_000_000, 128 << 20),
-        "image_argv": ["ironclaw-worker"],
+        "image_entrypoint": ["ironclaw-worker"],
+        "image_cmd": [],
         "guard_no_new_privileges": True,
         "stop_grace_s": 10,
     }
@@ -117,7 +118,7 @@ def test_the_agent_runs_behind_the_no_new_privileges_guard_unless_opted_out() ->
     guarded = _service().task_template
     assert guarded["ContainerSpec"]["Command"] == ["/bin/sh", "-c", NO_NEW_PRIVS_GUARD, GUARD_ARGV0]
     assert guarded["ContainerSpec"]["Args"] == ["ironclaw-worker"]
-    plain = _service(guard_no_new_privileges=False, image_argv=()).task_template
+    plain = _service(guard_no_new_privileges=False, image_entrypoint=()).task_template
     assert "Command" not in plain["ContainerSpec"]
     assert "Args" not in plain["ContainerSpec"]
 
@@ -147,12 +148,13 @@ def test_what_a_service_cannot_do_is_refused() -> None:
         build_service(
             replace(_spec(), runtime="runsc"),
             placement=SwarmPlacement(),
-            image_argv=["x"],
+            image_entrypoint=["x"],
+            image_cmd=[],
             guard_no_new_privileges=True,
             stop_grace_s=1,
         )
     with pytest.raises(FailedPrecondition, match="neither an entrypoint"):
-        _service(image_argv=())
+        _service(image_entrypoint=())
 
 
 def test_no_secret_in_the_spec_repr() -> None:
@@ -285,3 +287,21 @@ async def test_a_lost_node_fails_the_job_node_lost_naming_the_node(tmp_path: Pat
     assert job.result is not None
     assert job.result.reason is TerminalReason.NODE_LOST
     assert "node beta" in job.result.message
+
+
+def test_a_command_replaces_the_image_command_never_its_entrypoint() -> None:
+    spec = replace(_spec(), command=("--version",))
+    options: dict[str, Any] = {"placement": SwarmPlacement(), "stop_grace_s": 1}
+    guarded = build_service(
+        spec, image_entrypoint=["agent"], image_cmd=["run"], guard_no_new_privileges=True, **options
+    ).task_template["ContainerSpec"]
+    assert guarded["Args"] == ["agent", "--version"]
+    plain = build_service(
+        spec,
+        image_entrypoint=["agent"],
+        image_cmd=["run"],
+        guard_no_new_privileges=False,
+        **options,
+    ).task_template["ContainerSpec"]
+    assert plain["Args"] == ["--version"]
+    assert "Command" not in plain

@@ -89,7 +89,7 @@ class SwarmBackend(ContainerBackend):
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._max_pool = max_workers
-        self._argv_cache: dict[str, list[str]] = {}
+        self._argv_cache: dict[str, tuple[list[str], list[str]]] = {}
         self.on_error: Callable[[str], None] | None = None
 
     @property
@@ -215,7 +215,8 @@ class SwarmBackend(ContainerBackend):
     async def create_and_start(self, spec: ContainerSpec) -> str:
         return await self._run(functools.partial(self._create_and_start, spec))
 
-    def _image_argv(self, image: str) -> list[str]:
+    def _image_argv(self, image: str) -> tuple[list[str], list[str]]:
+        """The image's entrypoint and command, read on the manager."""
         cached = self._argv_cache.get(image)
         if cached is not None:
             return cached
@@ -226,16 +227,18 @@ class SwarmBackend(ContainerBackend):
                 f"image {image} not found on the Swarm manager: load it into every node "
                 "(`docker save | docker -H <node> load`) or push it to a registry they share"
             ) from None
-        argv = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+        argv = (list(config.get("Entrypoint") or []), list(config.get("Cmd") or []))
         self._argv_cache[image] = argv
         return argv
 
     def _create_and_start(self, spec: ContainerSpec) -> str:
         api = self._api()
+        entrypoint, cmd = self._image_argv(spec.image) if self._guard else ([], [])
         service = build_service(
             spec,
             placement=self._placement,
-            image_argv=self._image_argv(spec.image) if self._guard else (),
+            image_entrypoint=entrypoint,
+            image_cmd=cmd,
             guard_no_new_privileges=self._guard,
             stop_grace_s=self._settings.stop_grace_s,
         )

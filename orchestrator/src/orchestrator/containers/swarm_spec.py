@@ -75,18 +75,20 @@ def build_service(
     spec: ContainerSpec,
     *,
     placement: SwarmPlacement,
-    image_argv: Sequence[str],
+    image_entrypoint: Sequence[str],
+    image_cmd: Sequence[str],
     guard_no_new_privileges: bool,
     stop_grace_s: int,
 ) -> ServiceDefinition:
-    """The service running ``spec``. ``image_argv`` is the image's entrypoint and command (the
-    guard runs before them); ``placement`` adds to ``spec.placement``."""
+    """The service running ``spec``. As on one host, ``spec.command`` replaces the image's
+    command, never its entrypoint; the guard runs before both. ``placement`` adds to
+    ``spec.placement``."""
     if spec.runtime:
         raise FailedPrecondition(
             f"WORKER_RUNTIME={spec.runtime}: a Swarm service cannot choose an OCI runtime; set "
             "it as the default runtime of each node's dockerd and unset WORKER_RUNTIME"
         )
-    argv = list(spec.command) or list(image_argv)
+    argv = [*image_entrypoint, *(spec.command or image_cmd)]
     container: dict[str, Any] = {
         "Image": spec.image,
         "Env": [f"{key}={value}" for key, value in spec.env.items()],
@@ -109,7 +111,7 @@ def build_service(
         container["Command"] = ["/bin/sh", "-c", NO_NEW_PRIVS_GUARD, GUARD_ARGV0]
         container["Args"] = argv
     elif spec.command:
-        container["Command"] = argv
+        container["Args"] = list(spec.command)
     if spec.extra_hosts:
         # Swarm has no "host-gateway": only literal addresses can be passed on.
         container["Hosts"] = [

@@ -1,5 +1,6 @@
-"""A real three-node Docker Swarm on this machine, once per test session (tests/swarm/cluster.sh),
-and orchestrators on the host running their jobs on it.
+"""Fixtures of a real three-node Docker Swarm on this machine, once per test session
+(tests/swarm/cluster.sh), and of orchestrators on the host running their jobs on it. A plugin of
+the root conftest, so that any suite (tests/swarm, the backend contract) can use the cluster.
 
 The cluster's names derive from this checkout (its path and IRONCLAW_IMAGE_TAG), so sessions of
 other checkouts on the same machine never meet it; a cluster left by a killed session of this
@@ -30,6 +31,9 @@ CLUSTER_SH = Path(__file__).with_name("cluster.sh")
 DEMO_PROJECT = ROOT / "deploy" / "demo" / "project"
 JOB_DOCKERFILE = Path(__file__).with_name("Dockerfile.swarm-job")
 JOB_IMAGE = f"ironclaw-swarm-job:{IMAGE_TAG}"
+# The job image's base, loaded too (its layers are the job image's): an image without an
+# entrypoint for the backend contract's commands.
+BASE_IMAGE = "ironclaw/base:bookworm"
 ZONE_LABEL = "ironclaw.test.zone"
 BRING_UP_TIMEOUT_S = 110
 
@@ -150,14 +154,20 @@ def _load_images(cluster_dir: Path, nodes: tuple[SwarmNode, ...], images: list[s
 
 
 @pytest.fixture(scope="session")
-def swarm_cluster(docker_engine: Any, worker_image: str) -> Iterator[SwarmCluster]:
+def swarm_job_image(docker_engine: Any, worker_image: str) -> str:
+    """The Swarm tests' job image (tests/swarm/Dockerfile.swarm-job) on the host's engine."""
+    _build_job_image(worker_image)
+    return JOB_IMAGE
+
+
+@pytest.fixture(scope="session")
+def swarm_cluster(swarm_job_image: str) -> Iterator[SwarmCluster]:
     """Brings the three-node Swarm up (torn down after the session, whatever happened)."""
     if os.geteuid() != 0:
         _unavailable("needs root (network namespaces and more dockerd instances)")
     for tool in ("ip", "unshare", "dockerd", "setsid"):
         if shutil.which(tool) is None:
             _unavailable(f"`{tool}` is not installed")
-    _build_job_image(worker_image)
     cluster_id, net = _cluster_ids()
     state_dir = Path(f"/tmp/ironclaw-swarm-{cluster_id}")
     _down(state_dir)  # what a killed session of this checkout left
@@ -179,7 +189,7 @@ def swarm_cluster(docker_engine: Any, worker_image: str) -> Iterator[SwarmCluste
         )
         bring_up_s = time.monotonic() - started
         loaded_at = time.monotonic()
-        _load_images(state_dir, nodes, [JOB_IMAGE])
+        _load_images(state_dir, nodes, [JOB_IMAGE, BASE_IMAGE])
         image_load_s = time.monotonic() - loaded_at
         _label_nodes(nodes)
         total = time.monotonic() - started
