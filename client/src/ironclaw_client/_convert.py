@@ -188,6 +188,7 @@ def create_request(
     wait_for_prompts: bool,
     mcp_servers: Iterable[str],
     wasm_tools: Iterable[str],
+    node_labels: Mapping[str, str] | None = None,
 ) -> pb.CreateJobRequest:
     return pb.CreateJobRequest(
         task=task,
@@ -211,6 +212,7 @@ def create_request(
         wait_for_prompts=wait_for_prompts,
         mcp_servers=list(mcp_servers),
         wasm_tools=list(wasm_tools),
+        placement=pb.JobPlacement(node_labels=dict(node_labels or {})) if node_labels else None,
     )
 
 

@@ -116,6 +116,7 @@ class Client:
         wait_for_prompts: bool = False,
         mcp_servers: Iterable[str] = (),
         wasm_tools: Iterable[str] = (),
+        node_labels: Mapping[str, str] | None = None,
         timeout: float = DEFAULT_CREATE_TIMEOUT,
     ) -> CreatedJob:
         """Creates a job and starts its container.
@@ -123,7 +124,8 @@ class Client:
         The job id is chosen here (a new UUID unless ``job_id`` is given), so a call that failed
         with UNAVAILABLE or ran out of ``timeout`` is retried with the same id: the orchestrator
         answers a repeated id with the job it already made, never a second one. The retries
-        last at most ``reconnect_timeout``.
+        last at most ``reconnect_timeout``. ``node_labels``: on a Swarm, only a node carrying
+        these labels runs the job (``CreateJob.placement``).
         """
         chosen = job_id or new_job_id()
         request = _convert.create_request(
@@ -137,6 +139,7 @@ class Client:
             wait_for_prompts=wait_for_prompts,
             mcp_servers=mcp_servers,
             wasm_tools=wasm_tools,
+            node_labels=node_labels,
         )
         backoff = Backoff(self.reconnect_timeout)
         retried = False
