@@ -27,7 +27,7 @@ from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.settings import Settings
 from tests.fakes.fake_backend import FakeBackend
 from tests.helpers import wait_for
-from tests.swarm.fixtures import BASE_IMAGE
+from tests.swarm.fixtures import BASE_IMAGE, revive_dead_daemons
 
 LIMITS = JobLimits(
     max_iterations=5,
@@ -106,6 +106,7 @@ async def rig(request: Any, tmp_path: Path, test_instance: str) -> AsyncIterator
         from orchestrator.containers.swarm_backend import SwarmBackend
 
         cluster = request.getfixturevalue("swarm_cluster")
+        revive_dead_daemons(cluster)
         settings = Settings.from_env(
             {
                 **env,

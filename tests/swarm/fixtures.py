@@ -224,8 +224,13 @@ def _label_nodes(nodes: tuple[SwarmNode, ...]) -> None:
 
 
 def node_ready(cluster: SwarmCluster, hostname: str) -> bool:
-    """Whether the manager sees ``hostname`` as Ready."""
-    manager = cluster.manager.client()
+    """Whether the manager sees ``hostname`` as Ready (False while the manager is down)."""
+    import docker.errors
+
+    try:
+        manager = cluster.manager.client()
+    except docker.errors.DockerException:
+        return False
     try:
         for node in manager.nodes.list():
             if node.attrs["Description"]["Hostname"] == hostname:
@@ -281,6 +286,24 @@ def demo_copy(base_dir: Path) -> Callable[[str], Path]:
     return make
 
 
+def revive_dead_daemons(cluster: SwarmCluster) -> None:
+    """A node's dockerd that died by itself (20.10's Swarm manager has been seen to panic in
+    its replicated orchestrator when a service is removed) is started again, its log shown, so
+    one engine crash fails one test, not every test after it."""
+    for node in cluster.nodes:
+        if daemon_running(node):
+            continue
+        log = cluster.state_dir / f"n{node.index}" / "dockerd.log"
+        print(f"--- {node.hostname}'s dockerd had died; its last lines: ---")
+        print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        restart_node(cluster, node)
+    deadline = time.monotonic() + 60
+    while not all(daemon_running(n) and node_ready(cluster, n.hostname) for n in cluster.nodes):
+        if time.monotonic() > deadline:
+            pytest.fail("the Swarm test cluster's nodes did not come back")
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def swarm_settings(
     make_settings: Callable[..., Any], swarm_cluster: SwarmCluster
@@ -306,7 +329,9 @@ def swarm_settings(
 @pytest.fixture
 def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator[Callable[[], Any]]:
     """What this test's instance still has on the cluster: services on the manager and
-    containers on each node; both are removed after the test, whatever happened."""
+    containers on each node; both are removed after the test, whatever happened. Every node is
+    up when the test starts."""
+    revive_dead_daemons(swarm_cluster)
 
     def leftovers() -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}

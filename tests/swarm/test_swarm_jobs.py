@@ -8,8 +8,11 @@ can be looked at on its node, or its node killed, while it runs.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -140,6 +143,32 @@ async def test_a_placement_no_node_satisfies_fails_the_start_with_the_reason(
     jobs = (await stub.ListJobs(pb.ListJobsRequest())).jobs
     assert [j.result.reason for j in jobs] == [pb.TERMINAL_REASON_START_FAILED]
     assert not swarm_leftovers()
+
+
+async def test_status_reports_the_swarm_managers_engine_and_its_images(
+    swarm_cluster: SwarmCluster, base_dir: Path
+) -> None:
+    env = {
+        **os.environ,
+        "CONTAINER_BACKEND": "swarm",
+        "JOB_NETWORK": "bridge",
+        "SWARM_MANAGER_URL": swarm_cluster.manager.socket,
+        "IRONCLAW_BASE_DIR": str(base_dir),
+        "WORKER_IMAGE": swarm_cluster.job_image,
+        "IRONCLAW_ORCHESTRATOR": "127.0.0.1:9",  # none running: only the engine part counts
+    }
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ironclaw"), "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    report = json.loads(result.stdout)
+    assert report["docker"]["reachable"] is True
+    assert report["docker"]["address"] == swarm_cluster.manager.socket
+    assert report["images"]["worker"] == {"image": swarm_cluster.job_image, "present": True}
 
 
 async def test_a_node_lost_mid_job_fails_that_job_naming_the_node_while_another_finishes(

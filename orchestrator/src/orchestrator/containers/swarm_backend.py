@@ -297,6 +297,9 @@ class SwarmBackend(ContainerBackend):
         except docker.errors.NotFound:
             return
         replicas = ((service.get("Spec") or {}).get("Mode") or {}).get("Replicated") or {}
+        info = self._inspect(service_id)
+        if info is None or info.exited:
+            return  # ended by itself: nothing to stop (and one update fewer before the removal)
         if replicas.get("Replicas", 1) != 0:
             try:
                 api.update_service(
