@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+# The Swarm cluster's fixtures (swarm_cluster, swarm_settings, ...), for every suite that needs it.
+pytest_plugins = ("tests.swarm.fixtures",)
+
 ROOT = Path(__file__).resolve().parents[1]
 # Unique per test session, so a session only ever cleans up its own containers even when
 # several sessions share the engine.

@@ -172,3 +172,18 @@ async def test_a_callers_second_create_with_its_own_id_says_it_already_existed(
     assert not first.already_existed
     assert again.already_existed
     assert len(fake_orch.backend.created) == 1
+
+
+async def test_node_labels_place_a_job_on_a_swarm_and_are_refused_on_one_host(
+    start_fake_orch: StartFn, fake_orch: Running
+) -> None:
+    swarm = await start_fake_orch(
+        CONTAINER_BACKEND="swarm", JOB_NETWORK="bridge", ORCHESTRATOR_HTTP_BIND="127.0.0.1"
+    )
+    async with AsyncClient(swarm.target) as client:
+        created = await client.create_job("t", node_labels={"zone": "a", "gpu": "yes"})
+    spec = next(s for s in swarm.backend.created if created.job.job_id in s.name)
+    assert spec.placement == ("node.labels.gpu==yes", "node.labels.zone==a")
+    async with AsyncClient(fake_orch.target) as client:
+        with pytest.raises(FailedPrecondition, match="CONTAINER_BACKEND=swarm"):
+            await client.create_job("t", node_labels={"zone": "a"})

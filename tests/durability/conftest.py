@@ -93,6 +93,8 @@ async def orchestrator_process(
             "ORCHESTRATOR_INSTANCE": test_instance,
             "ORCHESTRATOR_PORT": str(free_port()),
             "ORCHESTRATOR_HTTP_PORT": str(free_port()),
+            "ORCHESTRATOR_EGRESS_PORT": str(free_port()),
+            "METRICS_PORT": "0",
             "WORKER_MEMORY_MB": "256",
             "STOP_GRACE_S": "2",
             "LOG_FORMAT": "json",

@@ -190,6 +190,7 @@ def create_request(
     mcp_servers: Iterable[str],
     wasm_tools: Iterable[str],
     git: GitWorkspace | None = None,
+    node_labels: Mapping[str, str] | None = None,
 ) -> pb.CreateJobRequest:
     return pb.CreateJobRequest(
         task=task,
@@ -218,6 +219,7 @@ def create_request(
             if git is not None
             else None
         ),
+        placement=pb.JobPlacement(node_labels=dict(node_labels or {})) if node_labels else None,
     )
 
 

@@ -121,6 +121,7 @@ class Client:
         mcp_servers: Iterable[str] = (),
         wasm_tools: Iterable[str] = (),
         git: GitWorkspace | None = None,
+        node_labels: Mapping[str, str] | None = None,
         timeout: float = DEFAULT_CREATE_TIMEOUT,
     ) -> CreatedJob:
         """Creates a job and starts its container.
@@ -128,7 +129,8 @@ class Client:
         The job id is chosen here (a new UUID unless ``job_id`` is given), so a call that failed
         with UNAVAILABLE or ran out of ``timeout`` is retried with the same id: the orchestrator
         answers a repeated id with the job it already made, never a second one. The retries
-        last at most ``reconnect_timeout``.
+        last at most ``reconnect_timeout``. ``node_labels``: on a Swarm, only a node carrying
+        these labels runs the job (``CreateJob.placement``).
         """
         chosen = job_id or new_job_id()
         request = _convert.create_request(
@@ -143,6 +145,7 @@ class Client:
             mcp_servers=mcp_servers,
             wasm_tools=wasm_tools,
             git=git,
+            node_labels=node_labels,
         )
         backoff = Backoff(self.reconnect_timeout)
         retried = False

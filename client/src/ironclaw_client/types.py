@@ -46,6 +46,7 @@ class TerminalReason(enum.Enum):
     START_FAILED = "start_failed"
     CONTAINER_LOST = "container_lost"
     CREDENTIALS_LOST = "credentials_lost"
+    NODE_LOST = "node_lost"
 
 
 @dataclass(frozen=True)

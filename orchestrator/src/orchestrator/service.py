@@ -16,6 +16,7 @@ from orchestrator.accept_errors import AcceptErrors, install_accept_error_filter
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.engine_checks import check_engine_capabilities
+from orchestrator.containers.swarm_backend import SwarmBackend
 from orchestrator.egress.ca import CaError, EgressCa
 from orchestrator.egress.gateway import (
     EgressGateway,
@@ -128,6 +129,12 @@ async def resolve_http_bind(settings: Settings, backend: ContainerBackend) -> st
     (reachable from containers, not from the LAN)."""
     if settings.http_bind:
         return settings.http_bind
+    if settings.container_backend == "swarm":
+        raise ConfigError(
+            "CONTAINER_BACKEND=swarm: set ORCHESTRATOR_HTTP_BIND to an address of this host "
+            "that the Swarm nodes reach (and the LAN need not), e.g. its address on the nodes' "
+            "network"
+        )
     try:
         gateway = await backend.default_gateway()
     except EngineUnavailable:
@@ -157,12 +164,13 @@ async def start_orchestrator(
     metrics = Metrics.for_settings(settings) if settings.metrics_enabled else None
     # Checked before anything starts: a cap the descriptor limit cannot carry stops the start.
     limits = connection_limits(settings, current_fd_limit())
-    backend = backend or DockerBackend()
+    backend = backend or build_backend(settings)
     if metrics is not None:
         backend.report_errors_to(metrics.docker_error)
     try:
         await backend.ping()
         await check_engine(settings, backend)
+        await backend.verify_hardening()
     except EngineUnavailable as exc:
         # Serve anyway: jobs are not judged lost until reconciliation can see the engine.
         log.error("container engine unreachable at start; will keep retrying", error=exc.message)
@@ -206,7 +214,7 @@ async def start_orchestrator(
         build_app(manager, proxy, metrics), http_host, port, limits, metrics
     )
     # Containers learn the URL only once the port is bound (port 0 picks one in tests).
-    orchestrator_url = settings.orchestrator_url or _container_url(bound_port)
+    orchestrator_url = settings.orchestrator_url or _container_url(settings, http_host, bound_port)
     manager.set_orchestrator_url(orchestrator_url)
     if egress_port is None:
         egress_port = 0 if http_port == 0 else settings.egress_port
@@ -218,7 +226,7 @@ async def start_orchestrator(
     if settings.job_network == "isolated":
         # Only where the job's network has no other way out do its commands get the gateway;
         # on the host's bridge they go out directly, and a proxy would only refuse them.
-        egress_url = settings.egress_url or _container_url(gateway.port)
+        egress_url = settings.egress_url or _container_url(settings, http_host, gateway.port)
         problem = egress_relay_problem(orchestrator_url, egress_url)
         if problem:
             await gateway.close()
@@ -331,9 +339,20 @@ async def _serve_metrics(
         return None
 
 
-def _container_url(port: int) -> str:
+def _container_url(settings: Settings, http_host: str, port: int) -> str:
+    if settings.container_backend == "swarm":
+        # No host-gateway on other machines: the address the worker API is bound to, which
+        # the nodes reach.
+        return f"http://{http_host}:{port}"
     # host.docker.internal is mapped to the bridge gateway in every job container.
     return f"http://host.docker.internal:{port}"
+
+
+def build_backend(settings: Settings) -> ContainerBackend:
+    """The container backend CONTAINER_BACKEND names."""
+    if settings.container_backend == "swarm":
+        return SwarmBackend(settings)
+    return DockerBackend()
 
 
 async def serve_forever(settings: Settings, drain: bool = False) -> None:

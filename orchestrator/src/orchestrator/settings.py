@@ -41,6 +41,7 @@ LLM_PROVIDERS = ("anthropic", "openai", "scripted", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "console")
 JOB_NETWORK_MODES = ("bridge", "isolated")
+CONTAINER_BACKENDS = ("docker", "swarm")
 _PROVIDER_DEFAULT_MODELS = {
     "anthropic": "claude-sonnet-5-5",
     "openai": "gpt-4o-mini",
@@ -275,6 +276,18 @@ def _network_name(name: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", raw):
         raise ConfigError(f"{name}={raw!r} is not a Docker network name")
     return raw
+
+
+def _swarm_constraints(name: str, raw: str) -> tuple[str, ...]:
+    # What `docker service create --constraint` takes: node.<attribute>==|!=<value>.
+    entries = _csv(name, raw)
+    for entry in entries:
+        if not re.fullmatch(r"(node|engine)\.[A-Za-z0-9_.-]+ *(==|!=) *[^\s,]+", entry):
+            raise ConfigError(
+                f"{name}: {entry!r} is not a placement constraint (e.g. node.labels.zone==a, "
+                "node.role!=manager)"
+            )
+    return entries
 
 
 def _label_value(name: str, raw: str) -> str:
@@ -517,6 +530,46 @@ class Settings:
         "64",
         "connections a job's relay forwards at once",
     )
+    container_backend: str = setting(
+        "CONTAINER_BACKEND", _choice(CONTAINER_BACKENDS), "docker", "docker (one host) or swarm"
+    )
+    # None: DOCKER_HOST, else the local socket (the Docker backend's engine).
+    swarm_manager_url: str | None = setting(
+        "SWARM_MANAGER_URL", _nonempty, None, "a Swarm manager's engine API", shown="DOCKER_HOST"
+    )
+    swarm_constraints: tuple[str, ...] = setting(
+        "SWARM_PLACEMENT_CONSTRAINTS",
+        _swarm_constraints,
+        "",
+        "constraints of every job's service (node.labels.pool==jobs,...)",
+    )
+    swarm_reserve_cpus: float = setting(
+        "SWARM_RESERVE_CPUS", _cpus, "0", "CPUs reserved on a node for each job (0: none)"
+    )
+    swarm_reserve_memory_bytes: int = setting(
+        "SWARM_RESERVE_MEMORY_MB",
+        _megabytes(0, 1 << 20),
+        "0",
+        "memory reserved on a node for each job (0: none)",
+    )
+    swarm_allow_new_privileges: bool = setting(
+        "SWARM_ALLOW_NEW_PRIVILEGES",
+        _bool,
+        "0",
+        "run jobs on nodes whose dockerd lacks no-new-privileges",
+    )
+    swarm_start_timeout_s: float = setting(
+        "SWARM_START_TIMEOUT_S",
+        _float_range(1.0, 3600.0),
+        "60",
+        "a job's task must be running within this (else START_FAILED)",
+    )
+    swarm_poll_interval_s: float = setting(
+        "SWARM_POLL_INTERVAL_S",
+        _float_range(0.1, 60.0),
+        "0.5",
+        "how often task and node states are read",
+    )
     # The egress gateway (orchestrator/egress/): deny by default, on the worker API's address.
     egress_port: int = setting("ORCHESTRATOR_EGRESS_PORT", _port, "50053", "egress gateway port")
     egress_allow_hosts: EgressPolicy = setting(
@@ -743,6 +796,17 @@ def _derived_values(s: Settings, env: Mapping[str, str]) -> dict[str, Any]:
                 f"ORCHESTRATOR_BIND={s.grpc_bind} is not loopback: set ORCHESTRATOR_TLS_CERT and "
                 "ORCHESTRATOR_TLS_KEY, or ORCHESTRATOR_INSECURE=1 to accept plaintext"
             )
+    if s.container_backend == "swarm" and s.job_network == "isolated":
+        raise ConfigError(
+            "CONTAINER_BACKEND=swarm: JOB_NETWORK=isolated (a relay per job) exists on one Docker "
+            "host only; set JOB_NETWORK=bridge (jobs reach the worker API through their node's "
+            "bridge: see the README's Swarm section for what that does and does not isolate)"
+        )
+    if s.container_backend == "swarm" and s.warm_pool:
+        raise ConfigError(
+            "CONTAINER_BACKEND=swarm: WARM_POOL is for one Docker host (a slot's container is "
+            "started before its job's node is chosen); unset WARM_POOL"
+        )
     derived: dict[str, Any] = {}
     provider = s.llm_provider if _is_set(env, "LLM_PROVIDER") else _pick_provider(s)
     if provider == "scripted" and s.llm_script is None:

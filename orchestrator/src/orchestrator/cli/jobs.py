@@ -57,6 +57,13 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
         help="grant credential NAME with the value of this shell's ENV_VAR (never from argv)",
     )
     create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument(
+        "--node-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="on a Swarm: run only on a node with this label (repeatable)",
+    )
     create.add_argument("--job-id", default="", help="client-chosen UUID (idempotent retries)")
     create.add_argument("--max-iterations", type=int, default=0)
     create.add_argument("--timeout", type=int, default=0, help="deadline in seconds")
@@ -206,6 +213,7 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
             mode=JobMode(args.mode),
             credentials=grants,
             labels=_pairs(args.label, "--label"),
+            node_labels=_pairs(args.node_label, "--node-label"),
             wait_for_prompts=args.wait_for_prompts,
             mcp_servers=args.mcp_server,
             wasm_tools=args.wasm_tool,

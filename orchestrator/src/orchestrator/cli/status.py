@@ -203,7 +203,9 @@ async def _check_engine(settings: Any, report: StatusReport) -> None:
         return
     from orchestrator.errors import EngineUnavailable
 
-    backend = DockerBackend()
+    # On a Swarm: the manager's engine (its version, and whether it has the images).
+    swarm = settings.container_backend == "swarm"
+    backend = DockerBackend(settings.swarm_manager_url if swarm else None)
     try:
         report.docker = {
             "reachable": True,

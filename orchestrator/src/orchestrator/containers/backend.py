@@ -52,6 +52,8 @@ class ContainerSpec:
     # The container's writable layer, bounded where the engine's storage driver can do it
     # (see ContainerBackend.capabilities); None: unbounded.
     writable_layer_bytes: int | None = None
+    # Cluster placement constraints (``node.labels.zone==a``); backends on one host refuse them.
+    placement: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in self.secret_env_keys else v) for k, v in self.env.items()}
@@ -104,6 +106,10 @@ class ContainerInfo:
     oom_killed: bool = False
     started_at: datetime | None = None
     status: str = ""  # the engine's word: created, running, exited, dead, ...
+    # The cluster node it ran on went down (its name): the container's end is unknown.
+    lost_node: str | None = None
+    # The backend's own explanation of how it ended, when the exit code does not say it.
+    detail: str = ""
 
     @property
     def exited(self) -> bool:
@@ -131,6 +137,10 @@ class ContainerExit:
     exit_code: int | None
     oom_killed: bool
     slot_id: str = ""  # the warm-pool slot it was started as, if it was one
+    # The cluster node it ran on went down (its name); then exit_code is None.
+    lost_node: str | None = None
+    # The backend's own explanation of the exit, when it has one (a refused start).
+    detail: str = ""
 
 
 class ContainerBackend(abc.ABC):
@@ -226,6 +236,11 @@ class ContainerBackend(abc.ABC):
     def report_errors_to(self, listener: Callable[[str], None]) -> None:  # noqa: B027
         """Calls ``listener`` with a short kind ("unreachable", "api_500") for each failed
         engine call, for the metrics. Backends without such errors ignore it."""
+
+    async def verify_hardening(self) -> None:  # noqa: B027
+        """Raises ConfigError where the engine would run job containers without a protection
+        their spec asks for and cannot say so per container (Swarm: no-new-privileges comes
+        from each node's daemon). Default: the engine applies the spec as it is."""
 
     async def check_host_paths(self, projects_dir: Path) -> None:  # noqa: B027
         """Raises ConfigError when the engine would not see ``projects_dir`` at that path (the

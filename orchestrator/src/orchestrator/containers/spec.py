@@ -56,6 +56,7 @@ def build_container_spec(
     orchestrator_url: str,
     project_dir: str,
     network: str | None = None,
+    placement: tuple[str, ...] = (),
 ) -> ContainerSpec:
     """The container of one job. The job never chooses the image, the working dir or mounts.
 
@@ -82,6 +83,7 @@ def build_container_spec(
         command=(),
         project_dir=project_dir,
         network=network,
+        placement=placement,
     )
 
 
@@ -143,6 +145,7 @@ def _hardened_spec(
     command: tuple[str, ...],
     project_dir: str,
     network: str | None,
+    placement: tuple[str, ...] = (),
 ) -> ContainerSpec:
     image = settings.worker_image if mode is JobMode.WORKER else settings.claude_image
     memory = memory_mb * 1024 * 1024
@@ -180,6 +183,7 @@ def _hardened_spec(
         nano_cpus=round(settings.worker_cpus * 1e9),
         read_only_rootfs=settings.worker_read_only_rootfs,
         writable_layer_bytes=settings.worker_disk_bytes,
+        placement=placement,
     )
 
 

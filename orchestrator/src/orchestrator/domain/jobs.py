@@ -56,6 +56,7 @@ class TerminalReason(enum.Enum):
     START_FAILED = "START_FAILED"
     CONTAINER_LOST = "CONTAINER_LOST"
     CREDENTIALS_LOST = "CREDENTIALS_LOST"
+    NODE_LOST = "NODE_LOST"  # the cluster node running the job went down
 
     @property
     def terminal_state(self) -> JobState:
@@ -179,6 +180,8 @@ class CreateJobRequest:
     # The job's own egress allowlist; None: the operator's (EGRESS_ALLOW_HOSTS).
     egress_hosts: tuple[str, ...] | None = None
     git: GitSource | None = None
+    # Node labels the job's node must carry (CONTAINER_BACKEND=swarm only).
+    placement_node_labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
             if request.HasField("git")
             else None
         ),
+        placement_node_labels=dict(request.placement.node_labels),
     )
 
 

@@ -74,6 +74,8 @@ class AdmittedJob:
     # Canonical entries of the job's own egress list; None: the operator's.
     egress_hosts: tuple[str, ...] | None = None
     git: GitSource | None = None
+    # Placement constraints from the job's node labels (``node.labels.zone==a``).
+    placement: tuple[str, ...] = ()
 
 
 def parse_job_id(raw: str) -> str:
@@ -106,6 +108,7 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
     egress_hosts = _egress_hosts(request.egress_hosts, settings)
     _check_inject_hosts(grants, egress_hosts, settings)
     git = _git_source(request, grants, egress_hosts, settings)
+    placement = placement_constraints(request.placement_node_labels, settings)
     return AdmittedJob(
         job_id=job_id,
         task=task,
@@ -118,7 +121,39 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
         wait_for_prompts=request.wait_for_prompts,
         egress_hosts=egress_hosts,
         git=git,
+        placement=placement,
     )
+
+
+MAX_PLACEMENT_LABELS = 16
+_NODE_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_NODE_LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/@+-]{1,256}")
+
+
+def placement_constraints(node_labels: Mapping[str, str], settings: Settings) -> tuple[str, ...]:
+    """A job's ``placement.node_labels`` as Swarm constraints; InvalidArgument for a label a
+    constraint cannot carry, FailedPrecondition on a backend without nodes to choose."""
+    if not node_labels:
+        return ()
+    if settings.container_backend != "swarm":
+        raise FailedPrecondition(
+            "placement.node_labels needs CONTAINER_BACKEND=swarm: this orchestrator runs jobs "
+            "on one Docker host"
+        )
+    if len(node_labels) > MAX_PLACEMENT_LABELS:
+        raise InvalidArgument(f"placement.node_labels: at most {MAX_PLACEMENT_LABELS} labels")
+    for key, value in node_labels.items():
+        if not _NODE_LABEL_KEY.fullmatch(key):
+            raise InvalidArgument(
+                f"placement.node_labels: key {key[:64]!r} must be letters, digits, '.', '_' or "
+                "'-' (max 128)"
+            )
+        if not _NODE_LABEL_VALUE.fullmatch(value):
+            raise InvalidArgument(
+                f"placement.node_labels[{key}]: value {value[:64]!r} must be 1-256 letters, "
+                "digits or ._:/@+- (no spaces, no '=' or ',')"
+            )
+    return tuple(f"node.labels.{key}=={value}" for key, value in sorted(node_labels.items()))
 
 
 def _git_source(

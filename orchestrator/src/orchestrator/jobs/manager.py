@@ -280,7 +280,7 @@ class ContainerJobManager:
             try:
                 await self._save_created(job, admitted, token, (llm_key, egress_key))
                 if slot is None or not await self._claim(job, slot, token):
-                    await self._start(job, project, token)
+                    await self._start(job, project, token, admitted.placement)
             except OrchestratorError as exc:
                 self._start_failed(job, exc.message)
                 raise
@@ -445,7 +445,9 @@ class ContainerJobManager:
         self._lifecycle.persist(job)
         return False
 
-    async def _start(self, job: JobRecord, project: HeldProjectDir, token: str) -> None:
+    async def _start(
+        self, job: JobRecord, project: HeldProjectDir, token: str, placement: tuple[str, ...]
+    ) -> None:
         network = None
         if self._settings.job_network == "isolated":
             network = await self._backend.create_job_network(
@@ -463,6 +465,7 @@ class ContainerJobManager:
             token=token,
             orchestrator_url=self._orchestrator_url,
             project_dir=job.project_dir,
+            placement=placement,
         )
         if job.state is JobState.CREATING:
             job.container_id = await self._backend.create_and_start(spec)

@@ -188,6 +188,8 @@ class Reconciler:
                         job_id=job_id,
                         exit_code=detail.exit_code if detail else None,
                         oom_killed=bool(detail and detail.oom_killed),
+                        lost_node=detail.lost_node if detail else None,
+                        detail=detail.detail if detail else "",
                     )
                 )
         for live in list(table.live.values()):
@@ -247,6 +249,14 @@ class Reconciler:
             event = replace(event, job_id=job.job_id)
         if job is None or job.state.is_terminal:
             return
+        if event.lost_node is not None:
+            log.warning("job's node went down", job_id=job.job_id, node=event.lost_node)
+            self._lifecycle.finish(
+                job,
+                TerminalReason.NODE_LOST,
+                f"node {event.lost_node} running the job went down",
+            )
+            return
         if event.exit_code == SIGKILL_EXIT_CODE and not event.oom_killed:
             event = await self._confirm_oom(event)
             if job.state.is_terminal:
@@ -257,6 +267,8 @@ class Reconciler:
         else:
             reason = TerminalReason.EXITED
             message = f"container exited with code {event.exit_code} without reporting a result"
+            if event.detail:
+                message = f"{message}: {event.detail}"
         log.warning(
             "job container died", job_id=job.job_id, reason=reason.value, exit_code=event.exit_code
         )

@@ -80,6 +80,8 @@ class _TerminalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Termin
     TERMINAL_REASON_START_FAILED: _TerminalReason.ValueType  # 8
     TERMINAL_REASON_CONTAINER_LOST: _TerminalReason.ValueType  # 9
     TERMINAL_REASON_CREDENTIALS_LOST: _TerminalReason.ValueType  # 10
+    TERMINAL_REASON_NODE_LOST: _TerminalReason.ValueType  # 11
+    """the cluster node running the job went down"""
 
 class TerminalReason(_TerminalReason, metaclass=_TerminalReasonEnumTypeWrapper):
     """Why a job ended. Every terminal job carries exactly one."""
@@ -95,6 +97,8 @@ TERMINAL_REASON_BUDGET_EXCEEDED: TerminalReason.ValueType  # 7
 TERMINAL_REASON_START_FAILED: TerminalReason.ValueType  # 8
 TERMINAL_REASON_CONTAINER_LOST: TerminalReason.ValueType  # 9
 TERMINAL_REASON_CREDENTIALS_LOST: TerminalReason.ValueType  # 10
+TERMINAL_REASON_NODE_LOST: TerminalReason.ValueType  # 11
+"""the cluster node running the job went down"""
 Global___TerminalReason: _TypeAlias = TerminalReason  # noqa: Y015
 
 class _CredentialInjectFormat:
@@ -323,6 +327,7 @@ class CreateJobRequest(_message.Message):
     WASM_TOOLS_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
     GIT_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     project_dir: _builtins.str
     """Optional; must lie under <IRONCLAW_BASE_DIR>/projects. Empty: <base>/projects/<job_id>."""
@@ -358,6 +363,10 @@ class CreateJobRequest(_message.Message):
     def git(self) -> Global___GitWorkspace:
         """Clone the workspace from git instead of naming a project_dir (the two are exclusive)."""
 
+    @_builtins.property
+    def placement(self) -> Global___JobPlacement:
+        """Where the job may run (CONTAINER_BACKEND=swarm only; FAILED_PRECONDITION elsewhere)."""
+
     def __init__(
         self,
         *,
@@ -373,14 +382,60 @@ class CreateJobRequest(_message.Message):
         wasm_tools: _abc.Iterable[_builtins.str] | None = ...,
         egress: Global___JobEgress | None = ...,
         git: Global___GitWorkspace | None = ...,
+        placement: Global___JobPlacement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress", "git", b"git", "limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress", "git", b"git", "limits", b"limits", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "egress", b"egress", "git", b"git", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "egress", b"egress", "git", b"git", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "placement", b"placement", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateJobRequest: _TypeAlias = CreateJobRequest  # noqa: Y015
+
+@_typing.final
+class JobPlacement(_message.Message):
+    """Cluster placement of one job: it runs only on a node carrying every one of these labels
+    (Swarm node labels, `docker node update --label-add zone=a`), on top of the operator's
+    SWARM_PLACEMENT_CONSTRAINTS.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NodeLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NODE_LABELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def node_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        node_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_labels", b"node_labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobPlacement: _TypeAlias = JobPlacement  # noqa: Y015
 
 @_typing.final
 class LlmUsage(_message.Message):
