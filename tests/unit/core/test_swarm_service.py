@@ -305,3 +305,9 @@ def test_a_command_replaces_the_image_command_never_its_entrypoint() -> None:
     ).task_template["ContainerSpec"]
     assert plain["Args"] == ["--version"]
     assert "Command" not in plain
+
+
+def test_a_warm_pool_is_refused_on_swarm() -> None:
+    # A slot's container starts before the job (and so its node) is known.
+    with pytest.raises(ConfigError, match="WARM_POOL"):
+        Settings.from_env({**SWARM_ENV, "WARM_POOL": "worker=1"})
