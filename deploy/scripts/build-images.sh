@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Build the project's images without a container registry or PyPI access during the build.
 #
-# usage: build-images.sh [worker] [claude] [orchestrator] [test] [--force]   (default: worker)
-#   worker        ironclaw-worker:latest        Dockerfile.worker
-#   claude        ironclaw-claude:latest        Dockerfile.claude (on top of the worker image)
-#   orchestrator  ironclaw-orchestrator:latest  Dockerfile.orchestrator
-#   test          ironclaw-test-agent:latest    tests/images/Dockerfile.test-agent
-#   --force       rebuild even when the image is up to date
+# usage: build-images.sh [worker] [claude] [orchestrator] [test] [mini-swe-agent] [--force]
+#                                                                           (default: worker)
+#   worker          ironclaw-worker:latest        Dockerfile.worker
+#   claude          ironclaw-claude:latest        Dockerfile.claude (on top of the worker image)
+#   orchestrator    ironclaw-orchestrator:latest  Dockerfile.orchestrator
+#   test            ironclaw-test-agent:latest    tests/images/Dockerfile.test-agent
+#   mini-swe-agent  ironclaw-agent-mini-swe-agent:latest  deploy/agents/Dockerfile.mini-swe-agent
+#                   (optional, for agent mode; on top of the worker image)
+#   --force         rebuild even when the image is up to date
 #
 # IRONCLAW_IMAGE_TAG (default latest) replaces the tag of every image: several checkouts that
 # share one engine (a test run of each) then never run each other's images.
@@ -17,7 +20,7 @@
 # costs a few `docker image inspect` calls. Base image: bootstrap-base-image.sh.
 set -euo pipefail
 
-usage() { sed -n '4,13s/^# \{0,1\}//p' "$0" >&2; }
+usage() { sed -n '4,16s/^# \{0,1\}//p' "$0" >&2; }
 
 SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$SCRIPTS/../.." && pwd)
@@ -26,19 +29,20 @@ cd "$ROOT"
 log() { printf 'build-images: %s\n' "$*" >&2; }
 
 force=0
-want_worker=0 want_claude=0 want_orchestrator=0 want_test=0
+want_worker=0 want_claude=0 want_orchestrator=0 want_test=0 want_mini=0
 for arg in "$@"; do
     case "$arg" in
         worker) want_worker=1 ;;
         claude) want_claude=1 ;;
         orchestrator) want_orchestrator=1 ;;
         test) want_test=1 ;;
+        mini-swe-agent) want_mini=1 ;;
         --force) force=1 ;;
         -h | --help) usage; exit 0 ;;
         *) log "unknown argument: $arg"; usage; exit 2 ;;
     esac
 done
-if (( want_worker + want_claude + want_orchestrator + want_test == 0 )); then
+if (( want_worker + want_claude + want_orchestrator + want_test + want_mini == 0 )); then
     want_worker=1
 fi
 
@@ -104,6 +108,7 @@ if [[ ! "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
 fi
 WORKER=ironclaw-worker:$TAG CLAUDE=ironclaw-claude:$TAG
 ORCHESTRATOR=ironclaw-orchestrator:$TAG TEST_AGENT=ironclaw-test-agent:$TAG
+MINI=ironclaw-agent-mini-swe-agent:$TAG
 
 BASE=$("$SCRIPTS/bootstrap-base-image.sh" | tail -n 1)
 log "base image: $BASE"
@@ -115,7 +120,7 @@ SERVICE_SOURCES=(contract orchestrator .dockerignore)
 
 # Decide first, so wheels are built only when an image that installs them is rebuilt.
 build_worker=0 build_orchestrator=0
-if (( want_worker || want_claude )); then
+if (( want_worker || want_claude || want_mini )); then
     worker_hash=$(source_hash "${JOB_SOURCES[@]}" Dockerfile.worker)
     needs_build $WORKER "$worker_hash" "$BASE" && build_worker=1
 fi
@@ -131,8 +136,8 @@ elif (( build_worker )); then
     "$SCRIPTS/build-wheels.sh" build/wheels >/dev/null
 fi
 
-# The Claude Code image is built FROM the worker image, so the worker comes first.
-if (( want_worker || want_claude )); then
+# The Claude Code and agent images are built FROM the worker image, so the worker comes first.
+if (( want_worker || want_claude || want_mini )); then
     if (( build_worker )); then
         build $WORKER Dockerfile.worker "$worker_hash" \
             --build-arg "BASE_IMAGE=$BASE"
@@ -173,5 +178,25 @@ if (( want_test )); then
             --build-arg "BASE_IMAGE=$BASE"
     else
         log "$TEST_AGENT is up to date"
+    fi
+fi
+
+if (( want_mini )); then
+    mini_dockerfile=deploy/agents/Dockerfile.mini-swe-agent
+    mini_version=$(sed -n 's/^ARG MINI_SWE_AGENT_VERSION=//p' "$mini_dockerfile")
+    mini_wheels=build/wheels/agents/mini-swe-agent
+    # Its hash covers the Dockerfile (which pins the version); the wheels follow from it.
+    mini_hash=$(source_hash "${JOB_SOURCES[@]}" "$mini_dockerfile")
+    if needs_build $MINI "$mini_hash" $WORKER; then
+        if ! ls "$mini_wheels"/mini_swe_agent-"$mini_version"-*.whl >/dev/null 2>&1; then
+            log "building the wheels of mini-swe-agent $mini_version into $mini_wheels"
+            mkdir -p "$mini_wheels"
+            "${PYTHON:-.venv/bin/python}" -m pip --disable-pip-version-check wheel --quiet \
+                --prefer-binary -w "$mini_wheels" "mini-swe-agent==$mini_version" >&2
+        fi
+        build $MINI "$mini_dockerfile" "$mini_hash" \
+            --build-arg "BASE_IMAGE=$BASE" --build-arg "WORKER_IMAGE=$WORKER"
+    else
+        log "$MINI is up to date"
     fi
 fi

@@ -115,6 +115,7 @@ class AsyncClient:
         wait_for_prompts: bool = False,
         mcp_servers: Iterable[str] = (),
         wasm_tools: Iterable[str] = (),
+        agent: str = "",
         timeout: float = DEFAULT_CREATE_TIMEOUT,
     ) -> CreatedJob:
         """Creates a job and starts its container.
@@ -136,6 +137,7 @@ class AsyncClient:
             wait_for_prompts=wait_for_prompts,
             mcp_servers=mcp_servers,
             wasm_tools=wasm_tools,
+            agent=agent,
         )
         backoff = Backoff(self.reconnect_timeout)
         retried = False

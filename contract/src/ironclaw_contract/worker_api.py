@@ -164,13 +164,33 @@ class EgressInfo(TypedDict):
     ca_pem: str | None
 
 
+class AgentInfo(TypedDict):
+    """How an agent job's command runs (``ironclaw_contract.agent_catalog``): the catalogue
+    entry the job was created with, and the URL of the job's route for the API it speaks.
+
+    ``ironclaw-agent-run`` renders ``command`` with the task and ``model``, and gives it
+    ``key_env`` = the job's LLM key (derived from its worker token, ``job_keys``),
+    ``base_url_env`` = ``base_url``, ``model_env`` = ``model`` and ``env``.
+    """
+
+    name: str
+    command: list[str]
+    api: str  # "anthropic" | "openai"
+    key_env: list[str]
+    base_url_env: list[str]
+    base_url: str
+    model: str
+    model_env: list[str]
+    env: dict[str, str]
+
+
 class JobInfo(TypedDict):
     """``GET /worker/{job_id}/job``: the one channel of a job's configuration."""
 
     job_id: str
     task_description: str
     project_dir: str
-    mode: Literal["worker", "claude-code"]
+    mode: Literal["worker", "claude-code", "agent"]
     max_iterations: int
     deadline: str | None  # ISO 8601, UTC
     wait_for_prompts: bool
@@ -186,3 +206,4 @@ class JobInfo(TypedDict):
     llm_refusal: str | None
     # None when the job's network is the host's bridge (its commands go out directly).
     egress: EgressInfo | None
+    agent: AgentInfo | None  # None but for agent jobs

@@ -30,7 +30,18 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
     create = sub.add_parser("create", help="create a job")
     create.add_argument("task", help="what the job should do")
     create.add_argument("--project", default="", help="project dir under <base>/projects")
-    create.add_argument("--mode", choices=("worker", "claude-code"), default="worker")
+    create.add_argument(
+        "--mode",
+        choices=("worker", "claude-code", "agent"),
+        default="worker",
+        help="worker (default), claude-code, or agent (implied by --agent)",
+    )
+    create.add_argument(
+        "--agent",
+        default="",
+        metavar="NAME",
+        help="run this agent of the operator's catalogue, <base>/agents.json (agent mode)",
+    )
     create.add_argument(
         "--grant",
         action="append",
@@ -163,6 +174,7 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
             wait_for_prompts=args.wait_for_prompts,
             mcp_servers=args.mcp_server,
             wasm_tools=args.wasm_tool,
+            agent=args.agent,
             limits=JobLimits(max_iterations=args.max_iterations, timeout_seconds=args.timeout),
         )
         job = created.job
@@ -287,7 +299,7 @@ def _print_job(job: Job, as_json: bool, verb: str = "") -> None:
     head = f"job {d['job_id']}" + (f" {verb}" if verb else "")
     print(head)
     print(f"  state:    {d['state']}")
-    print(f"  mode:     {d['mode']}")
+    print(f"  mode:     {d['mode']}" + (f" ({job.agent})" if job.agent else ""))
     print(f"  task:     {_one_line(job.task, 100)}")
     print(f"  project:  {job.project_dir}")
     print(

@@ -52,6 +52,8 @@ class ContainerSpec:
     # The container's writable layer, bounded where the engine's storage driver can do it
     # (see ContainerBackend.capabilities); None: unbounded.
     writable_layer_bytes: int | None = None
+    # Replaces the image's entrypoint when set (agent mode runs its runner in any image).
+    entrypoint: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in self.secret_env_keys else v) for k, v in self.env.items()}

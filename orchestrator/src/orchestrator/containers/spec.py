@@ -21,6 +21,10 @@ SANDBOX_USER = "1000:1000"
 # image's files under it are not seen by the job.
 SANDBOX_HOME = "/home/sandbox"
 HOST_GATEWAY_NAME = "host.docker.internal"
+# The runner of agent mode (the worker distribution's ``ironclaw-agent-run``): it reads the
+# job's catalogue entry from GET /job and runs its command. Every image an agent entry names
+# must have it on PATH, as the worker image and the images built on it do.
+AGENT_RUNNER = "ironclaw-agent-run"
 
 
 def container_name(mode: JobMode, job_id: str) -> str:
@@ -47,6 +51,7 @@ def build_container_spec(
     orchestrator_url: str,
     project_dir: str,
     network: str | None = None,
+    agent_image: str | None = None,
 ) -> ContainerSpec:
     """The container of one job. The job never chooses the image, the working dir or mounts.
 
@@ -54,7 +59,9 @@ def build_container_spec(
     to reach the orchestrator and prove which job it is. No command either: the image's
     entrypoint (``ironclaw-worker``, ``ironclaw-claude-bridge``) reads everything else about the
     job (task, limits, deadline, the Claude Code CLI's settings and key) from ``GET /job``, so a
-    container started before its job is known can be given one.
+    container started before its job is known can be given one. An agent job runs the image of
+    its catalogue entry (``agent_image``) with the agent runner as its entrypoint, whatever
+    the image's own, under the same hardening.
     """
     env = {
         container_env.JOB_ID: job_id,
@@ -62,7 +69,12 @@ def build_container_spec(
         container_env.WORKER_TOKEN: token,
         container_env.WORKSPACE: WORKSPACE,
     }
-    image = settings.worker_image if mode is JobMode.WORKER else settings.claude_image
+    if mode is JobMode.AGENT:
+        if not agent_image:
+            raise ValueError("an agent job's container needs its catalogue entry's image")
+        image = agent_image
+    else:
+        image = settings.worker_image if mode is JobMode.WORKER else settings.claude_image
     memory = limits.memory_mb * 1024 * 1024
     # ``network``: the job's own isolated network (JOB_NETWORK=isolated), where a relay answers
     # as the worker API's host: no host-gateway entry then.
@@ -98,6 +110,7 @@ def build_container_spec(
         nano_cpus=round(settings.worker_cpus * 1e9),
         read_only_rootfs=settings.worker_read_only_rootfs,
         writable_layer_bytes=settings.worker_disk_bytes,
+        entrypoint=(AGENT_RUNNER,) if mode is JobMode.AGENT else (),
     )
 
 

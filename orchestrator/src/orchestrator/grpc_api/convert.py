@@ -35,7 +35,11 @@ STATE_TO_PB = {
     JobState.FAILED: pb.JOB_STATE_FAILED,
 }
 STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
-MODE_TO_PB = {JobMode.WORKER: pb.JOB_MODE_WORKER, JobMode.CLAUDE_CODE: pb.JOB_MODE_CLAUDE_CODE}
+MODE_TO_PB = {
+    JobMode.WORKER: pb.JOB_MODE_WORKER,
+    JobMode.CLAUDE_CODE: pb.JOB_MODE_CLAUDE_CODE,
+    JobMode.AGENT: pb.JOB_MODE_AGENT,
+}
 MODE_FROM_PB = {v: k for k, v in MODE_TO_PB.items()}
 REASON_TO_PB = {
     reason: pb.TerminalReason.Value(f"TERMINAL_REASON_{reason.value}") for reason in TerminalReason
@@ -61,12 +65,14 @@ def to_struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
 
 def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
     if request.mode == pb.JOB_MODE_UNSPECIFIED:
-        mode = JobMode.WORKER
+        # Naming an agent is asking for agent mode.
+        mode = JobMode.AGENT if request.agent else JobMode.WORKER
     elif request.mode in MODE_FROM_PB:
         mode = MODE_FROM_PB[request.mode]
     else:
         raise InvalidArgument(
-            f"mode {request.mode} is unknown: use JOB_MODE_WORKER or JOB_MODE_CLAUDE_CODE"
+            f"mode {request.mode} is unknown: use JOB_MODE_WORKER, JOB_MODE_CLAUDE_CODE or "
+            "JOB_MODE_AGENT"
         )
     limits = request.limits
     return CreateJobRequest(
@@ -101,6 +107,7 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
         mcp_servers=tuple(request.mcp_servers),
         wasm_tools=tuple(request.wasm_tools),
         egress_hosts=tuple(request.egress.allow_hosts) if request.HasField("egress") else None,
+        agent=request.agent,
     )
 
 
@@ -173,6 +180,7 @@ def job_to_pb(job: JobSnapshot) -> pb.Job:
             if job.egress_hosts is not None
             else None
         ),
+        agent=job.agent.name if job.agent is not None else "",
     )
 
 

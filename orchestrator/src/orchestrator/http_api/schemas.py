@@ -91,13 +91,27 @@ class EgressInfo(_Strict):
     ca_pem: str | None = Field(description="the gateway's CA, when it terminates TLS for the job")
 
 
+class AgentInfo(_Strict):
+    """How an agent job's command runs (``ironclaw_contract.agent_catalog``)."""
+
+    name: str = Field(description="the catalogue entry the job was created with")
+    command: list[str] = Field(description="argv; {task} and {model} are replaced")
+    api: Literal["anthropic", "openai"]
+    key_env: list[str] = Field(description="variables that receive the job's LLM key")
+    base_url_env: list[str] = Field(description="variables that receive base_url")
+    base_url: str = Field(description="the job's route for the API the agent speaks")
+    model: str
+    model_env: list[str] = Field(description="variables that receive the model")
+    env: dict[str, str] = Field(description="the entry's settings (never secrets)")
+
+
 class JobInfo(_Strict):
     """Everything about the job but its identity: the one channel of its configuration."""
 
     job_id: str
     task_description: str
     project_dir: str
-    mode: Literal["worker", "claude-code"]
+    mode: Literal["worker", "claude-code", "agent"]
     max_iterations: int
     deadline: str | None = Field(description="ISO 8601, UTC")
     wait_for_prompts: bool
@@ -114,6 +128,7 @@ class JobInfo(_Strict):
     egress: EgressInfo | None = Field(
         description="null when the job's network goes out directly (bridge)"
     )
+    agent: AgentInfo | None = Field(description="null but for agent jobs")
 
 
 class McpServerInfo(_Strict):

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from ironclaw_contract.agent_catalog import AgentEntry
 from orchestrator.domain.jobs import (
     NO_TOOLS,
     CreateJobRequest,
@@ -43,12 +44,17 @@ TOOL_NAME_MAX_CHARS = 64
 MAX_TOOLS_NAMED = 64
 MAX_EGRESS_HOSTS = 256
 MAX_EGRESS_HOST_CHARS = 262  # a 253-character name, a port
+# Whether the worker API serves jobs the OpenAI-compatible route (worker_api's openai/v1):
+# agents that speak that API are admitted only where it does.
+OPENAI_ROUTE = False
 # Control characters other than tab and newline have no business in a task or a label: they
 # hide text in terminals and logs, and a NUL ends strings in the engine's C code.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 # Reads the catalogue: (MCP names, WASM names, granted credential names) -> the granted tools.
 GrantTools = Callable[[Iterable[str], Iterable[str], Iterable[str]], GrantedTools]
+# Reads the agent catalogue: a name -> its entry (InvalidArgument listing the known names).
+FindAgent = Callable[[str], AgentEntry]
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class AdmittedJob:
     wait_for_prompts: bool
     # Canonical entries of the job's own egress list; None: the operator's.
     egress_hosts: tuple[str, ...] | None = None
+    agent: AgentEntry | None = None
 
 
 def parse_job_id(raw: str) -> str:
@@ -76,7 +83,12 @@ def parse_job_id(raw: str) -> str:
         raise InvalidArgument(f"job id {raw[:64]!r} is not a UUID") from None
 
 
-def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools) -> AdmittedJob:
+def admit(
+    request: CreateJobRequest,
+    settings: Settings,
+    grant_tools: GrantTools,
+    find_agent: FindAgent | None = None,
+) -> AdmittedJob:
     """Validates ``request`` against ``settings``; raises InvalidArgument or
     FailedPrecondition naming what is wrong and, where there is one, the fix."""
     job_id = parse_job_id(request.job_id) if request.job_id else str(uuid.uuid4())
@@ -88,6 +100,7 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
             "Claude Code mode is not enabled: set ANTHROPIC_API_KEY or "
             "CLAUDE_CODE_OAUTH_TOKEN on the orchestrator"
         )
+    agent = _agent(request, settings, find_agent)
     project_dir = None
     if request.project_dir:
         project_dir = check_text(request.project_dir, "project_dir", MAX_PROJECT_DIR_CHARS)
@@ -101,14 +114,50 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
         job_id=job_id,
         task=task,
         mode=request.mode,
-        limits=effective_limits(settings, request.mode, request.limits),
+        limits=effective_limits(settings, request.mode, request.limits, agent),
         labels=labels,
         grants=grants,
         tools=_tools(request, grants, grant_tools),
         project_dir=project_dir,
         wait_for_prompts=request.wait_for_prompts,
         egress_hosts=egress_hosts,
+        agent=agent,
     )
+
+
+def _agent(
+    request: CreateJobRequest, settings: Settings, find_agent: FindAgent | None
+) -> AgentEntry | None:
+    """The catalogue entry an agent-mode job runs; the request names it, never its image or
+    command."""
+    if request.mode is not JobMode.AGENT:
+        if request.agent:
+            raise InvalidArgument(
+                f"agent {request.agent[:64]!r} is named, but mode is {request.mode.value}: "
+                "agents run in agent mode (JOB_MODE_AGENT)"
+            )
+        return None
+    if not request.agent:
+        raise InvalidArgument("agent mode needs the name of an agent from the catalogue")
+    if request.wait_for_prompts:
+        raise InvalidArgument(
+            "wait_for_prompts is for Claude Code mode: an agent runs its command once"
+        )
+    name = check_text(request.agent, "agent", TOOL_NAME_MAX_CHARS)
+    if find_agent is None:
+        raise FailedPrecondition("this orchestrator has no agent catalogue")
+    entry = find_agent(name)
+    if entry.api == "anthropic" and not settings.claude_auth_configured:
+        raise FailedPrecondition(
+            f"agent {entry.name!r} speaks the Anthropic API, which needs ANTHROPIC_API_KEY or "
+            "CLAUDE_CODE_OAUTH_TOKEN on the orchestrator"
+        )
+    if entry.api == "openai" and not OPENAI_ROUTE:
+        raise FailedPrecondition(
+            f"agent {entry.name!r} speaks the OpenAI API, which this orchestrator does not "
+            "serve to jobs yet"
+        )
+    return entry
 
 
 def _check_inject_hosts(
@@ -202,9 +251,12 @@ def validate_model_name(model: str) -> str:
     return model
 
 
-def effective_limits(settings: Settings, mode: JobMode, o: JobLimitOverrides) -> JobLimits:
+def effective_limits(
+    settings: Settings, mode: JobMode, o: JobLimitOverrides, agent: AgentEntry | None = None
+) -> JobLimits:
     """The job's limits: the settings' defaults for its mode, overridden where asked, each
-    override within its range."""
+    override within its range. An agent job's model (``claude_model``, the model its route
+    allows) defaults to its catalogue entry's."""
     s = settings
     claude = mode is JobMode.CLAUDE_CODE
 
@@ -247,7 +299,9 @@ def effective_limits(settings: Settings, mode: JobMode, o: JobLimitOverrides) ->
         claude_max_turns=pick(
             o.claude_max_turns, s.claude_max_turns, "claude_max_turns", 1, 10_000
         ),
-        claude_model=validate_model_name(o.claude_model or s.claude_model),
+        claude_model=validate_model_name(
+            o.claude_model or (agent.model if agent is not None else s.claude_model)
+        ),
     )
 
 
@@ -259,7 +313,7 @@ def _tools(
     if request.mode is not JobMode.WORKER:
         raise InvalidArgument(
             "MCP servers and WASM tools are offered to worker-mode jobs only; Claude Code "
-            "jobs use the CLI's own tools"
+            "and agent jobs use their agent's own tools"
         )
     named = (*request.mcp_servers, *request.wasm_tools)
     if len(named) > MAX_TOOLS_NAMED:

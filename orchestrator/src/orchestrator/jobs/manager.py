@@ -17,12 +17,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ironclaw_contract.worker_api import FailureReason
+from orchestrator.agent_catalog import AgentCatalog
 from orchestrator.containers.backend import ContainerBackend, ContainerExit
 from orchestrator.containers.spec import build_container_spec, container_name
 from orchestrator.domain.jobs import (
     CreateJobRequest,
     FollowUpPrompt,
-    JobMode,
     JobSnapshot,
     JobState,
     JobUpdate,
@@ -94,9 +94,11 @@ class ContainerJobManager:
         sealer: GrantSealer | None = None,
         metrics: Metrics | None = None,
         catalog: ToolCatalog | None = None,
+        agents: AgentCatalog | None = None,
     ) -> None:
         self._settings = settings
         self._catalog = catalog or ToolCatalog(settings.base_dir)
+        self._agents = agents or AgentCatalog(settings.base_dir)
         self._metrics = metrics
         # Ended jobs are read from the store, so there always is one: without persistence it
         # lives in a temporary directory for the life of the process.
@@ -192,7 +194,7 @@ class ContainerJobManager:
             existing = self._existing(parse_job_id(request.job_id))
             if existing is not None:
                 return existing
-        admitted = admit(request, self._settings, self._catalog.grant)
+        admitted = admit(request, self._settings, self._catalog.grant, self._agents.entry)
         # Held open until the started container's /workspace has been compared with it.
         project = hold_job_project_dir(
             admitted.project_dir, self._settings.projects_dir, admitted.job_id
@@ -204,10 +206,11 @@ class ContainerJobManager:
                 return existing
             job = self._record(admitted, str(project.path))
             token = self._tokens.create_token(job.job_id, admitted.grants)
-            # The Claude Code CLI's key: it opens only this job's Anthropic route (tokens.py).
+            # The key of the Claude Code CLI or of a catalogue agent: it opens only this job's
+            # own provider route (tokens.py).
             llm_key = (
                 self._tokens.create_llm_key(job.job_id, token)
-                if job.mode is JobMode.CLAUDE_CODE
+                if job.mode.meters_own_route
                 else None
             )
             # Its commands' identity at the egress gateway (tokens.py): every job has one, used
@@ -265,6 +268,7 @@ class ContainerJobManager:
             history_max_bytes=self._settings.job_history_max_bytes,
             tools=admitted.tools,
             egress_hosts=admitted.egress_hosts,
+            agent=admitted.agent,
         )
         self._table.add(job)
         if self._metrics is not None:
@@ -312,6 +316,7 @@ class ContainerJobManager:
             token=token,
             orchestrator_url=self._orchestrator_url,
             project_dir=job.project_dir,
+            agent_image=job.agent.image if job.agent is not None else None,
         )
         if job.state is JobState.CREATING:
             job.container_id = await self._backend.create_and_start(spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ironclaw_contract.agent_catalog import AgentEntry
 from orchestrator.domain.jobs import (
     HISTORY_MAX_BYTES,
     NO_TOOLS,
@@ -65,6 +66,7 @@ def record_to_json(job: JobRecord) -> dict[str, Any]:
         "sequence": job.sequence,
         "tools": _tools_json(job.tools),
         "egress_hosts": list(job.egress_hosts) if job.egress_hosts is not None else None,
+        "agent": job.agent.to_wire() if job.agent is not None else None,
     }
 
 
@@ -116,6 +118,8 @@ def _shown_fields(data: dict[str, Any]) -> dict[str, Any]:
         "log_tail": data["log_tail"],
         # Records written before the egress gateway have no list: the operator's.
         "egress_hosts": _egress_hosts_from_json(data.get("egress_hosts")),
+        # Records written before agent mode have no entry.
+        "agent": AgentEntry.from_wire(data["agent"]) if data.get("agent") else None,
     }
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from ironclaw_contract.agent_catalog import AgentEntry
 from orchestrator.domain.jobs import (
     HISTORY_MAX_BYTES,
     NO_TOOLS,
@@ -56,6 +57,7 @@ class JobRecord:
     history_max_bytes: int = HISTORY_MAX_BYTES  # JOB_HISTORY_MAX_MB
     tools: GrantedTools = NO_TOOLS  # shared: most jobs have none
     egress_hosts: tuple[str, ...] | None = None  # the job's own egress list; None: operator's
+    agent: AgentEntry | None = None  # agent mode: the catalogue entry, as at creation
     state: JobState = JobState.CREATING
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -174,4 +176,5 @@ class JobRecord:
             mcp_servers=self.tools.mcp_server_names,
             wasm_tools=self.tools.wasm_tool_names,
             egress_hosts=self.egress_hosts,
+            agent=self.agent,
         )
