@@ -9,6 +9,7 @@ says, one instruction a line:
 
     WRITE <path> <text>   write <text> and a newline to <path> (relative to the working dir)
     SAY <text>            print <text>
+    ENV <path>            write its environment to <path> as JSON (what a tool it ran could read)
     EXIT <code>           stop with that exit code
 
 A provider error is printed as the provider sent it, and the agent exits 1.
@@ -69,6 +70,9 @@ def main(argv):
             with open(path, "w") as handle:
                 handle.write(content + "\n")
             print(f"tiny-agent: wrote {path}", flush=True)
+        elif verb == "ENV":
+            with open(rest, "w") as handle:
+                json.dump(dict(os.environ), handle)
         elif verb == "SAY":
             print(rest, flush=True)
         elif verb == "EXIT":
