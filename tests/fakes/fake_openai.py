@@ -8,10 +8,16 @@ Same scripting and record as :class:`~tests.fakes.fake_anthropic.FakeAnthropic`:
         fake.enqueue_tool_calls([{"name": "shell", "arguments": "not json"}])  # sent verbatim
         fake.enqueue_error(500, "The server had an error")
         fake.enqueue_stall()
+        fake.enqueue(RunawayReply(words=5000))    # a stream that ignores max_tokens
         ...
         fake.requests[0].body["messages"], fake.requests[0].headers["authorization"]
 
-The base URL to give a client is ``fake.url + "/v1"``.
+``POST /v1/chat/completions`` answers with JSON, or, for ``"stream": true``, with the chunks the
+real API streams (the role, the text in pieces, the finish reason, then the usage chunk with no
+choices when ``stream_options.include_usage`` asks for it, then ``data: [DONE]``).
+``POST /v1/responses`` answers a text reply as a Responses API ``response`` object, or streams
+its events (``response.created`` ... ``response.output_text.delta`` ... ``response.completed``
+with the usage), as the real API does. The base URL to give a client is ``fake.url + "/v1"``.
 """
 
 from __future__ import annotations
@@ -45,16 +51,38 @@ class CompletionReply:
     )
 
 
+@dataclass(frozen=True)
+class RunawayReply:
+    """A streamed answer of ``words`` words, one per chunk, whatever ``max_tokens`` says (an
+    upstream that ignores the cap); its usage, if the stream gets that far, counts a token a
+    word."""
+
+    words: int
+    word: str = "word "
+
+
+def output_cap(body: Mapping[str, Any]) -> int:
+    """The output cap a request carries (any of the three fields); the smallest wins."""
+    caps = [
+        int(body[name])
+        for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+        if body.get(name) is not None
+    ]
+    if not caps:
+        raise AssertionError(f"the request carries no output cap: {sorted(body)}")
+    return min(caps)
+
+
 def answer_to_the_cap(received: ReceivedRequest) -> CompletionReply:
-    """A model that always writes until ``max_tokens``: the most a call can be billed."""
+    """A model that always writes until its cap: the most a call can be billed."""
     body = received.body
-    cap = body.get("max_completion_tokens") or body["max_tokens"]
+    prompt = body.get("messages", body.get("input", ""))
     return CompletionReply(
         message={"role": "assistant", "content": "word " * 8},
         finish_reason="length",
         usage={
-            "prompt_tokens": max(1, len(json.dumps(body["messages"])) // 4),
-            "completion_tokens": int(cap),
+            "prompt_tokens": max(1, len(json.dumps(prompt)) // 4),
+            "completion_tokens": output_cap(body),
         },
     )
 
@@ -180,6 +208,7 @@ class FakeOpenAI(FakeProviderServer):
     def _routes(self) -> list[web.RouteDef]:
         return [
             web.post("/v1/chat/completions", self._chat_completions),
+            web.post("/v1/responses", self._responses),
             web.get("/v1/models", self._models),
             web.route("*", "/{tail:.*}", self._not_found),
         ]
@@ -202,7 +231,7 @@ class FakeOpenAI(FakeProviderServer):
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
-    async def _chat_completions(self, request: web.Request) -> web.Response:
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         received = await self._record(request)
         refusal = self._check_auth(received) or _check_chat_body(received.body)
         if refusal is not None:
@@ -210,6 +239,8 @@ class FakeOpenAI(FakeProviderServer):
         reply = await self._take_reply(received)
         if isinstance(reply, ErrorReply):
             return error_response(reply)
+        if received.body.get("stream"):
+            return await self._stream_chat(request, received.body, reply)
         if not isinstance(reply, CompletionReply):
             raise TypeError(f"{self.name} cannot send {reply!r}")
         if reply.usage is not None:
@@ -236,6 +267,106 @@ class FakeOpenAI(FakeProviderServer):
                 "total_tokens": prompt + completion,
             }
         return web.json_response(document, headers={"x-request-id": f"req_{secrets.token_hex(8)}"})
+
+    async def _stream_chat(
+        self, request: web.Request, body: Mapping[str, Any], reply: object
+    ) -> web.StreamResponse:
+        response = await _open_stream(request)
+        base = {
+            "id": f"chatcmpl-{secrets.token_hex(12)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+
+        async def chunk(delta: Mapping[str, Any], finish: str | None = None) -> None:
+            choice = {"index": 0, "delta": dict(delta), "finish_reason": finish, "logprobs": None}
+            await _send(response, {**base, "choices": [choice]})
+
+        await chunk({"role": "assistant", "content": ""})
+        if isinstance(reply, RunawayReply):
+            pieces, finish = [reply.word] * reply.words, "stop"
+            usage = {"prompt_tokens": 10, "completion_tokens": reply.words}
+        elif isinstance(reply, CompletionReply):
+            pieces, finish = _pieces(reply.message.get("content") or ""), reply.finish_reason
+            usage = dict(reply.usage) if reply.usage is not None else None
+        else:
+            raise TypeError(f"{self.name} cannot stream {reply!r}")
+        for piece in pieces:
+            await chunk({"content": piece})
+        await chunk({}, finish)
+        options = body.get("stream_options") or {}
+        if usage is not None and options.get("include_usage"):
+            self.served_tokens += usage["prompt_tokens"] + usage["completion_tokens"]
+            total = usage["prompt_tokens"] + usage["completion_tokens"]
+            await _send(
+                response, {**base, "choices": [], "usage": {**usage, "total_tokens": total}}
+            )
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        received = await self._record(request)
+        refusal = self._check_auth(received)
+        body = received.body
+        if refusal is None and (not isinstance(body, dict) or "model" not in body):
+            refusal = ErrorReply(
+                400,
+                openai_error_body("Missing required parameter: 'model'.", "invalid_request_error"),
+            )
+        if refusal is None and "input" not in body:
+            refusal = ErrorReply(
+                400,
+                openai_error_body("Missing required parameter: 'input'.", "invalid_request_error"),
+            )
+        if refusal is not None:
+            return error_response(refusal)
+        reply = await self._take_reply(received)
+        if isinstance(reply, ErrorReply):
+            return error_response(reply)
+        if isinstance(reply, RunawayReply):
+            text, usage = (
+                reply.word * reply.words,
+                {"prompt_tokens": 10, "completion_tokens": reply.words},
+            )
+            pieces = [reply.word] * reply.words
+        elif isinstance(reply, CompletionReply):
+            text = reply.message.get("content") or ""
+            usage = dict(reply.usage or {"prompt_tokens": 0, "completion_tokens": 0})
+            pieces = _pieces(text)
+        else:
+            raise TypeError(f"{self.name} cannot send {reply!r}")
+        document = _response_object(body["model"], text, usage)
+        if not body.get("stream"):
+            self.served_tokens += usage["prompt_tokens"] + usage["completion_tokens"]
+            return web.json_response(document)
+        response = await _open_stream(request)
+        sequence = 0
+
+        async def event(kind: str, fields: Mapping[str, Any]) -> None:
+            nonlocal sequence
+            await _send(response, {"type": kind, "sequence_number": sequence, **fields}, kind)
+            sequence += 1
+
+        item = document["output"][0]
+        pending = {**document, "status": "in_progress", "output": [], "usage": None}
+        await event("response.created", {"response": pending})
+        await event(
+            "response.output_item.added", {"output_index": 0, "item": {**item, "content": []}}
+        )
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        await event("response.content_part.added", {**where, "part": part})
+        for piece in pieces:
+            await event("response.output_text.delta", {**where, "delta": piece, "logprobs": []})
+        await event("response.output_text.done", {**where, "text": text, "logprobs": []})
+        await event("response.content_part.done", {**where, "part": item["content"][0]})
+        await event("response.output_item.done", {"output_index": 0, "item": item})
+        self.served_tokens += usage["prompt_tokens"] + usage["completion_tokens"]
+        await event("response.completed", {"response": document})
+        await response.write_eof()
+        return response
 
     def _check_auth(self, received: ReceivedRequest) -> ErrorReply | None:
         if self.api_key is None:
@@ -274,8 +405,12 @@ def _check_chat_body(body: object) -> ErrorReply | None:
 
     if not isinstance(body, dict):
         return invalid("We could not parse the JSON body of your request.")
-    if body.get("stream"):
-        return invalid("This fake server does not stream.", "stream")
+    options = body.get("stream_options")
+    if options is not None and not body.get("stream"):
+        return invalid(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "stream_options",
+        )
     for key in ("model", "messages"):
         if key not in body:
             return invalid(f"Missing required parameter: '{key}'.", key)
@@ -310,3 +445,58 @@ def _check_chat_body(body: object) -> ErrorReply | None:
                 )
             open_calls.add(call.get("id"))
     return None
+
+
+def _pieces(text: str) -> list[str]:
+    # The real API streams a few characters at a time; a word each is close enough.
+    words = text.split(" ")
+    return [word + (" " if index < len(words) - 1 else "") for index, word in enumerate(words)]
+
+
+async def _open_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "x-request-id": f"req_{secrets.token_hex(8)}",
+        }
+    )
+    await response.prepare(request)
+    return response
+
+
+async def _send(response: web.StreamResponse, data: Mapping[str, Any], event: str = "") -> None:
+    head = f"event: {event}\n" if event else ""
+    await response.write(f"{head}data: {json.dumps(data)}\n\n".encode())
+
+
+def _response_object(model: str, text: str, usage: Mapping[str, int]) -> dict[str, Any]:
+    """A completed Responses API ``response`` with one text message."""
+    return {
+        "id": f"resp_{secrets.token_hex(12)}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{secrets.token_hex(12)}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": usage["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+        },
+    }

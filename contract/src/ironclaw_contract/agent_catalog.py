@@ -33,13 +33,14 @@ from typing import Any, Final, Literal
 
 from ironclaw_contract.env_names import ENV_NAME_PATTERN, RESERVED_ENV_NAMES
 from ironclaw_contract.secret_patterns import is_secret_name, value_secret_problem
+from ironclaw_contract.worker_api import ANTHROPIC, OPENAI
 
 AgentApi = Literal["anthropic", "openai"]
 AGENT_APIS: Final[tuple[AgentApi, ...]] = ("anthropic", "openai")
 # The job route (``worker_api.job_route``) each API is served on: what the agent's base URL
 # points at. An SDK appends ``/v1/messages`` to the Anthropic one, ``/chat/completions`` (or
 # ``/responses``) to the OpenAI one, as they do to the providers' own base URLs.
-API_ROUTES: Final[Mapping[AgentApi, str]] = {"anthropic": "anthropic", "openai": "openai/v1"}
+API_ROUTES: Final[Mapping[AgentApi, str]] = {"anthropic": ANTHROPIC, "openai": OPENAI}
 
 AGENT_NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 TASK_PLACEHOLDER: Final = "{task}"

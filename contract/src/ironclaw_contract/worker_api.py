@@ -30,6 +30,12 @@ LLM_COMPLETE_WITH_TOOLS: Final = "llm/complete_with_tools"
 ANTHROPIC: Final = "anthropic"
 ANTHROPIC_MESSAGES: Final = "anthropic/v1/messages"
 ANTHROPIC_COUNT_TOKENS: Final = "anthropic/v1/messages/count_tokens"
+# The OpenAI-compatible API of any job (an OpenAI client's base URL is the job's OPENAI route),
+# opened by the job's worker token or its LLM key as the API key.
+OPENAI: Final = "openai/v1"
+OPENAI_CHAT_COMPLETIONS: Final = "openai/v1/chat/completions"
+OPENAI_RESPONSES: Final = "openai/v1/responses"
+OPENAI_MODELS: Final = "openai/v1/models"
 
 
 def job_route(job_id: str, route: str) -> str:
@@ -184,6 +190,16 @@ class AgentInfo(TypedDict):
     env: dict[str, str]
 
 
+class OpenAIInfo(TypedDict):
+    """The job's OpenAI-compatible endpoint, for an agent that speaks OpenAI's API: its base
+    URL (``OPENAI_BASE_URL``) and the models it may name. The API key is the job's worker token
+    or, for a process that must not hold the token, the job's LLM key
+    (``ironclaw_contract.job_keys.llm_key_for``)."""
+
+    base_url: str
+    models: list[str]
+
+
 class JobInfo(TypedDict):
     """``GET /worker/{job_id}/job``: the one channel of a job's configuration."""
 
@@ -207,3 +223,5 @@ class JobInfo(TypedDict):
     # None when the job's network is the host's bridge (its commands go out directly).
     egress: EgressInfo | None
     agent: AgentInfo | None  # None but for agent jobs
+    # None when no OpenAI-compatible provider is configured on the orchestrator.
+    openai: OpenAIInfo | None

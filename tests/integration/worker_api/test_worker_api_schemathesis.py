@@ -5,8 +5,9 @@ requests (valid ones, then invalid ones) with a live job's token, sends them and
 answer: no 5xx, a documented status code and content type, a body that matches the documented
 schema. ``/complete`` ends its job, so it gets a fresh job whenever the previous one has ended.
 
-The LLM routes are served by a stub provider that accepts anything: what is under test is the
-worker API, not how a real provider reacts to generated conversations.
+The LLM routes are served by a stub provider that accepts anything, and the OpenAI-compatible
+routes by a stub upstream that answers anything: what is under test is the worker API, not how
+a real provider reacts to generated conversations.
 
 Schemathesis and Hypothesis are synchronous, so they run in a worker thread while the event
 loop keeps serving the orchestrator.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from orchestrator.llm.types import CompletionRequest, CompletionResult, ToolCall
 
@@ -61,6 +63,24 @@ class StubProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _start_stub_upstream() -> tuple[web.AppRunner, str]:
+    """An OpenAI-compatible upstream that answers every call with a small, complete answer."""
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "input_tokens": 1, "output_tokens": 1}
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"id": "stub", "object": "stub", "usage": usage})
+
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_post("/v1/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}/v1"
 
 
 def _describe(exc: BaseException) -> str:
@@ -149,12 +169,15 @@ async def test_every_operation_conforms_to_the_openapi_document(
     start_orch: Any, make_settings: Any, test_agent_image: str, jobs: Any
 ) -> None:
     provider = StubProvider()
+    upstream, upstream_url = await _start_stub_upstream()
     orch = await start_orch(
         make_settings(
             WORKER_IMAGE=test_agent_image,
             JOB_LLM_CALL_BUDGET="0",
             JOB_LLM_TOKEN_BUDGET="0",
             LLM_MODEL="stub-model",
+            LLM_PROVIDER="openai",
+            LLM_BASE_URL=upstream_url,
         ),
         provider=provider,
     )
@@ -201,7 +224,10 @@ async def test_every_operation_conforms_to_the_openapi_document(
                     failures[label] = _describe(exc)
         return failures
 
-    failures = await asyncio.to_thread(fuzz)
+    try:
+        failures = await asyncio.to_thread(fuzz)
+    finally:
+        await upstream.cleanup()
 
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
     # The fuzzing really ran: the live job was reached and /complete ended some jobs.

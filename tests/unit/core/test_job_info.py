@@ -96,7 +96,26 @@ def test_a_worker_job_gets_its_task_limits_deadline_credential_names_and_tools()
         "llm_refusal": None,
         "egress": None,
         "agent": None,
+        "openai": None,
     }
+
+
+def test_a_job_learns_its_openai_base_url_and_models_when_an_openai_provider_is_set() -> None:
+    settings = Settings.from_env(
+        {
+            "LLM_BASE_URL": "http://vllm.internal:8000/v1",
+            "OPENAI_API_KEY": "sk-real-openai-" + "k" * 20,
+            "LLM_MODEL": "qwen-coder",
+            "LLM_MODEL_ALLOWLIST": "qwen-large,qwen-coder",
+        }
+    )
+    for mode in (JobMode.WORKER, JobMode.CLAUDE_CODE):
+        body = _body(mode, settings)
+        assert body["openai"] == {
+            "base_url": f"{URL}/worker/{JOB_ID}/openai/v1",
+            "models": ["qwen-coder", "qwen-large"],
+        }
+        assert "sk-real-openai-" not in json.dumps(body)
 
 
 def test_a_claude_job_gets_the_cli_settings_and_its_route_but_no_key() -> None:
@@ -236,6 +255,7 @@ SHAPES: list[tuple[type[BaseModel], Any]] = [
     (schemas.ClaudeInfo, worker_api.ClaudeInfo),
     (schemas.EgressInfo, worker_api.EgressInfo),
     (schemas.AgentInfo, worker_api.AgentInfo),
+    (schemas.OpenAIInfo, worker_api.OpenAIInfo),
     (schemas.ErrorBody, worker_api.ErrorBody),
 ]
 

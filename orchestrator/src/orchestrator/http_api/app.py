@@ -37,11 +37,13 @@ from orchestrator.http_api.bodies import check_declared_length, read_body
 from orchestrator.http_api.connection_limits import ConnectionLimits
 from orchestrator.http_api.guarded_server import ConnectionGuard, GuardedSite
 from orchestrator.http_api.job_info import build_job_info
+from orchestrator.http_api.openai_route import add_openai_routes
 from orchestrator.http_api.openapi import build_openapi
 from orchestrator.http_api.rate_limit import JobRateLimiter, call_cost, retry_after_header
 from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.start_gate import START_HOLD_S
+from orchestrator.llm.http_upstream import UpstreamHttp
 from orchestrator.llm.proxy import LlmProxy
 from orchestrator.log_context import job_log_context
 from orchestrator.logging import get_logger
@@ -169,6 +171,21 @@ def authenticate_llm_key(request: web.Request) -> str:
         key = request.headers.get("x-api-key", "").strip()
     if not key or not request.app[MANAGER_KEY].tokens.validate_llm_key(job_id, key):
         raise Unauthenticated("Invalid LLM key")
+    return job_id
+
+
+def authenticate_job_key(request: web.Request) -> str:
+    """The path's job id, if the request carries that job's live worker token or LLM key, as
+    a bearer token or as ``x-api-key``: what any OpenAI client sends as its API key."""
+    job_id = _job_id(request)
+    header = request.headers.get("Authorization", "")
+    if header.startswith(_BEARER):
+        key = header[len(_BEARER) :].strip()
+    else:
+        key = request.headers.get("x-api-key", "").strip()
+    tokens = request.app[MANAGER_KEY].tokens
+    if not key or not (tokens.validate(job_id, key) or tokens.validate_llm_key(job_id, key)):
+        raise Unauthenticated("Invalid API key: use the job's worker token or its LLM key")
     return job_id
 
 
@@ -391,6 +408,13 @@ def build_app(
     app.router.add_post(f"{prefix}/llm/complete", api.llm_complete)
     app.router.add_post(f"{prefix}/llm/complete_with_tools", api.llm_complete_with_tools)
     add_anthropic_routes(app, manager, authenticate_llm_key)
+    upstream = UpstreamHttp(read_timeout_s=manager.settings.llm_timeout_s)
+    add_openai_routes(app, manager, authenticate_job_key, upstream)
+
+    async def close_upstream(app: web.Application) -> None:
+        await upstream.close()
+
+    app.on_cleanup.append(close_upstream)
     return app
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from ironclaw_contract import container_env
 from ironclaw_contract.agent_catalog import API_ROUTES
 from ironclaw_contract.claude import CLI_MODEL_ALIASES
-from ironclaw_contract.worker_api import ANTHROPIC, Refusal, job_route
+from ironclaw_contract.worker_api import ANTHROPIC, OPENAI, Refusal, job_route
 from orchestrator.domain.jobs import JobMode, JobSnapshot
 from orchestrator.http_api import schemas
 from orchestrator.settings import Settings
@@ -69,6 +69,7 @@ def build_job_info(
             else None
         ),
         agent=_agent_info(job, orchestrator_url) if job.agent is not None else None,
+        openai=_openai_info(job, settings, orchestrator_url),
     )
 
 
@@ -87,6 +88,17 @@ def _agent_info(job: JobSnapshot, orchestrator_url: str) -> schemas.AgentInfo:
         model=job.limits.claude_model,
         model_env=list(entry.model_env),
         env=dict(entry.env),
+    )
+
+
+def _openai_info(
+    job: JobSnapshot, settings: Settings, orchestrator_url: str
+) -> schemas.OpenAIInfo | None:
+    if settings.llm_provider != "openai":
+        return None
+    models = [m for m in dict.fromkeys([settings.llm_model, *settings.llm_model_allowlist]) if m]
+    return schemas.OpenAIInfo(
+        base_url=orchestrator_url.rstrip("/") + job_route(job.job_id, OPENAI), models=models
     )
 
 

@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from orchestrator.http_api import schemas
 from orchestrator.http_api.anthropic_route import openapi_paths
+from orchestrator.http_api.openai_route import openapi_paths as openai_openapi_paths
 
 _REF = "#/components/schemas/{model}"
 _ERRORS = {
@@ -102,8 +103,9 @@ def build_openapi() -> dict[str, Any]:
             "version": "1",
             "description": "The only door out of a job container. Every /worker/{job_id} route "
             "needs that job's bearer token, but the Anthropic route of a Claude Code job, which "
-            "needs the job's LLM key (GET /job: claude.api_key). A refusal's error body carries "
-            "a machine-readable refusal code.",
+            "needs the job's LLM key (GET /job: claude.api_key), and the OpenAI-compatible "
+            "routes, which take the token or the LLM key as a bearer token or x-api-key. A "
+            "refusal's error body carries a machine-readable refusal code.",
         },
         "components": {
             "schemas": defs.get("$defs", {}),
@@ -154,5 +156,6 @@ def build_openapi() -> dict[str, Any]:
                 )
             },
             **openapi_paths(),
+            **openai_openapi_paths(),
         },
     }

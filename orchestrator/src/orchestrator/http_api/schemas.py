@@ -105,6 +105,13 @@ class AgentInfo(_Strict):
     env: dict[str, str] = Field(description="the entry's settings (never secrets)")
 
 
+class OpenAIInfo(_Strict):
+    """The job's OpenAI-compatible endpoint (``/worker/{id}/openai/v1``)."""
+
+    base_url: str = Field(description="OPENAI_BASE_URL; the key: the job's token or LLM key")
+    models: list[str] = Field(description="the models the job may name")
+
+
 class JobInfo(_Strict):
     """Everything about the job but its identity: the one channel of its configuration."""
 
@@ -129,6 +136,9 @@ class JobInfo(_Strict):
         description="null when the job's network goes out directly (bridge)"
     )
     agent: AgentInfo | None = Field(description="null but for agent jobs")
+    openai: OpenAIInfo | None = Field(
+        description="null when no OpenAI-compatible provider is configured"
+    )
 
 
 class McpServerInfo(_Strict):

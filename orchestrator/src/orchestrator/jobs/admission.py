@@ -44,9 +44,6 @@ TOOL_NAME_MAX_CHARS = 64
 MAX_TOOLS_NAMED = 64
 MAX_EGRESS_HOSTS = 256
 MAX_EGRESS_HOST_CHARS = 262  # a 253-character name, a port
-# Whether the worker API serves jobs the OpenAI-compatible route (worker_api's openai/v1):
-# agents that speak that API are admitted only where it does.
-OPENAI_ROUTE = False
 # Control characters other than tab and newline have no business in a task or a label: they
 # hide text in terminals and logs, and a NUL ends strings in the engine's C code.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -110,11 +107,14 @@ def admit(
     grants = validate_grants(request.credentials)
     egress_hosts = _egress_hosts(request.egress_hosts, settings)
     _check_inject_hosts(grants, egress_hosts, settings)
+    limits = effective_limits(settings, request.mode, request.limits, agent)
+    if agent is not None and agent.api == "openai":
+        _check_openai_model(agent, limits.claude_model, settings)
     return AdmittedJob(
         job_id=job_id,
         task=task,
         mode=request.mode,
-        limits=effective_limits(settings, request.mode, request.limits, agent),
+        limits=limits,
         labels=labels,
         grants=grants,
         tools=_tools(request, grants, grant_tools),
@@ -152,12 +152,24 @@ def _agent(
             f"agent {entry.name!r} speaks the Anthropic API, which needs ANTHROPIC_API_KEY or "
             "CLAUDE_CODE_OAUTH_TOKEN on the orchestrator"
         )
-    if entry.api == "openai" and not OPENAI_ROUTE:
+    if entry.api == "openai" and settings.llm_provider != "openai":
         raise FailedPrecondition(
-            f"agent {entry.name!r} speaks the OpenAI API, which this orchestrator does not "
-            "serve to jobs yet"
+            f"agent {entry.name!r} speaks the OpenAI API, which the job's route serves with "
+            "LLM_PROVIDER=openai (and OPENAI_API_KEY and/or LLM_BASE_URL) on the orchestrator"
         )
     return entry
+
+
+def _check_openai_model(agent: AgentEntry, model: str, settings: Settings) -> None:
+    # The OpenAI-compatible route allows the operator's LLM_MODEL and LLM_MODEL_ALLOWLIST: a
+    # job whose agent would ask for another could only fail at its first call.
+    allowed = [name for name in (settings.llm_model, *settings.llm_model_allowlist) if name]
+    if model not in allowed:
+        raise FailedPrecondition(
+            f"agent {agent.name!r} would use model {model!r}, which the OpenAI-compatible route "
+            f"does not allow (allowed: {', '.join(allowed) or 'none'}): add it to "
+            "LLM_MODEL_ALLOWLIST or pick an allowed one with limits.claude_model"
+        )
 
 
 def _check_inject_hosts(

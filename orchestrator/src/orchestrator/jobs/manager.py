@@ -206,13 +206,10 @@ class ContainerJobManager:
                 return existing
             job = self._record(admitted, str(project.path))
             token = self._tokens.create_token(job.job_id, admitted.grants)
-            # The key of the Claude Code CLI or of a catalogue agent: it opens only this job's
-            # own provider route (tokens.py).
-            llm_key = (
-                self._tokens.create_llm_key(job.job_id, token)
-                if job.mode.meters_own_route
-                else None
-            )
+            # The key of what the agent runs that speaks to a model and must not hold the
+            # token: it opens only this job's LLM routes (tokens.py), the Anthropic one of a
+            # Claude Code job (the CLI's key) and the OpenAI-compatible one of every job.
+            llm_key = self._tokens.create_llm_key(job.job_id, token)
             # Its commands' identity at the egress gateway (tokens.py): every job has one, used
             # when its network leads out through the gateway only.
             egress_key = self._tokens.create_egress_key(job.job_id, token)
@@ -428,7 +425,9 @@ class ContainerJobManager:
         if job is None or job.state is not JobState.CREATING:
             return True
         if not (
-            self._tokens.validate(job_id, token) or self._tokens.validate_egress_key(job_id, token)
+            self._tokens.validate(job_id, token)
+            or self._tokens.validate_egress_key(job_id, token)
+            or self._tokens.validate_llm_key(job_id, token)
         ):
             return True  # refused by the handler's own check, without waiting
         return await wait_while_creating(job, timeout_s)
