@@ -11,6 +11,8 @@ says, one instruction a line:
     SAY <text>            print <text>
     ENV <path>            write its environment to <path> as JSON (what a tool it ran could read)
     EXIT <code>           stop with that exit code
+    COMPLETE <message>    report the job's result itself (POST .../complete with its key), then
+                          wait to be stopped, as an agent that knows the orchestrator may
 
 A provider error is printed as the provider sent it, and the agent exits 1.
 
@@ -20,6 +22,7 @@ usage: tiny-agent --model MODEL TASK
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -52,6 +55,19 @@ def stream_answer(model, task):
     return "".join(text)
 
 
+def report(message):
+    job = os.environ["ANTHROPIC_BASE_URL"].rstrip("/").rsplit("/", 1)[0]  # .../worker/<id>
+    request = urllib.request.Request(
+        job + "/complete",
+        data=json.dumps({"success": True, "message": message}).encode(),
+        method="POST",
+    )
+    request.add_header("Authorization", "Bearer " + os.environ["ANTHROPIC_API_KEY"])
+    request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
 def main(argv):
     if len(argv) != 3 or argv[0] != "--model":
         print(__doc__.rsplit("usage: ", 1)[1].strip(), file=sys.stderr)
@@ -77,6 +93,10 @@ def main(argv):
             print(rest, flush=True)
         elif verb == "EXIT":
             return int(rest)
+        elif verb == "COMPLETE":
+            report(rest)
+            print("tiny-agent: reported; waiting to be stopped", flush=True)
+            time.sleep(300)
     return 0
 
 

@@ -147,6 +147,22 @@ async def test_a_non_zero_exit_ends_the_job_exited_with_the_command_s_code(
     assert final.usage == LlmUsage(calls=1, input_tokens=5, output_tokens=2)
 
 
+async def test_an_agent_that_reports_its_result_ends_the_job_before_its_command_exits(
+    agents_orch: Callable[..., Any],
+    test_agents_image: str,
+    upstream: FakeAnthropic,
+    project: Callable[[str], Path],
+) -> None:
+    orch = await agents_orch({"tiny": tiny_entry(test_agents_image)})
+    upstream.enqueue_text("WRITE done.txt yes\nCOMPLETE finished early", output_tokens=4)
+    job_id, _ = await run_agent_job(orch, "tiny", "Finish", project("early"))
+    final = await wait_until_ended(orch, job_id, timeout=60)
+    assert final.result is not None
+    assert final.result.reason is TerminalReason.COMPLETED, final.result.message
+    assert final.result.message == "finished early"
+    assert final.usage == LlmUsage(calls=1, input_tokens=10, output_tokens=4)
+
+
 async def test_a_model_outside_the_allowlist_gets_the_provider_s_error_and_nothing_goes_up(
     agents_orch: Callable[..., Any],
     test_agents_image: str,
