@@ -3,10 +3,8 @@ agent catalogue names the test images, and project directories for the sandbox u
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,15 +12,12 @@ from typing import Any
 import pytest
 
 from orchestrator.domain.jobs import CreateJobRequest, JobMode, JobSnapshot
-from tests.conftest import IMAGE_TAG, ROOT, build_image, image_name
+from tests.conftest import IMAGE_TAG, ROOT, build_image
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.helpers import wait_for
 
 UPSTREAM_KEY = "sk-ant-upstream-" + "a" * 24
-IMAGES = ROOT / "tests" / "images"
-TEST_AGENTS_IMAGE = f"ironclaw-test-agents:{IMAGE_TAG}"
 MINI_IMAGE = f"ironclaw-agent-mini-swe-agent:{IMAGE_TAG}"
-SOURCE_LABEL = "ironclaw.test.source"
 
 
 def tiny_entry(image: str, model: str = "claude-sonnet-5-5") -> dict[str, Any]:
@@ -43,44 +38,6 @@ def mini_entry() -> dict[str, Any]:
     catalogue = json.loads((ROOT / "deploy" / "agents" / "agents.json").read_text())
     entry: dict[str, Any] = catalogue["agents"]["mini-swe-agent"]
     return {**entry, "image": MINI_IMAGE}
-
-
-@pytest.fixture(scope="session")
-def test_agents_image(docker_engine: Any) -> str:
-    """tests/images/Dockerfile.test-agents on this checkout's worker image."""
-    build_image("worker")
-    parent = docker_engine.images.get(image_name("worker")).id
-    digest = hashlib.sha256()
-    for name in ("Dockerfile.test-agents", "tiny_agent.py"):
-        digest.update((IMAGES / name).read_bytes())
-    source = f"{parent}:{digest.hexdigest()}"
-    try:
-        labels = docker_engine.images.get(TEST_AGENTS_IMAGE).attrs["Config"].get("Labels") or {}
-    except Exception:
-        labels = {}
-    if labels.get(SOURCE_LABEL) == source:
-        return TEST_AGENTS_IMAGE
-    built = subprocess.run(
-        [
-            "docker",
-            "build",
-            "--label",
-            f"{SOURCE_LABEL}={source}",
-            "--build-arg",
-            f"WORKER_IMAGE={image_name('worker')}",
-            "-f",
-            str(IMAGES / "Dockerfile.test-agents"),
-            "-t",
-            TEST_AGENTS_IMAGE,
-            str(IMAGES),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if built.returncode != 0:
-        pytest.fail(f"building {TEST_AGENTS_IMAGE} failed:\n{built.stderr[-3000:]}")
-    return TEST_AGENTS_IMAGE
 
 
 @pytest.fixture(scope="session")

@@ -212,3 +212,31 @@ async def test_an_unknown_agent_is_refused_by_the_cli_with_the_known_names(
     text = (stdout + stderr).decode()
     assert "INVALID_ARGUMENT" in text or "invalid" in text.lower(), text
     assert "agent 'aider' is not in the catalogue (known: other, tiny)" in text
+
+
+async def test_claude_code_runs_through_the_same_catalogue(
+    agents_orch: Callable[..., Any],
+    fake_cli_image: str,
+    upstream: FakeAnthropic,
+    project: Callable[[str], Path],
+) -> None:
+    # deploy/agents/agents.json's claude-code entry, on the stand-in CLI's image.
+    catalogue = json.loads((ROOT / "deploy" / "agents" / "agents.json").read_text())
+    entry = {**catalogue["agents"]["claude-code"], "image": fake_cli_image}
+    orch = await agents_orch({"claude-code": entry}, WORKER_MEMORY_MB="1024")
+    workdir = project("claude")
+    upstream.enqueue_tool_use(
+        "Bash", {"command": "echo edited by claude > hello.txt"}, input_tokens=20, output_tokens=9
+    )
+    upstream.enqueue_text("Wrote hello.txt.", input_tokens=31, output_tokens=4)
+    job_id, _ = await run_agent_job(orch, "claude-code", "Write hello.txt", workdir)
+    final = await wait_until_ended(orch, job_id)
+    assert final.result is not None
+    assert final.result.reason is TerminalReason.COMPLETED, final.result.message
+    assert (workdir / "hello.txt").read_text() == "edited by claude\n"
+    # The prompt reached the CLI as its -p argument; its calls went up with the real key.
+    assert upstream.requests[0].body["messages"][0]["content"] == "Write hello.txt"
+    assert {r.api_key for r in upstream.requests} == {UPSTREAM_KEY}
+    assert {r.body["model"] for r in upstream.requests} == {"claude-sonnet-5-5"}
+    assert final.usage == LlmUsage(calls=2, input_tokens=51, output_tokens=13)
+    assert '"result": "Wrote hello.txt."' in final.result.message
