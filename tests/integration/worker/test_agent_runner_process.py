@@ -157,3 +157,19 @@ async def test_sigterm_stops_the_command_and_what_it_started(
     except FileNotFoundError:
         state = "gone"
     assert state in ("gone", "Z")
+
+
+async def test_output_without_line_breaks_is_passed_on_in_bounded_pieces(
+    fake_api: FakeWorkerApi, workspace: Path
+) -> None:
+    script = "import sys; sys.stdout.write('x' * 300_000); sys.stdout.flush()"
+    fake_api.agent = _agent(command=[sys.executable, "-c", script, "{task}"])
+    proc = await _run(fake_api, workspace)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    [completion] = fake_api.completions
+    assert completion["message"] == "x" * 4000  # the last output, bounded
+    # Every piece reached the container log, none longer than the bound.
+    pieces = [line.split("| ", 1)[1] for line in stderr.decode().splitlines() if "| x" in line]
+    assert sum(len(piece) for piece in pieces) == 300_000
+    assert max(len(piece) for piece in pieces) <= 1 << 16

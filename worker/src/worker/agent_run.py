@@ -70,6 +70,7 @@ TAIL_MAX_CHARS = 4000
 STOP_GRACE_S = 5.0
 _POLL_S = 0.2
 _READ_SIZE = 1 << 16
+MAX_LINE_BYTES = 1 << 16
 
 
 class AgentConfigProblem(Exception):
@@ -227,7 +228,12 @@ class AgentRunner:
             ", ".join(sorted(credentials)) or "none",
         )
         try:
-            self._client.post_status(f"running agent {command.name}", 0)
+            try:
+                self._client.post_status(f"running agent {command.name}", 0)
+            except TokenRejected:
+                raise
+            except WorkerClientError as exc:
+                log.warning("status line not sent: %s", exc)
             return self._execute(command)
         except TokenRejected as exc:
             # The job ended meanwhile (stopped, timed out): nothing left to report to.
@@ -292,6 +298,11 @@ def _lines(proc: subprocess.Popen[bytes], fd: int, batcher: OutputBatcher) -> It
             *complete, pending = (pending + chunk).split(b"\n")
             for raw in complete:
                 yield raw.decode("utf-8", errors="replace").rstrip("\r")
+            # Output without line breaks (a progress bar) is passed on in pieces, never held
+            # whole.
+            while len(pending) > MAX_LINE_BYTES:
+                piece, pending = pending[:MAX_LINE_BYTES], pending[MAX_LINE_BYTES:]
+                yield piece.decode("utf-8", errors="replace")
         elif exited_at is not None and time.monotonic() - exited_at > 1.0:
             break
     if pending:
@@ -388,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_TERMINATED
         except KeyboardInterrupt:
             return 130
+        except Exception:
+            # Not a result of the job: the container's exit code and log tail tell the
+            # orchestrator (EXITED), as for any agent that dies.
+            log.exception("agent-run crashed")
+            return EXIT_CRASHED
 
 
 if __name__ == "__main__":
