@@ -188,30 +188,44 @@ async def test_a_model_outside_the_allowlist_gets_the_provider_s_error_and_nothi
     assert final.usage.calls == 0
 
 
-async def test_an_unknown_agent_is_refused_by_the_cli_with_the_known_names(
-    agents_orch: Callable[..., Any], test_agents_image: str, tmp_path: Path
+async def test_the_cli_runs_an_agent_by_name_and_refuses_an_unknown_one(
+    agents_orch: Callable[..., Any],
+    test_agents_image: str,
+    upstream: FakeAnthropic,
+    project: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
     orch = await agents_orch(
         {"tiny": tiny_entry(test_agents_image), "other": tiny_entry(test_agents_image)}
     )
-    proc = await asyncio.create_subprocess_exec(
-        str(ROOT / ".venv" / "bin" / "ironclaw"),
-        "job",
-        "--orchestrator",
-        f"127.0.0.1:{orch.grpc_port}",
-        "create",
-        "--agent",
-        "aider",
-        "fix it",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "HOME": str(tmp_path)},
-    )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode != 0
-    text = (stdout + stderr).decode()
-    assert "INVALID_ARGUMENT" in text or "invalid" in text.lower(), text
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            str(ROOT / ".venv" / "bin" / "ironclaw"),
+            "job",
+            "--orchestrator",
+            f"127.0.0.1:{orch.grpc_port}",
+            "create",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 180)
+        assert proc.returncode is not None
+        return proc.returncode, (stdout + stderr).decode()
+
+    code, text = await cli("--agent", "aider", "fix it")
+    assert code != 0
+    assert "INVALID_ARGUMENT" in text, text
     assert "agent 'aider' is not in the catalogue (known: other, tiny)" in text
+
+    workdir = project("cli")
+    upstream.enqueue_text("WRITE hello.txt written for the cli\nSAY bye")
+    code, text = await cli("--agent", "tiny", "--project", str(workdir), "--wait", "Write it")
+    assert code == 0, text
+    assert "mode:     agent (tiny)" in text
+    assert (workdir / "hello.txt").read_text() == "written for the cli\n"
 
 
 async def test_claude_code_runs_through_the_same_catalogue(
