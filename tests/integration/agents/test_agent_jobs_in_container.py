@@ -205,7 +205,6 @@ async def test_the_cli_runs_an_agent_by_name_and_refuses_an_unknown_one(
             "job",
             "--orchestrator",
             f"127.0.0.1:{orch.grpc_port}",
-            "create",
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -215,17 +214,22 @@ async def test_the_cli_runs_an_agent_by_name_and_refuses_an_unknown_one(
         assert proc.returncode is not None
         return proc.returncode, (stdout + stderr).decode()
 
-    code, text = await cli("--agent", "aider", "fix it")
+    code, text = await cli("create", "--agent", "aider", "fix it")
     assert code != 0
     assert "INVALID_ARGUMENT" in text, text
     assert "agent 'aider' is not in the catalogue (known: other, tiny)" in text
 
     workdir = project("cli")
     upstream.enqueue_text("WRITE hello.txt written for the cli\nSAY bye")
-    code, text = await cli("--agent", "tiny", "--project", str(workdir), "--wait", "Write it")
+    code, text = await cli(
+        "create", "--agent", "tiny", "--project", str(workdir), "--wait", "Write it"
+    )
+    assert code == 0, text
+    assert (workdir / "hello.txt").read_text() == "written for the cli\n"
+    job_id = text.split("job ", 1)[1].split(" ", 1)[0]
+    code, text = await cli("get", job_id)
     assert code == 0, text
     assert "mode:     agent (tiny)" in text
-    assert (workdir / "hello.txt").read_text() == "written for the cli\n"
 
 
 async def test_claude_code_runs_through_the_same_catalogue(
