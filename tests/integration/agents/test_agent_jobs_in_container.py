@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,27 @@ async def test_claude_code_runs_through_the_same_catalogue(
     assert {r.body["model"] for r in upstream.requests} == {"claude-sonnet-5-5"}
     assert final.usage == LlmUsage(calls=2, input_tokens=51, output_tokens=13)
     assert '"result": "Wrote hello.txt."' in final.result.message
+
+
+async def test_an_agent_on_its_isolated_network_reaches_its_model_route_and_nothing_else(
+    agents_orch: Callable[..., Any],
+    test_agents_image: str,
+    upstream: FakeAnthropic,
+    project: Callable[[str], Path],
+) -> None:
+    # The default network mode: the job's own network, a relay to the worker API, and the
+    # egress gateway (which allows nothing here) for everything else.
+    orch = await agents_orch({"tiny": tiny_entry(test_agents_image)}, JOB_NETWORK="isolated")
+    workdir = project("isolated")
+    upstream.enqueue_text("WRITE hello.txt isolated\nENV seen-env.json", output_tokens=3)
+    job_id, _ = await run_agent_job(orch, "tiny", "Write hello.txt", workdir)
+    final = await wait_until_ended(orch, job_id)
+    assert final.result is not None
+    assert final.result.reason is TerminalReason.COMPLETED, (final.result.message, final.log_tail)
+    assert (workdir / "hello.txt").read_text() == "isolated\n"
+    seen = json.loads((workdir / "seen-env.json").read_text())
+    # Its model route is the relay's worker API, reached directly; the rest goes through the
+    # gateway with the job's egress key, never the token.
+    assert urllib.parse.urlsplit(seen["ANTHROPIC_BASE_URL"]).hostname == seen["NO_PROXY"]
+    assert "irce_" in seen["HTTPS_PROXY"]
+    assert final.usage == LlmUsage(calls=1, input_tokens=10, output_tokens=3)
