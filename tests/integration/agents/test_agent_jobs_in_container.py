@@ -25,6 +25,7 @@ from orchestrator.domain.jobs import (
 )
 from tests.conftest import ROOT
 from tests.fakes.fake_anthropic import FakeAnthropic
+from tests.helpers import wait_for
 from tests.integration.agents.conftest import (
     UPSTREAM_KEY,
     run_agent_job,
@@ -126,7 +127,14 @@ async def test_an_agent_edits_the_workspace_and_its_job_completes_with_its_last_
         if event["event_type"] == "message"
     )
     assert "tiny-agent: wrote hello.txt" in said
-    assert not docker_engine.api.containers(all=True, filters={"name": f"ironclaw-agent-{job_id}"})
+    # The container is removed once the job has ended, as every job's.
+    await wait_for(
+        lambda: (
+            not docker_engine.api.containers(all=True, filters={"name": f"ironclaw-agent-{job_id}"})
+        ),
+        timeout=60,
+        what="the agent's container to be removed",
+    )
 
 
 async def test_a_non_zero_exit_ends_the_job_exited_with_the_command_s_code(
