@@ -22,6 +22,15 @@ log = get_logger(__name__)
 AGENT_CATALOG_FILE = "agents.json"
 
 
+def read_agent_catalog(path: Path) -> dict[str, AgentEntry]:
+    """The entries of the catalogue file at ``path`` (which must exist); FailedPrecondition
+    naming the file and the bad entry. Logs nothing: ``ironclaw status`` reads it too."""
+    try:
+        return parse_agent_catalog(read_catalog_json(path), str(path))
+    except AgentConfigError as exc:
+        raise FailedPrecondition(f"the agent catalogue is invalid: {exc}") from None
+
+
 class AgentCatalog:
     """Reads, validates and looks up the entries of ``<base_dir>/agents.json``."""
 
@@ -42,13 +51,8 @@ class AgentCatalog:
         stamp = FileStamp.of(self.path)
         if self._cached is not None and self._cached[0] == stamp:
             return self._cached[1]
-        agents: dict[str, AgentEntry] = {}
+        agents = read_agent_catalog(self.path) if stamp is not None else {}
         if stamp is not None:
-            document = read_catalog_json(self.path)
-            try:
-                agents = parse_agent_catalog(document, str(self.path))
-            except AgentConfigError as exc:
-                raise FailedPrecondition(f"the agent catalogue is invalid: {exc}") from None
             log.info("agent catalogue loaded", path=str(self.path), agents=len(agents))
         self._cached = (stamp, agents)
         return agents

@@ -151,8 +151,12 @@ async def test_a_non_zero_exit_ends_the_job_exited_with_the_command_s_code(
     assert final.result.reason is TerminalReason.EXITED, final.result.message
     assert final.result.exit_code == 3
     assert not final.result.success
-    assert "giving up" in final.log_tail
-    assert "agent tiny exited with 3" in final.log_tail
+    # The log tail is kept as the container goes.
+    tail = await wait_for(
+        lambda: orch.manager.get_job(job_id).log_tail, timeout=60, what="the log tail"
+    )
+    assert "giving up" in tail
+    assert "agent tiny exited with 3" in tail
     assert final.usage == LlmUsage(calls=1, input_tokens=5, output_tokens=2)
 
 
@@ -188,7 +192,10 @@ async def test_a_model_outside_the_allowlist_gets_the_provider_s_error_and_nothi
     assert final.result.reason is TerminalReason.EXITED, final.result.message
     assert final.result.exit_code == 1
     # The agent printed the error as the provider's API shapes it: its own error document.
-    line = next(ln for ln in final.log_tail.splitlines() if "provider error 403" in ln)
+    tail = await wait_for(
+        lambda: orch.manager.get_job(job_id).log_tail, timeout=60, what="the log tail"
+    )
+    line = next(ln for ln in tail.splitlines() if "provider error 403" in ln)
     document = json.loads(line.split("provider error 403: ", 1)[1])
     assert document["type"] == "error"
     assert document["error"]["type"] == "permission_error"

@@ -168,15 +168,16 @@ def _check_catalogues(settings: Any, report: StatusReport) -> None:
 
 
 def _check_agent_catalogue(settings: Any, report: StatusReport) -> None:
-    from orchestrator.agent_catalog import AgentCatalog
-    from orchestrator.errors import ConfigError
+    from orchestrator.agent_catalog import AGENT_CATALOG_FILE, read_agent_catalog
+    from orchestrator.errors import FailedPrecondition
 
-    agents = AgentCatalog(settings.base_dir)
+    path = settings.base_dir / AGENT_CATALOG_FILE
     try:
-        agents.check()
-    except ConfigError as exc:
+        if path.exists():
+            read_agent_catalog(path)
+    except FailedPrecondition as exc:
         report.problem(
-            str(exc),
+            exc.message,
             "fix that file: `ironclaw serve` refuses to start with it, and agent jobs are refused",
         )
 
@@ -184,11 +185,12 @@ def _check_agent_catalogue(settings: Any, report: StatusReport) -> None:
 def _agent_images(settings: Any) -> dict[str, str]:
     """``agent:<name>`` → the image of each entry of the agent catalogue (none when it is
     missing or broken: _check_catalogues reports that)."""
-    from orchestrator.agent_catalog import AgentCatalog
+    from orchestrator.agent_catalog import AGENT_CATALOG_FILE, read_agent_catalog
     from orchestrator.errors import FailedPrecondition
 
+    path = settings.base_dir / AGENT_CATALOG_FILE
     try:
-        agents = AgentCatalog(settings.base_dir).agents()
+        agents = read_agent_catalog(path) if path.exists() else {}
     except FailedPrecondition:
         return {}
     return {f"agent:{name}": entry.image for name, entry in sorted(agents.items())}
