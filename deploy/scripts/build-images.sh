@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Build the project's images without a container registry or PyPI access during the build.
 #
-# usage: build-images.sh [worker] [claude] [orchestrator] [test] [mini-swe-agent] [--force]
-#                                                                           (default: worker)
+# usage: build-images.sh [worker] [claude] [orchestrator] [test] [mini-swe-agent] [aider-chat]
+#                        [--force]                                          (default: worker)
 #   worker          ironclaw-worker:latest        Dockerfile.worker
 #   claude          ironclaw-claude:latest        Dockerfile.claude (on top of the worker image)
 #   orchestrator    ironclaw-orchestrator:latest  Dockerfile.orchestrator
 #   test            ironclaw-test-agent:latest    tests/images/Dockerfile.test-agent
 #   mini-swe-agent  ironclaw-agent-mini-swe-agent:latest  deploy/agents/Dockerfile.mini-swe-agent
-#                   (optional, for agent mode; on top of the worker image)
+#   aider-chat      ironclaw-agent-aider-chat:latest      deploy/agents/Dockerfile.aider-chat
+#                   (optional, for agent mode; on top of the worker image; their wheels are
+#                   built on the host from PyPI into build/wheels/agents/<name>)
 #   --force         rebuild even when the image is up to date
 #
 # IRONCLAW_IMAGE_TAG (default latest) replaces the tag of every image: several checkouts that
@@ -20,7 +22,7 @@
 # costs a few `docker image inspect` calls. Base image: bootstrap-base-image.sh.
 set -euo pipefail
 
-usage() { sed -n '4,16s/^# \{0,1\}//p' "$0" >&2; }
+usage() { sed -n '4,18s/^# \{0,1\}//p' "$0" >&2; }
 
 SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$SCRIPTS/../.." && pwd)
@@ -29,20 +31,22 @@ cd "$ROOT"
 log() { printf 'build-images: %s\n' "$*" >&2; }
 
 force=0
-want_worker=0 want_claude=0 want_orchestrator=0 want_test=0 want_mini=0
+want_worker=0 want_claude=0 want_orchestrator=0 want_test=0
+agents=()
 for arg in "$@"; do
     case "$arg" in
         worker) want_worker=1 ;;
         claude) want_claude=1 ;;
         orchestrator) want_orchestrator=1 ;;
         test) want_test=1 ;;
-        mini-swe-agent) want_mini=1 ;;
+        mini-swe-agent | aider-chat) agents+=("$arg") ;;
         --force) force=1 ;;
         -h | --help) usage; exit 0 ;;
         *) log "unknown argument: $arg"; usage; exit 2 ;;
     esac
 done
-if (( want_worker + want_claude + want_orchestrator + want_test + want_mini == 0 )); then
+want_agents=${#agents[@]}
+if (( want_worker + want_claude + want_orchestrator + want_test + want_agents == 0 )); then
     want_worker=1
 fi
 
@@ -108,7 +112,6 @@ if [[ ! "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
 fi
 WORKER=ironclaw-worker:$TAG CLAUDE=ironclaw-claude:$TAG
 ORCHESTRATOR=ironclaw-orchestrator:$TAG TEST_AGENT=ironclaw-test-agent:$TAG
-MINI=ironclaw-agent-mini-swe-agent:$TAG
 
 BASE=$("$SCRIPTS/bootstrap-base-image.sh" | tail -n 1)
 log "base image: $BASE"
@@ -120,7 +123,7 @@ SERVICE_SOURCES=(contract orchestrator .dockerignore)
 
 # Decide first, so wheels are built only when an image that installs them is rebuilt.
 build_worker=0 build_orchestrator=0
-if (( want_worker || want_claude || want_mini )); then
+if (( want_worker || want_claude || want_agents )); then
     worker_hash=$(source_hash "${JOB_SOURCES[@]}" Dockerfile.worker)
     needs_build $WORKER "$worker_hash" "$BASE" && build_worker=1
 fi
@@ -137,7 +140,7 @@ elif (( build_worker )); then
 fi
 
 # The Claude Code and agent images are built FROM the worker image, so the worker comes first.
-if (( want_worker || want_claude || want_mini )); then
+if (( want_worker || want_claude || want_agents )); then
     if (( build_worker )); then
         build $WORKER Dockerfile.worker "$worker_hash" \
             --build-arg "BASE_IMAGE=$BASE"
@@ -181,22 +184,27 @@ if (( want_test )); then
     fi
 fi
 
-if (( want_mini )); then
-    mini_dockerfile=deploy/agents/Dockerfile.mini-swe-agent
-    mini_version=$(sed -n 's/^ARG MINI_SWE_AGENT_VERSION=//p' "$mini_dockerfile")
-    mini_wheels=build/wheels/agents/mini-swe-agent
+# An agent from PyPI on the worker image: deploy/agents/Dockerfile.<name> pins its version in
+# an ARG <NAME>_VERSION line; its wheels are built on the host once per version.
+for agent in "${agents[@]}"; do
+    dockerfile=deploy/agents/Dockerfile.$agent
+    image=ironclaw-agent-$agent:$TAG
+    version_arg=$(printf '%s' "$agent" | tr 'a-z-' 'A-Z_')_VERSION
+    version=$(sed -n "s/^ARG ${version_arg}=//p" "$dockerfile")
+    wheels=build/wheels/agents/$agent
+    wheel_name=$(printf '%s' "$agent" | tr '-' '_')
     # Its hash covers the Dockerfile (which pins the version); the wheels follow from it.
-    mini_hash=$(source_hash "${JOB_SOURCES[@]}" "$mini_dockerfile")
-    if needs_build $MINI "$mini_hash" $WORKER; then
-        if ! ls "$mini_wheels"/mini_swe_agent-"$mini_version"-*.whl >/dev/null 2>&1; then
-            log "building the wheels of mini-swe-agent $mini_version into $mini_wheels"
-            mkdir -p "$mini_wheels"
+    agent_hash=$(source_hash "${JOB_SOURCES[@]}" "$dockerfile")
+    if needs_build "$image" "$agent_hash" $WORKER; then
+        if ! ls "$wheels/$wheel_name-$version"-*.whl >/dev/null 2>&1; then
+            log "building the wheels of $agent $version into $wheels"
+            mkdir -p "$wheels"
             "${PYTHON:-.venv/bin/python}" -m pip --disable-pip-version-check wheel --quiet \
-                --prefer-binary -w "$mini_wheels" "mini-swe-agent==$mini_version" >&2
+                --prefer-binary -w "$wheels" "$agent==$version" >&2
         fi
-        build $MINI "$mini_dockerfile" "$mini_hash" \
+        build "$image" "$dockerfile" "$agent_hash" \
             --build-arg "BASE_IMAGE=$BASE" --build-arg "WORKER_IMAGE=$WORKER"
     else
-        log "$MINI is up to date"
+        log "$image is up to date"
     fi
-fi
+done

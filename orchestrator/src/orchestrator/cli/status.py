@@ -238,8 +238,8 @@ async def _check_engine(settings: Any, report: StatusReport) -> None:
             if not present and mode.startswith("agent:"):
                 report.problem(
                     f"image {image} of {mode} is missing",
-                    "build it (`deploy/scripts/build-images.sh mini-swe-agent` for the example "
-                    "entries) or change the entry's image in agents.json",
+                    "build it (`deploy/scripts/build-images.sh mini-swe-agent aider-chat` for "
+                    "the example's) or change the entry's image in agents.json",
                 )
             elif not present:
                 variable = "WORKER_IMAGE" if mode == "worker" else "CLAUDE_CODE_IMAGE"
