@@ -40,15 +40,14 @@ async def test_aider_edits_the_workspace_through_the_streamed_anthropic_route(
     entry = {**catalogue["agents"]["aider"], "image": aider_image}
     orch = await agents_orch({"aider": entry}, WORKER_MEMORY_MB="1024")
     workdir = project("aider")
-    (workdir / "hello.txt").write_text("hello\n")
-    # aider's whole-file edit format: the file's path, then its new content, fenced.
+    # aider's whole-file edit format: the file's path, then its content, fenced.
     upstream.enqueue_text(
-        "I will update the file.\n\nhello.txt\n```\nhello, edited by aider\n```\n",
+        "I will write the file.\n\nhello.txt\n```\nhello, edited by aider\n```\n",
         input_tokens=640,
         output_tokens=21,
     )
     job_id, _ = await run_agent_job(
-        orch, "aider", "Change hello.txt to say it was edited by aider", workdir
+        orch, "aider", "Write hello.txt saying it was edited by aider", workdir
     )
     inspected = docker_engine.api.inspect_container(f"ironclaw-agent-{job_id}")
     assert UPSTREAM_KEY not in json.dumps(inspected)
@@ -61,5 +60,5 @@ async def test_aider_edits_the_workspace_through_the_streamed_anthropic_route(
     assert served.api_key == UPSTREAM_KEY
     assert served.body["stream"] is True
     assert served.body["model"] == "claude-sonnet-5-5"
-    assert "Change hello.txt" in json.dumps(served.body["messages"])
+    assert "Write hello.txt" in json.dumps(served.body["messages"])
     assert final.usage == LlmUsage(calls=1, input_tokens=640, output_tokens=21)
