@@ -46,7 +46,7 @@ unit: $(STAMP)
 # Every image the tests run, built before pytest: a cold machine's first build takes minutes and
 # must not count against one test's timeout. The tests' fixtures then find them up to date.
 test-images: $(STAMP)
-	deploy/scripts/build-images.sh worker claude orchestrator test
+	deploy/scripts/build-images.sh worker claude orchestrator test mini-swe-agent aider-chat
 
 test: $(STAMP) lint typecheck test-images
 	$(VENV)/bin/pytest -q -ra

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import subprocess
 import uuid
@@ -85,6 +86,80 @@ def build_image(target: str) -> None:
     )
     if result.returncode != 0:
         pytest.fail(f"building the {target} image failed:\n{result.stderr[-4000:]}")
+
+
+TEST_IMAGES = ROOT / "tests" / "images"
+# The label that says what a test image on top of a project image was built from.
+TEST_SOURCE_LABEL = "ironclaw.test.source"
+
+
+def build_test_image(
+    docker_engine: Any, tag: str, dockerfile: str, files: tuple[str, ...], parent: str, arg: str
+) -> str:
+    """Builds tests/images/``dockerfile`` as ``tag`` on the project image of target
+    ``parent`` (passed as build arg ``arg``), unless the image there was built from the same
+    parent and the same ``files``."""
+    build_image(parent)
+    parent_id = docker_engine.images.get(image_name(parent)).id
+    digest = hashlib.sha256()
+    for name in (dockerfile, *files):
+        digest.update((TEST_IMAGES / name).read_bytes())
+    source = f"{parent_id}:{digest.hexdigest()}"
+    try:
+        labels = docker_engine.images.get(tag).attrs["Config"].get("Labels") or {}
+    except Exception:
+        labels = {}
+    if labels.get(TEST_SOURCE_LABEL) == source:
+        return tag
+    built = subprocess.run(
+        [
+            "docker",
+            "build",
+            "--label",
+            f"{TEST_SOURCE_LABEL}={source}",
+            "--build-arg",
+            f"{arg}={image_name(parent)}",
+            "-f",
+            str(TEST_IMAGES / dockerfile),
+            "-t",
+            tag,
+            str(TEST_IMAGES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if built.returncode != 0:
+        pytest.fail(f"building {tag} failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}")
+    return tag
+
+
+@pytest.fixture(scope="session")
+def fake_cli_image(docker_engine: Any) -> str:
+    """tests/images/Dockerfile.test-claude (the Claude Code image with a stand-in CLI that a
+    test scripts through a fake upstream) on this checkout's Claude Code image."""
+    return build_test_image(
+        docker_engine,
+        f"ironclaw-test-claude:{IMAGE_TAG}",
+        "Dockerfile.test-claude",
+        ("fake_claude.py",),
+        "claude",
+        "CLAUDE_IMAGE",
+    )
+
+
+@pytest.fixture(scope="session")
+def test_agents_image(docker_engine: Any) -> str:
+    """tests/images/Dockerfile.test-agents (the worker image with a tiny stand-in CLI agent)
+    on this checkout's worker image."""
+    return build_test_image(
+        docker_engine,
+        f"ironclaw-test-agents:{IMAGE_TAG}",
+        "Dockerfile.test-agents",
+        ("tiny_agent.py",),
+        "worker",
+        "WORKER_IMAGE",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Build the project's images without a container registry or PyPI access during the build.
 #
-# usage: build-images.sh [worker] [claude] [orchestrator] [test] [--force]   (default: worker)
-#   worker        ironclaw-worker:latest        Dockerfile.worker
-#   claude        ironclaw-claude:latest        Dockerfile.claude (on top of the worker image)
-#   orchestrator  ironclaw-orchestrator:latest  Dockerfile.orchestrator
-#   test          ironclaw-test-agent:latest    tests/images/Dockerfile.test-agent
-#   --force       rebuild even when the image is up to date
+# usage: build-images.sh [worker] [claude] [orchestrator] [test] [mini-swe-agent] [aider-chat]
+#                        [--force]                                          (default: worker)
+#   worker          ironclaw-worker:latest        Dockerfile.worker
+#   claude          ironclaw-claude:latest        Dockerfile.claude (on top of the worker image)
+#   orchestrator    ironclaw-orchestrator:latest  Dockerfile.orchestrator
+#   test            ironclaw-test-agent:latest    tests/images/Dockerfile.test-agent
+#   mini-swe-agent  ironclaw-agent-mini-swe-agent:latest  deploy/agents/Dockerfile.mini-swe-agent
+#   aider-chat      ironclaw-agent-aider-chat:latest      deploy/agents/Dockerfile.aider-chat
+#                   (optional, for agent mode; on top of the worker image; their wheels are
+#                   built on the host from PyPI into build/wheels/agents/<name>)
+#   --force         rebuild even when the image is up to date
 #
 # IRONCLAW_IMAGE_TAG (default latest) replaces the tag of every image: several checkouts that
 # share one engine (a test run of each) then never run each other's images.
@@ -17,7 +22,7 @@
 # costs a few `docker image inspect` calls. Base image: bootstrap-base-image.sh.
 set -euo pipefail
 
-usage() { sed -n '4,13s/^# \{0,1\}//p' "$0" >&2; }
+usage() { sed -n '4,18s/^# \{0,1\}//p' "$0" >&2; }
 
 SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$SCRIPTS/../.." && pwd)
@@ -27,18 +32,21 @@ log() { printf 'build-images: %s\n' "$*" >&2; }
 
 force=0
 want_worker=0 want_claude=0 want_orchestrator=0 want_test=0
+agents=()
 for arg in "$@"; do
     case "$arg" in
         worker) want_worker=1 ;;
         claude) want_claude=1 ;;
         orchestrator) want_orchestrator=1 ;;
         test) want_test=1 ;;
+        mini-swe-agent | aider-chat) agents+=("$arg") ;;
         --force) force=1 ;;
         -h | --help) usage; exit 0 ;;
         *) log "unknown argument: $arg"; usage; exit 2 ;;
     esac
 done
-if (( want_worker + want_claude + want_orchestrator + want_test == 0 )); then
+want_agents=${#agents[@]}
+if (( want_worker + want_claude + want_orchestrator + want_test + want_agents == 0 )); then
     want_worker=1
 fi
 
@@ -115,7 +123,7 @@ SERVICE_SOURCES=(contract orchestrator .dockerignore)
 
 # Decide first, so wheels are built only when an image that installs them is rebuilt.
 build_worker=0 build_orchestrator=0
-if (( want_worker || want_claude )); then
+if (( want_worker || want_claude || want_agents )); then
     worker_hash=$(source_hash "${JOB_SOURCES[@]}" Dockerfile.worker)
     needs_build $WORKER "$worker_hash" "$BASE" && build_worker=1
 fi
@@ -131,8 +139,8 @@ elif (( build_worker )); then
     "$SCRIPTS/build-wheels.sh" build/wheels >/dev/null
 fi
 
-# The Claude Code image is built FROM the worker image, so the worker comes first.
-if (( want_worker || want_claude )); then
+# The Claude Code and agent images are built FROM the worker image, so the worker comes first.
+if (( want_worker || want_claude || want_agents )); then
     if (( build_worker )); then
         build $WORKER Dockerfile.worker "$worker_hash" \
             --build-arg "BASE_IMAGE=$BASE"
@@ -175,3 +183,28 @@ if (( want_test )); then
         log "$TEST_AGENT is up to date"
     fi
 fi
+
+# An agent from PyPI on the worker image: deploy/agents/Dockerfile.<name> pins its version in
+# an ARG <NAME>_VERSION line; its wheels are built on the host once per version.
+for agent in "${agents[@]}"; do
+    dockerfile=deploy/agents/Dockerfile.$agent
+    image=ironclaw-agent-$agent:$TAG
+    version_arg=$(printf '%s' "$agent" | tr 'a-z-' 'A-Z_')_VERSION
+    version=$(sed -n "s/^ARG ${version_arg}=//p" "$dockerfile")
+    wheels=build/wheels/agents/$agent
+    wheel_name=$(printf '%s' "$agent" | tr '-' '_')
+    # Its hash covers the Dockerfile (which pins the version); the wheels follow from it.
+    agent_hash=$(source_hash "${JOB_SOURCES[@]}" "$dockerfile")
+    if needs_build "$image" "$agent_hash" $WORKER; then
+        if ! ls "$wheels/$wheel_name-$version"-*.whl >/dev/null 2>&1; then
+            log "building the wheels of $agent $version into $wheels"
+            mkdir -p "$wheels"
+            "${PYTHON:-.venv/bin/python}" -m pip --disable-pip-version-check wheel --quiet \
+                --prefer-binary -w "$wheels" "$agent==$version" >&2
+        fi
+        build "$image" "$dockerfile" "$agent_hash" \
+            --build-arg "BASE_IMAGE=$BASE" --build-arg "WORKER_IMAGE=$WORKER"
+    else
+        log "$image is up to date"
+    fi
+done

@@ -88,6 +88,8 @@ class FakeWorkerApi:
     wait_for_prompts: bool = False
     # GET /job's ``claude`` (a Claude Code job: the CLI's settings and key), or None.
     claude: dict[str, Any] | None = None
+    # GET /job's ``agent`` (an agent-mode job: its catalogue entry and route), or None.
+    agent: dict[str, Any] | None = None
     # GET /job's ``llm_refusal``: what the orchestrator records when it refuses a model call.
     llm_refusal: str | None = None
     credentials: dict[str, Any] = field(default_factory=dict)
@@ -278,7 +280,13 @@ class FakeWorkerApi:
                 "job_id": self.job_id,
                 "task_description": self.task,
                 "project_dir": "/workspace",
-                "mode": "worker" if self.claude is None else "claude-code",
+                "mode": (
+                    "agent"
+                    if self.agent is not None
+                    else "worker"
+                    if self.claude is None
+                    else "claude-code"
+                ),
                 "max_iterations": self.max_iterations,
                 "deadline": self.deadline,
                 "wait_for_prompts": self.wait_for_prompts,
@@ -287,6 +295,8 @@ class FakeWorkerApi:
                 "mcp_servers": [],
                 "wasm_tools": [],
                 "llm_refusal": self.llm_refusal,
+                "egress": None,
+                "agent": self.agent,
             }
         )
 

@@ -4,7 +4,7 @@ orchestrator's container tests (image ironclaw-test-claude: the Claude Code imag
 file as its ``claude``). Standard library only.
 
 It does what the real CLI does, as far as the bridge and the orchestrator can tell: reads the
-prompt on stdin, calls the Anthropic Messages API at ``$ANTHROPIC_BASE_URL`` with
+prompt from ``-p PROMPT`` or stdin, calls the Anthropic Messages API at ``$ANTHROPIC_BASE_URL`` with
 ``$ANTHROPIC_API_KEY`` (aliases mapped by ``$ANTHROPIC_DEFAULT_<ALIAS>_MODEL``), runs each
 ``Bash`` tool call with ``bash -c`` in its own environment (as the real CLI's Bash tool does:
 whatever the agent runs can read that environment), prints stream-json lines (``system/init``,
@@ -68,7 +68,10 @@ def main():
     session = option(argv, "--resume") or str(uuid.uuid4())
     max_turns = int(option(argv, "--max-turns", "10"))
     model = model_id(option(argv, "--model", "sonnet"))
-    prompt = sys.stdin.read()
+    # `claude -p PROMPT` as a plain CLI is called; `claude -p` (a flag) reads it from stdin, as
+    # the bridge calls it.
+    given = option(argv, "-p")
+    prompt = given if given is not None and not given.startswith("-") else sys.stdin.read()
     started = time.monotonic()
     emit(
         {

@@ -207,6 +207,52 @@ async def test_status_lists_the_tool_catalogues_and_explains_a_broken_one(
     assert "Traceback" not in err
 
 
+async def test_status_checks_the_agent_catalogue_and_the_image_of_each_agent(
+    start_orch: Any, make_settings: Any, base_dir: Path, test_agent_image: str
+) -> None:
+    orch = await start_orch(make_settings(WORKER_IMAGE=test_agent_image))
+    env = {
+        "IRONCLAW_ORCHESTRATOR": f"127.0.0.1:{orch.grpc_port}",
+        "IRONCLAW_BASE_DIR": str(base_dir),
+        "WORKER_IMAGE": test_agent_image,
+        "CLAUDE_CODE_IMAGE": test_agent_image,
+    }
+    entry = {
+        "image": MISSING_IMAGE,
+        "command": ["some-agent", "{task}"],
+        "api": "anthropic",
+        "key_env": "ANTHROPIC_API_KEY",
+        "base_url_env": "ANTHROPIC_BASE_URL",
+        "model": "claude-sonnet-5-5",
+    }
+    agents = base_dir / "agents.json"
+    agents.write_text(
+        json.dumps({"agents": {"gone": entry, "here": {**entry, "image": test_agent_image}}})
+    )
+    code, out, err = await _run(IRONCLAW, "status", "--json", env=env)
+    assert code == 1, err
+    report = json.loads(out)
+    assert report["images"]["agent:here"] == {"image": test_agent_image, "present": True}
+    assert report["images"]["agent:gone"] == {"image": MISSING_IMAGE, "present": False}
+    [problem] = report["problems"]
+    assert "agent:gone" in problem["problem"]
+    assert "build-images.sh mini-swe-agent" in problem["fix"]
+
+    agents.write_text(json.dumps({"agents": {"gone": {**entry, "api": "gemini"}}}))
+    code, out, err = await _run(IRONCLAW, "status", "--json", env=env)
+    assert code == 1, err
+    [problem] = json.loads(out)["problems"]
+    assert "agents.json: agent 'gone': api must be one of anthropic, openai" in problem["problem"]
+    assert "refuses to start" in problem["fix"]
+
+    serve_env = {**env, "ORCHESTRATOR_PORT": "0", "ORCHESTRATOR_HTTP_PORT": "0"}
+    serve_env |= {"METRICS_ENABLED": "0", "ORCHESTRATOR_PERSIST": "0", "LLM_PROVIDER": "none"}
+    code, out, err = await _run(IRONCLAW, "serve", env=serve_env)
+    assert code == 2, out + err
+    assert "agent 'gone': api must be one of anthropic, openai" in err
+    assert "Traceback" not in err
+
+
 async def test_status_explains_an_unreachable_control_plane() -> None:
     code, out, _ = await _run(IRONCLAW, "status", env={"IRONCLAW_ORCHESTRATOR": "127.0.0.1:1"})
     assert code == 1

@@ -49,12 +49,20 @@ def state_to_pb(state: JobState) -> int:
     return int(pb.JobState.Value(_STATE_PREFIX + state.name))
 
 
+_MODES_PB = {
+    JobMode.WORKER: pb.JOB_MODE_WORKER,
+    JobMode.CLAUDE_CODE: pb.JOB_MODE_CLAUDE_CODE,
+    JobMode.AGENT: pb.JOB_MODE_AGENT,
+}
+_MODES_FROM_PB = {int(value): mode for mode, value in _MODES_PB.items()}
+
+
 def mode_from_pb(value: int) -> JobMode:
-    return JobMode.CLAUDE_CODE if value == pb.JOB_MODE_CLAUDE_CODE else JobMode.WORKER
+    return _MODES_FROM_PB.get(int(value), JobMode.WORKER)
 
 
 def mode_to_pb(mode: JobMode) -> int:
-    return int(pb.JOB_MODE_CLAUDE_CODE if mode is JobMode.CLAUDE_CODE else pb.JOB_MODE_WORKER)
+    return int(_MODES_PB[mode])
 
 
 def reason_from_pb(value: int) -> TerminalReason:
@@ -131,6 +139,7 @@ def job_from_pb(job: pb.Job) -> Job:
         last_sequence=job.last_sequence,
         mcp_servers=tuple(job.mcp_servers),
         wasm_tools=tuple(job.wasm_tools),
+        agent=job.agent,
         proto=job,
     )
 
@@ -191,12 +200,14 @@ def create_request(
     wasm_tools: Iterable[str],
     git: GitWorkspace | None = None,
     node_labels: Mapping[str, str] | None = None,
+    agent: str = "",
 ) -> pb.CreateJobRequest:
     return pb.CreateJobRequest(
         task=task,
         job_id=job_id,
         project_dir=project_dir,
-        mode=mode_to_pb(mode),  # type: ignore[arg-type]
+        # Naming an agent selects agent mode (the default mode is the worker's).
+        mode=mode_to_pb(JobMode.AGENT if agent else mode),  # type: ignore[arg-type]
         credentials=[
             pb.CredentialGrant(
                 name=grant.name,
@@ -220,6 +231,7 @@ def create_request(
             else None
         ),
         placement=pb.JobPlacement(node_labels=dict(node_labels or {})) if node_labels else None,
+        agent=agent,
     )
 
 

@@ -122,6 +122,7 @@ class AsyncClient:
         wasm_tools: Iterable[str] = (),
         git: GitWorkspace | None = None,
         node_labels: Mapping[str, str] | None = None,
+        agent: str = "",
         timeout: float = DEFAULT_CREATE_TIMEOUT,
     ) -> CreatedJob:
         """Creates a job and starts its container.
@@ -146,6 +147,7 @@ class AsyncClient:
             wasm_tools=wasm_tools,
             git=git,
             node_labels=node_labels,
+            agent=agent,
         )
         backoff = Backoff(self.reconnect_timeout)
         retried = False

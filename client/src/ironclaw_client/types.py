@@ -30,6 +30,7 @@ class JobMode(enum.Enum):
 
     WORKER = "worker"
     CLAUDE_CODE = "claude-code"
+    AGENT = "agent"  # an agent of the operator's catalogue, by name
 
 
 class TerminalReason(enum.Enum):
@@ -125,6 +126,7 @@ class Job:
     last_sequence: int = 0
     mcp_servers: tuple[str, ...] = ()
     wasm_tools: tuple[str, ...] = ()
+    agent: str = ""  # agent mode: the catalogue entry it runs
     proto: Any = field(default=None, repr=False, compare=False)
 
     @property

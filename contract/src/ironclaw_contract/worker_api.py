@@ -189,6 +189,26 @@ class GitInfo(TypedDict):
     ref: str  # a branch, tag or commit; "": the remote's default branch
 
 
+class AgentInfo(TypedDict):
+    """How an agent job's command runs (``ironclaw_contract.agent_catalog``): the catalogue
+    entry the job was created with, and the URL of the job's route for the API it speaks.
+
+    ``ironclaw-agent-run`` renders ``command`` with the task and ``model``, and gives it
+    ``key_env`` = the job's LLM key (derived from its worker token, ``job_keys``),
+    ``base_url_env`` = ``base_url``, ``model_env`` = ``model`` and ``env``.
+    """
+
+    name: str
+    command: list[str]
+    api: str  # "anthropic" | "openai"
+    key_env: list[str]
+    base_url_env: list[str]
+    base_url: str
+    model: str
+    model_env: list[str]
+    env: dict[str, str]
+
+
 class OpenAIInfo(TypedDict):
     """The job's OpenAI-compatible endpoint, for an agent that speaks OpenAI's API: its base
     URL (``OPENAI_BASE_URL``) and the models it may name. The API key is the job's worker token
@@ -205,7 +225,7 @@ class JobInfo(TypedDict):
     job_id: str
     task_description: str
     project_dir: str
-    mode: Literal["worker", "claude-code"]
+    mode: Literal["worker", "claude-code", "agent"]
     max_iterations: int
     deadline: str | None  # ISO 8601, UTC
     wait_for_prompts: bool
@@ -223,5 +243,6 @@ class JobInfo(TypedDict):
     egress: EgressInfo | None
     # Clone this into the (empty) workspace before the agent starts; None: it is there already.
     git: GitInfo | None
+    agent: AgentInfo | None  # None but for agent jobs
     # None when no OpenAI-compatible provider is configured on the orchestrator.
     openai: OpenAIInfo | None

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from orchestrator.accept_errors import AcceptErrors, install_accept_error_filter
+from orchestrator.agent_catalog import AgentCatalog
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.engine_checks import check_engine_capabilities
@@ -185,6 +186,8 @@ async def start_orchestrator(
         wasm_tools_dir=str(catalog.wasm_dir),
         wasm_tools=wasm_tools,
     )
+    agents = AgentCatalog(settings.base_dir)
+    log.info("agent catalogue", path=str(agents.path), agents=agents.check())
     http_host = await resolve_http_bind(settings, backend)
     await backend.check_host_paths(settings.projects_dir)
     # Without persistence the manager keeps its ended jobs in a temporary store of its own.
@@ -203,6 +206,7 @@ async def start_orchestrator(
         sealer=sealer,
         metrics=metrics,
         catalog=catalog,
+        agents=agents,
     )
     manager.restore()
     manager.uploads.prepare()

@@ -46,7 +46,7 @@ _MAX_CATALOG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class _Stamp:
+class FileStamp:
     """What identifies one version of a file without reading it."""
 
     mtime_ns: int
@@ -54,7 +54,7 @@ class _Stamp:
     inode: int
 
     @classmethod
-    def of(cls, path: Path) -> _Stamp | None:
+    def of(cls, path: Path) -> FileStamp | None:
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -75,8 +75,8 @@ class ToolCatalog:
     def __init__(self, base_dir: Path) -> None:
         self.mcp_path = base_dir / MCP_CATALOG_FILE
         self.wasm_dir = base_dir / WASM_TOOLS_DIR
-        self._mcp: tuple[_Stamp | None, dict[str, McpServerEntry]] | None = None
-        self._wasm: dict[str, tuple[tuple[_Stamp | None, _Stamp | None], _WasmTool]] = {}
+        self._mcp: tuple[FileStamp | None, dict[str, McpServerEntry]] | None = None
+        self._wasm: dict[str, tuple[tuple[FileStamp | None, FileStamp | None], _WasmTool]] = {}
 
     def check(self) -> tuple[int, int]:
         """Validates every entry (at start); raises ConfigError naming the file and the
@@ -92,12 +92,12 @@ class ToolCatalog:
 
     def mcp_servers(self) -> dict[str, McpServerEntry]:
         """The catalogue's servers (empty when the file does not exist)."""
-        stamp = _Stamp.of(self.mcp_path)
+        stamp = FileStamp.of(self.mcp_path)
         if self._mcp is not None and self._mcp[0] == stamp:
             return self._mcp[1]
         servers: dict[str, McpServerEntry] = {}
         if stamp is not None:
-            document = _read_json(self.mcp_path)
+            document = read_catalog_json(self.mcp_path)
             try:
                 servers = parse_catalog(document, str(self.mcp_path))
             except McpConfigError as exc:
@@ -133,21 +133,21 @@ class ToolCatalog:
     def _wasm_tool(self, requested: str) -> _WasmTool:
         name = self._wasm_spelling(requested)
         manifest_path = self.wasm_dir / f"{name}.json"
-        manifest_stamp = _Stamp.of(manifest_path)
+        manifest_stamp = FileStamp.of(manifest_path)
         if manifest_stamp is None:
             raise InvalidArgument(f"WASM tool {name!r} vanished from the catalogue {self.wasm_dir}")
         cached = self._wasm.get(name)
         if cached is not None and cached[0][0] == manifest_stamp:
             module_path = self.wasm_dir / cached[1].manifest.module
-            if cached[0][1] == _Stamp.of(module_path):
+            if cached[0][1] == FileStamp.of(module_path):
                 return cached[1]
         where = str(manifest_path)
         try:
-            manifest = parse_wasm_manifest(name, _read_json(manifest_path), where)
+            manifest = parse_wasm_manifest(name, read_catalog_json(manifest_path), where)
         except ValueError as exc:
             raise FailedPrecondition(f"the WASM tool manifest is invalid: {exc}") from None
         module_path = self.wasm_dir / manifest.module
-        module_stamp = _Stamp.of(module_path)
+        module_stamp = FileStamp.of(module_path)
         if module_stamp is None:
             raise FailedPrecondition(f"{where}: its module {module_path} does not exist")
         if module_stamp.size > MAX_MODULE_BYTES:
@@ -255,7 +255,7 @@ def _unique(names: Iterable[str], kind: str, limit: int) -> list[str]:
     return seen
 
 
-def _read_json(path: Path) -> object:
+def read_catalog_json(path: Path) -> object:
     try:
         with path.open("rb") as handle:
             raw = handle.read(_MAX_CATALOG_BYTES + 1)

@@ -7,10 +7,8 @@ ends the job BUDGET_EXCEEDED from the orchestrator's refusal code, not from any 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,17 +24,12 @@ from orchestrator.domain.jobs import (
     TerminalReason,
     UpdateKind,
 )
-from tests.conftest import IMAGE_TAG, ROOT, build_image, image_name
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.docker
 
 UPSTREAM_KEY = "sk-ant-upstream-" + "c" * 24
-IMAGES = ROOT / "tests" / "images"
-FAKE_IMAGE = f"ironclaw-test-claude:{IMAGE_TAG}"
-# The image is rebuilt when the Claude Code image under it or the stand-in changed.
-SOURCE_LABEL = "ironclaw.test.source"
 
 # Run by the agent (the CLI's Bash tool): what the job's key opens, and what the CLI holds.
 PROBE = r"""
@@ -86,44 +79,6 @@ probes = {
 json.dump({"probes": probes, "env": dict(os.environ)}, open("probe.json", "w"))
 print("probed")
 """
-
-
-@pytest.fixture(scope="session")
-def fake_cli_image(docker_engine: Any) -> str:
-    """tests/images/Dockerfile.test-claude on this checkout's Claude Code image."""
-    build_image("claude")
-    parent = docker_engine.images.get(image_name("claude")).id
-    digest = hashlib.sha256()
-    for name in ("Dockerfile.test-claude", "fake_claude.py"):
-        digest.update((IMAGES / name).read_bytes())
-    source = f"{parent}:{digest.hexdigest()}"
-    try:
-        labels = docker_engine.images.get(FAKE_IMAGE).attrs["Config"].get("Labels") or {}
-    except Exception:
-        labels = {}
-    if labels.get(SOURCE_LABEL) == source:
-        return FAKE_IMAGE
-    built = subprocess.run(
-        [
-            "docker",
-            "build",
-            "--label",
-            f"{SOURCE_LABEL}={source}",
-            "--build-arg",
-            f"CLAUDE_IMAGE={image_name('claude')}",
-            "-f",
-            str(IMAGES / "Dockerfile.test-claude"),
-            "-t",
-            FAKE_IMAGE,
-            str(IMAGES),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if built.returncode != 0:
-        pytest.fail(f"building {FAKE_IMAGE} failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}")
-    return FAKE_IMAGE
 
 
 @pytest.fixture

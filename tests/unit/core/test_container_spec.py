@@ -45,7 +45,11 @@ def _spec(mode: JobMode = JobMode.WORKER, settings: Settings | None = None) -> C
         token=TOKEN,
         orchestrator_url="http://host.docker.internal:50052",
         project_dir="/base/projects/p",
+        agent_image=AGENT_IMAGE if mode is JobMode.AGENT else None,
     )
+
+
+AGENT_IMAGE = "ironclaw-agent-mini-swe-agent:latest"
 
 
 def test_worker_container_is_hardened() -> None:
@@ -110,6 +114,8 @@ def test_the_environment_is_the_identity_and_there_is_no_command(
     assert set(spec.env) == set(container_env.ALL)
     assert spec.command == ()  # the image's entrypoint, which reads the rest from GET /job
     assert spec.secret_env_keys == {"IRONCLAW_WORKER_TOKEN"}
+    # Agent mode runs its runner whatever the image's own entrypoint; the others the image's.
+    assert spec.entrypoint == (("ironclaw-agent-run",) if mode is JobMode.AGENT else ())
 
 
 def test_the_claude_container_differs_only_in_name_and_image() -> None:
@@ -118,6 +124,31 @@ def test_the_claude_container_differs_only_in_name_and_image() -> None:
     assert claude.name == "ironclaw-claude-8c5c1f3e-0000-4000-8000-000000000001"
     assert claude.image == "ironclaw-claude:latest"
     assert replace(claude, name=worker.name, image=worker.image, labels=worker.labels) == worker
+
+
+def test_the_agent_container_differs_only_in_name_image_and_entrypoint() -> None:
+    worker = _spec(JobMode.WORKER)
+    agent = _spec(JobMode.AGENT)
+    assert agent.name == "ironclaw-agent-8c5c1f3e-0000-4000-8000-000000000001"
+    # The image is the catalogue entry's; the caller never names one.
+    assert agent.image == AGENT_IMAGE
+    assert agent.labels["ironclaw.mode"] == "agent"
+    same = replace(agent, name=worker.name, image=worker.image, labels=worker.labels, entrypoint=())
+    assert same == worker  # the same hardening, limits, mounts and identity
+
+
+def test_an_agent_spec_without_its_entry_s_image_is_a_bug_not_a_default() -> None:
+    with pytest.raises(ValueError, match="catalogue entry's image"):
+        build_container_spec(
+            settings=Settings.from_env({}),
+            job_id="8c5c1f3e-0000-4000-8000-000000000001",
+            mode=JobMode.AGENT,
+            limits=LIMITS,
+            created_at=NOW,
+            token=TOKEN,
+            orchestrator_url="http://host.docker.internal:50052",
+            project_dir="/base/projects/p",
+        )
 
 
 def test_repr_masks_the_token() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import typing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from ironclaw_contract import worker_api
+from ironclaw_contract.agent_catalog import AgentEntry
 from orchestrator.domain.jobs import GrantedTools, JobLimits, JobMode
 from orchestrator.http_api import schemas
 from orchestrator.http_api.job_info import build_job_info
@@ -94,6 +96,7 @@ def test_a_worker_job_gets_its_task_limits_deadline_credential_names_and_tools()
         "llm_refusal": None,
         "egress": None,
         "git": None,
+        "agent": None,
         "openai": None,
     }
 
@@ -172,6 +175,39 @@ def test_the_opt_in_serves_the_real_credential_through_the_same_channel() -> Non
     )
 
 
+def test_an_agent_job_gets_its_entry_and_its_route_but_no_key_and_no_image() -> None:
+    entry = AgentEntry(
+        name="mini",
+        image="ironclaw-agent-mini-swe-agent:latest",
+        command=("mini", "-m", "anthropic/{model}", "-t", "{task}"),
+        api="anthropic",
+        key_env=("ANTHROPIC_API_KEY",),
+        base_url_env=("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"),
+        model="claude-sonnet-5-5",
+        model_env=("MSWEA_MODEL_NAME",),
+        env={"MSWEA_CONFIGURED": "true"},
+    )
+    real = "sk-ant-real-key-" + "r" * 20
+    body = _body(JobMode.AGENT, Settings.from_env({"ANTHROPIC_API_KEY": real}), agent=entry)
+    assert body["mode"] == "agent"
+    assert body["claude"] is None
+    assert body["agent"] == {
+        "name": "mini",
+        "command": ["mini", "-m", "anthropic/{model}", "-t", "{task}"],
+        "api": "anthropic",
+        "key_env": ["ANTHROPIC_API_KEY"],
+        "base_url_env": ["ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"],
+        "base_url": f"{URL}/worker/{JOB_ID}/anthropic",
+        # The job's model: its limits' (the entry's default unless CreateJob overrode it).
+        "model": "opus",
+        "model_env": ["MSWEA_MODEL_NAME"],
+        "env": {"MSWEA_CONFIGURED": "true"},
+    }
+    assert real not in json.dumps(body)
+    openai = _body(JobMode.AGENT, Settings.from_env({}), agent=replace(entry, api="openai"))
+    assert openai["agent"]["base_url"] == f"{URL}/worker/{JOB_ID}/openai/v1"
+
+
 def test_the_llm_refusal_is_served_as_its_code_only() -> None:
     settings = Settings.from_env({})
     refused = _body(JobMode.WORKER, settings, llm_refusal=worker_api.Refusal.TOKEN_BUDGET)
@@ -220,6 +256,7 @@ SHAPES: list[tuple[type[BaseModel], Any]] = [
     (schemas.ClaudeInfo, worker_api.ClaudeInfo),
     (schemas.EgressInfo, worker_api.EgressInfo),
     (schemas.GitInfo, worker_api.GitInfo),
+    (schemas.AgentInfo, worker_api.AgentInfo),
     (schemas.OpenAIInfo, worker_api.OpenAIInfo),
     (schemas.ErrorBody, worker_api.ErrorBody),
 ]

@@ -48,7 +48,18 @@ def add_job_commands(job: argparse.ArgumentParser) -> None:
         help="grant NAME with the value of $ENV_VAR, injected at egress for the --git host "
         "(HTTP Basic, as git over HTTPS expects): the job never holds it",
     )
-    create.add_argument("--mode", choices=("worker", "claude-code"), default="worker")
+    create.add_argument(
+        "--mode",
+        choices=("worker", "claude-code", "agent"),
+        default="worker",
+        help="worker (default), claude-code, or agent (implied by --agent)",
+    )
+    create.add_argument(
+        "--agent",
+        default="",
+        metavar="NAME",
+        help="run this agent of the operator's catalogue, <base>/agents.json (agent mode)",
+    )
     create.add_argument(
         "--grant",
         action="append",
@@ -217,6 +228,7 @@ def _dispatch(args: argparse.Namespace, client: Client) -> int:
             wait_for_prompts=args.wait_for_prompts,
             mcp_servers=args.mcp_server,
             wasm_tools=args.wasm_tool,
+            agent=args.agent,
             limits=JobLimits(max_iterations=args.max_iterations, timeout_seconds=args.timeout),
         )
         job = created.job
@@ -370,7 +382,7 @@ def _print_job(job: Job, as_json: bool, verb: str = "") -> None:
     head = f"job {d['job_id']}" + (f" {verb}" if verb else "")
     print(head)
     print(f"  state:    {d['state']}")
-    print(f"  mode:     {d['mode']}")
+    print(f"  mode:     {d['mode']}" + (f" ({job.agent})" if job.agent else ""))
     print(f"  task:     {_one_line(job.task, 100)}")
     print(f"  project:  {job.project_dir}")
     if job.proto is not None and job.proto.HasField("git"):

@@ -167,6 +167,36 @@ def _check_catalogues(settings: Any, report: StatusReport) -> None:
         )
         return
     report.custom_tools["mcp_servers"] = sorted(catalog.mcp_servers())
+    _check_agent_catalogue(settings, report)
+
+
+def _check_agent_catalogue(settings: Any, report: StatusReport) -> None:
+    from orchestrator.agent_catalog import AGENT_CATALOG_FILE, read_agent_catalog
+    from orchestrator.errors import FailedPrecondition
+
+    path = settings.base_dir / AGENT_CATALOG_FILE
+    try:
+        if path.exists():
+            read_agent_catalog(path)
+    except FailedPrecondition as exc:
+        report.problem(
+            exc.message,
+            "fix that file: `ironclaw serve` refuses to start with it, and agent jobs are refused",
+        )
+
+
+def _agent_images(settings: Any) -> dict[str, str]:
+    """``agent:<name>`` → the image of each entry of the agent catalogue (none when it is
+    missing or broken: _check_catalogues reports that)."""
+    from orchestrator.agent_catalog import AGENT_CATALOG_FILE, read_agent_catalog
+    from orchestrator.errors import FailedPrecondition
+
+    path = settings.base_dir / AGENT_CATALOG_FILE
+    try:
+        agents = read_agent_catalog(path) if path.exists() else {}
+    except FailedPrecondition:
+        return {}
+    return {f"agent:{name}": entry.image for name, entry in sorted(agents.items())}
 
 
 def _check_warm_pools(settings: Any, report: StatusReport) -> None:
@@ -193,7 +223,11 @@ def _check_warm_pools(settings: Any, report: StatusReport) -> None:
 
 
 async def _check_engine(settings: Any, report: StatusReport) -> None:
-    images = {"worker": settings.worker_image, "claude-code": settings.claude_image}
+    images = {
+        "worker": settings.worker_image,
+        "claude-code": settings.claude_image,
+        **_agent_images(settings),
+    }
     try:
         from orchestrator.containers.docker_backend import DockerBackend
     except ImportError:
@@ -229,7 +263,13 @@ async def _check_engine(settings: Any, report: StatusReport) -> None:
         for mode, image in images.items():
             present = await backend.image_exists(image)
             report.images[mode] = {"image": image, "present": present}
-            if not present:
+            if not present and mode.startswith("agent:"):
+                report.problem(
+                    f"image {image} of {mode} is missing",
+                    "build it (`deploy/scripts/build-images.sh mini-swe-agent aider-chat` for "
+                    "the example's) or change the entry's image in agents.json",
+                )
+            elif not present:
                 variable = "WORKER_IMAGE" if mode == "worker" else "CLAUDE_CODE_IMAGE"
                 report.problem(
                     f"image {image} for {mode} jobs is missing",

@@ -54,6 +54,8 @@ class ContainerSpec:
     writable_layer_bytes: int | None = None
     # Cluster placement constraints (``node.labels.zone==a``); backends on one host refuse them.
     placement: tuple[str, ...] = ()
+    # Replaces the image's entrypoint when set (agent mode runs its runner in any image).
+    entrypoint: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in self.secret_env_keys else v) for k, v in self.env.items()}

@@ -165,6 +165,7 @@ class DockerBackend(ContainerBackend):
             created = api.create_container(
                 image=spec.image,
                 command=list(spec.command),
+                entrypoint=list(spec.entrypoint) or None,
                 name=spec.name,
                 environment=dict(spec.env),
                 labels=dict(spec.labels),

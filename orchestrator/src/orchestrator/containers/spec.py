@@ -26,6 +26,10 @@ SANDBOX_USER = "1000:1000"
 # image's files under it are not seen by the job.
 SANDBOX_HOME = "/home/sandbox"
 HOST_GATEWAY_NAME = "host.docker.internal"
+# The runner of agent mode (the worker distribution's ``ironclaw-agent-run``): it reads the
+# job's catalogue entry from GET /job and runs its command. Every image an agent entry names
+# must have it on PATH, as the worker image and the images built on it do.
+AGENT_RUNNER = "ironclaw-agent-run"
 
 
 def container_name(mode: JobMode, job_id: str) -> str:
@@ -57,6 +61,7 @@ def build_container_spec(
     project_dir: str,
     network: str | None = None,
     placement: tuple[str, ...] = (),
+    agent_image: str | None = None,
 ) -> ContainerSpec:
     """The container of one job. The job never chooses the image, the working dir or mounts.
 
@@ -64,7 +69,9 @@ def build_container_spec(
     to reach the orchestrator and prove which job it is. No command either: the image's
     entrypoint (``ironclaw-worker``, ``ironclaw-claude-bridge``) reads everything else about the
     job (task, limits, deadline, the Claude Code CLI's settings and key) from ``GET /job``, so a
-    container started before its job is known can be given one.
+    container started before its job is known can be given one. An agent job runs the image of
+    its catalogue entry (``agent_image``) with the agent runner as its entrypoint, whatever
+    the image's own, under the same hardening.
     """
     env = {
         container_env.JOB_ID: job_id,
@@ -84,6 +91,7 @@ def build_container_spec(
         project_dir=project_dir,
         network=network,
         placement=placement,
+        agent_image=agent_image,
     )
 
 
@@ -146,8 +154,14 @@ def _hardened_spec(
     project_dir: str,
     network: str | None,
     placement: tuple[str, ...] = (),
+    agent_image: str | None = None,
 ) -> ContainerSpec:
-    image = settings.worker_image if mode is JobMode.WORKER else settings.claude_image
+    if mode is JobMode.AGENT:
+        if not agent_image:
+            raise ValueError("an agent job's container needs its catalogue entry's image")
+        image = agent_image
+    else:
+        image = settings.worker_image if mode is JobMode.WORKER else settings.claude_image
     memory = memory_mb * 1024 * 1024
     # ``network``: the job's own isolated network (JOB_NETWORK=isolated), where a relay answers
     # as the worker API's host: no host-gateway entry then.
@@ -184,6 +198,7 @@ def _hardened_spec(
         read_only_rootfs=settings.worker_read_only_rootfs,
         writable_layer_bytes=settings.worker_disk_bytes,
         placement=placement,
+        entrypoint=(AGENT_RUNNER,) if mode is JobMode.AGENT else (),
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ironclaw_contract.agent_catalog import AgentEntry
 from orchestrator.secrets import Secret
 
 # How many bytes of a job's history (its events and status lines) are kept, in memory and in the
@@ -37,10 +38,18 @@ class JobMode(enum.Enum):
 
     WORKER = "worker"
     CLAUDE_CODE = "claude-code"
+    # An agent of the operator's catalogue (<IRONCLAW_BASE_DIR>/agents.json), by name.
+    AGENT = "agent"
 
     @property
     def container_prefix(self) -> str:
-        return "worker" if self is JobMode.WORKER else "claude"
+        return {"worker": "worker", "claude-code": "claude", "agent": "agent"}[self.value]
+
+    @property
+    def meters_own_route(self) -> bool:
+        """Whether the job's agent calls a provider API route of its own with the job's LLM
+        key (Claude Code, catalogue agents), rather than the worker's ``llm/complete``."""
+        return self is not JobMode.WORKER
 
 
 class TerminalReason(enum.Enum):
@@ -182,6 +191,8 @@ class CreateJobRequest:
     git: GitSource | None = None
     # Node labels the job's node must carry (CONTAINER_BACKEND=swarm only).
     placement_node_labels: Mapping[str, str] = field(default_factory=dict)
+    # Agent mode: the name of the catalogue entry to run.
+    agent: str = ""
 
 
 @dataclass(frozen=True)
@@ -246,6 +257,8 @@ class JobSnapshot:
     wasm_tools: tuple[str, ...] = ()
     egress_hosts: tuple[str, ...] | None = None
     git: GitSource | None = None
+    # Agent mode: the catalogue entry as it was when the job was created.
+    agent: AgentEntry | None = None
 
 
 class UpdateKind(enum.Enum):

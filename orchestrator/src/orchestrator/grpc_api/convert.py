@@ -36,7 +36,11 @@ STATE_TO_PB = {
     JobState.FAILED: pb.JOB_STATE_FAILED,
 }
 STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
-MODE_TO_PB = {JobMode.WORKER: pb.JOB_MODE_WORKER, JobMode.CLAUDE_CODE: pb.JOB_MODE_CLAUDE_CODE}
+MODE_TO_PB = {
+    JobMode.WORKER: pb.JOB_MODE_WORKER,
+    JobMode.CLAUDE_CODE: pb.JOB_MODE_CLAUDE_CODE,
+    JobMode.AGENT: pb.JOB_MODE_AGENT,
+}
 MODE_FROM_PB = {v: k for k, v in MODE_TO_PB.items()}
 REASON_TO_PB = {
     reason: pb.TerminalReason.Value(f"TERMINAL_REASON_{reason.value}") for reason in TerminalReason
@@ -62,12 +66,14 @@ def to_struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
 
 def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
     if request.mode == pb.JOB_MODE_UNSPECIFIED:
-        mode = JobMode.WORKER
+        # Naming an agent is asking for agent mode.
+        mode = JobMode.AGENT if request.agent else JobMode.WORKER
     elif request.mode in MODE_FROM_PB:
         mode = MODE_FROM_PB[request.mode]
     else:
         raise InvalidArgument(
-            f"mode {request.mode} is unknown: use JOB_MODE_WORKER or JOB_MODE_CLAUDE_CODE"
+            f"mode {request.mode} is unknown: use JOB_MODE_WORKER, JOB_MODE_CLAUDE_CODE or "
+            "JOB_MODE_AGENT"
         )
     limits = request.limits
     return CreateJobRequest(
@@ -108,6 +114,7 @@ def create_request_from_pb(request: pb.CreateJobRequest) -> CreateJobRequest:
             else None
         ),
         placement_node_labels=dict(request.placement.node_labels),
+        agent=request.agent,
     )
 
 
@@ -185,6 +192,7 @@ def job_to_pb(job: JobSnapshot) -> pb.Job:
             if job.git is not None
             else None
         ),
+        agent=job.agent.name if job.agent is not None else "",
     )
 
 

@@ -44,7 +44,7 @@ import aiohttp
 from aiohttp import web
 
 from ironclaw_contract.worker_api import Refusal
-from orchestrator.domain.jobs import JobLimits, JobMode
+from orchestrator.domain.jobs import JobLimits, JobMode, JobSnapshot
 from orchestrator.errors import (
     InvalidArgument,
     ModelNotAllowed,
@@ -388,6 +388,14 @@ def _error_for(exc: OrchestratorError) -> web.Response:
 # ---- the route ----------------------------------------------------------------------------
 
 
+def _speaks_anthropic(job: JobSnapshot) -> bool:
+    """Whether the job's agent is one this route serves: the Claude Code CLI, or a catalogue
+    agent whose entry speaks the Anthropic Messages API."""
+    if job.mode is JobMode.CLAUDE_CODE:
+        return True
+    return job.mode is JobMode.AGENT and job.agent is not None and job.agent.api == "anthropic"
+
+
 class AnthropicPassthrough:
     """Serves ``/worker/{job_id}/anthropic/v1/messages`` and ``.../count_tokens``."""
 
@@ -437,11 +445,12 @@ class AnthropicPassthrough:
         try:
             job_id = self._authenticate(request)
             job = self._manager.get_job(job_id)
-            if job.mode is not JobMode.CLAUDE_CODE:
+            if not _speaks_anthropic(job):
                 return anthropic_error(
                     403,
                     "permission_error",
-                    "the Anthropic route serves Claude Code jobs only; workers use /llm/complete",
+                    "the Anthropic route serves Claude Code jobs and agents that speak the "
+                    "Anthropic API only; workers use /llm/complete",
                     retry=False,
                 )
             if self._api_key is None and self._oauth_token is None:

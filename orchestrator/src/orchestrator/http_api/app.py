@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from ironclaw_contract.job_keys import LLM_KEY_PREFIX
 from ironclaw_contract.json_bounds import json_size
 from ironclaw_contract.worker_api import (
     MAX_COMPLETE_BODY_BYTES,
@@ -26,6 +27,7 @@ from ironclaw_contract.worker_api import (
     Refusal,
 )
 from orchestrator.accept_errors import listening_socket
+from orchestrator.domain.jobs import JobMode
 from orchestrator.errors import (
     ErrorKind,
     InvalidArgument,
@@ -206,6 +208,20 @@ def authenticate_job_key(request: web.Request) -> str:
     return job_id
 
 
+def authenticate_completion(request: web.Request) -> str:
+    """``/complete``: the job's worker token, or, for an agent-mode job, its LLM key too: the
+    catalogue agent holds only that key, and may end its job with a result before its command
+    exits (the runner reports when the command exits 0)."""
+    job_id = _job_id(request)
+    manager = request.app[MANAGER_KEY]
+    key = request_token(request)
+    if key.startswith(LLM_KEY_PREFIX) and manager.tokens.validate_llm_key(job_id, key):
+        if manager.get_job(job_id).mode is JobMode.AGENT:
+            return job_id
+        raise Unauthenticated()
+    return authenticate(request)
+
+
 async def parse_body(
     request: web.Request, model: type[M], limit: int | None = None, raw: bytes | None = None
 ) -> M:
@@ -332,7 +348,7 @@ class WorkerApi:
         return web.json_response({"content": prompt.content, "done": prompt.done})
 
     async def complete_job(self, request: web.Request) -> web.StreamResponse:
-        job_id = authenticate(request)
+        job_id = authenticate_completion(request)
         body = await parse_body(request, schemas.JobCompleteRequest, MAX_COMPLETE_BODY_BYTES)
         # Details are refused over their bound (the client bounds them before sending, so only
         # a client that does not is told); a long message is cut by the manager instead.

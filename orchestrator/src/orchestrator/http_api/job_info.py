@@ -13,6 +13,7 @@ import urllib.parse
 from collections.abc import Mapping
 
 from ironclaw_contract import container_env
+from ironclaw_contract.agent_catalog import API_ROUTES
 from ironclaw_contract.claude import CLI_MODEL_ALIASES
 from ironclaw_contract.worker_api import ANTHROPIC, OPENAI, Refusal, job_route
 from orchestrator.domain.jobs import JobMode, JobSnapshot
@@ -68,7 +69,26 @@ def build_job_info(
             else None
         ),
         git=schemas.GitInfo(url=job.git.url, ref=job.git.ref) if job.git is not None else None,
+        agent=_agent_info(job, orchestrator_url) if job.agent is not None else None,
         openai=_openai_info(job, settings, orchestrator_url),
+    )
+
+
+def _agent_info(job: JobSnapshot, orchestrator_url: str) -> schemas.AgentInfo:
+    # The agent talks its API to the job's own route with the job's LLM key, which the runner
+    # derives from its token: the provider's key never reaches the container.
+    entry = job.agent
+    assert entry is not None
+    return schemas.AgentInfo(
+        name=entry.name,
+        command=list(entry.command),
+        api=entry.api,
+        key_env=list(entry.key_env),
+        base_url_env=list(entry.base_url_env),
+        base_url=orchestrator_url.rstrip("/") + job_route(job.job_id, API_ROUTES[entry.api]),
+        model=job.limits.claude_model,
+        model_env=list(entry.model_env),
+        env=dict(entry.env),
     )
 
 

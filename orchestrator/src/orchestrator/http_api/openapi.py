@@ -110,10 +110,11 @@ def build_openapi() -> dict[str, Any]:
             "title": "ironclaw worker API",
             "version": "1",
             "description": "The only door out of a job container. Every /worker/{job_id} route "
-            "needs that job's bearer token, but the Anthropic route of a Claude Code job, which "
-            "needs the job's LLM key (GET /job: claude.api_key), and the OpenAI-compatible "
-            "routes, which take the token or the LLM key as a bearer token or x-api-key. A "
-            "refusal's error body carries a machine-readable refusal code.",
+            "needs that job's bearer token, but the Anthropic route of a Claude Code job or of "
+            "an agent that speaks it, which needs the job's LLM key (GET /job: claude.api_key), "
+            "and the OpenAI-compatible routes, which take the token or the LLM key as a bearer "
+            "token or x-api-key. An agent job's LLM key also opens its /complete. A refusal's "
+            "error body carries a machine-readable refusal code.",
         },
         "components": {
             "schemas": defs.get("$defs", {}),
@@ -148,7 +149,9 @@ def build_openapi() -> dict[str, Any]:
             "/worker/{job_id}/prompt": {"get": prompt_ok},
             "/worker/{job_id}/complete": {
                 "post": _operation(
-                    "Report the job's one result", schemas.OkBody, schemas.JobCompleteRequest
+                    "Report the job's one result (an agent job: with its token or its LLM key)",
+                    schemas.OkBody,
+                    schemas.JobCompleteRequest,
                 )
             },
             "/worker/{job_id}/llm/complete": {

@@ -98,6 +98,20 @@ class GitInfo(_Strict):
     ref: str = Field(description="branch, tag or commit; empty: the remote's default branch")
 
 
+class AgentInfo(_Strict):
+    """How an agent job's command runs (``ironclaw_contract.agent_catalog``)."""
+
+    name: str = Field(description="the catalogue entry the job was created with")
+    command: list[str] = Field(description="argv; {task} and {model} are replaced")
+    api: Literal["anthropic", "openai"]
+    key_env: list[str] = Field(description="variables that receive the job's LLM key")
+    base_url_env: list[str] = Field(description="variables that receive base_url")
+    base_url: str = Field(description="the job's route for the API the agent speaks")
+    model: str
+    model_env: list[str] = Field(description="variables that receive the model")
+    env: dict[str, str] = Field(description="the entry's settings (never secrets)")
+
+
 class OpenAIInfo(_Strict):
     """The job's OpenAI-compatible endpoint (``/worker/{id}/openai/v1``)."""
 
@@ -111,7 +125,7 @@ class JobInfo(_Strict):
     job_id: str
     task_description: str
     project_dir: str
-    mode: Literal["worker", "claude-code"]
+    mode: Literal["worker", "claude-code", "agent"]
     max_iterations: int
     deadline: str | None = Field(description="ISO 8601, UTC")
     wait_for_prompts: bool
@@ -132,6 +146,7 @@ class JobInfo(_Strict):
         description="clone this into project_dir (empty) before the agent starts; null: the "
         "workspace is there already",
     )
+    agent: AgentInfo | None = Field(description="null but for agent jobs")
     openai: OpenAIInfo | None = Field(
         description="null when no OpenAI-compatible provider is configured"
     )

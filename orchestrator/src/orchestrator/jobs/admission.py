@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from ironclaw_contract.agent_catalog import AgentEntry
 from orchestrator.domain.jobs import (
     NO_TOOLS,
     CreateJobRequest,
@@ -56,6 +57,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 # Reads the catalogue: (MCP names, WASM names, granted credential names) -> the granted tools.
 GrantTools = Callable[[Iterable[str], Iterable[str], Iterable[str]], GrantedTools]
+# Reads the agent catalogue: a name -> its entry (InvalidArgument listing the known names).
+FindAgent = Callable[[str], AgentEntry]
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class AdmittedJob:
     git: GitSource | None = None
     # Placement constraints from the job's node labels (``node.labels.zone==a``).
     placement: tuple[str, ...] = ()
+    agent: AgentEntry | None = None
 
 
 def parse_job_id(raw: str) -> str:
@@ -86,7 +90,12 @@ def parse_job_id(raw: str) -> str:
         raise InvalidArgument(f"job id {raw[:64]!r} is not a UUID") from None
 
 
-def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools) -> AdmittedJob:
+def admit(
+    request: CreateJobRequest,
+    settings: Settings,
+    grant_tools: GrantTools,
+    find_agent: FindAgent | None = None,
+) -> AdmittedJob:
     """Validates ``request`` against ``settings``; raises InvalidArgument or
     FailedPrecondition naming what is wrong and, where there is one, the fix."""
     job_id = parse_job_id(request.job_id) if request.job_id else str(uuid.uuid4())
@@ -98,6 +107,7 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
             "Claude Code mode is not enabled: set ANTHROPIC_API_KEY or "
             "CLAUDE_CODE_OAUTH_TOKEN on the orchestrator"
         )
+    agent = _agent(request, settings, find_agent)
     project_dir = None
     if request.project_dir:
         project_dir = check_text(request.project_dir, "project_dir", MAX_PROJECT_DIR_CHARS)
@@ -109,11 +119,14 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
     _check_inject_hosts(grants, egress_hosts, settings)
     git = _git_source(request, grants, egress_hosts, settings)
     placement = placement_constraints(request.placement_node_labels, settings)
+    limits = effective_limits(settings, request.mode, request.limits, agent)
+    if agent is not None and agent.api == "openai":
+        _check_openai_model(agent, limits.claude_model, settings)
     return AdmittedJob(
         job_id=job_id,
         task=task,
         mode=request.mode,
-        limits=effective_limits(settings, request.mode, request.limits),
+        limits=limits,
         labels=labels,
         grants=grants,
         tools=_tools(request, grants, grant_tools),
@@ -122,6 +135,7 @@ def admit(request: CreateJobRequest, settings: Settings, grant_tools: GrantTools
         egress_hosts=egress_hosts,
         git=git,
         placement=placement,
+        agent=agent,
     )
 
 
@@ -227,6 +241,53 @@ def _git_host(url: str) -> tuple[str, int]:
         raise InvalidArgument(f"git.url: {exc}") from None
 
 
+def _agent(
+    request: CreateJobRequest, settings: Settings, find_agent: FindAgent | None
+) -> AgentEntry | None:
+    """The catalogue entry an agent-mode job runs; the request names it, never its image or
+    command."""
+    if request.mode is not JobMode.AGENT:
+        if request.agent:
+            raise InvalidArgument(
+                f"agent {request.agent[:64]!r} is named, but mode is {request.mode.value}: "
+                "agents run in agent mode (JOB_MODE_AGENT)"
+            )
+        return None
+    if not request.agent:
+        raise InvalidArgument("agent mode needs the name of an agent from the catalogue")
+    if request.wait_for_prompts:
+        raise InvalidArgument(
+            "wait_for_prompts is for Claude Code mode: an agent runs its command once"
+        )
+    name = check_text(request.agent, "agent", TOOL_NAME_MAX_CHARS)
+    if find_agent is None:
+        raise FailedPrecondition("this orchestrator has no agent catalogue")
+    entry = find_agent(name)
+    if entry.api == "anthropic" and not settings.claude_auth_configured:
+        raise FailedPrecondition(
+            f"agent {entry.name!r} speaks the Anthropic API, which needs ANTHROPIC_API_KEY or "
+            "CLAUDE_CODE_OAUTH_TOKEN on the orchestrator"
+        )
+    if entry.api == "openai" and settings.llm_provider != "openai":
+        raise FailedPrecondition(
+            f"agent {entry.name!r} speaks the OpenAI API, which the job's route serves with "
+            "LLM_PROVIDER=openai (and OPENAI_API_KEY and/or LLM_BASE_URL) on the orchestrator"
+        )
+    return entry
+
+
+def _check_openai_model(agent: AgentEntry, model: str, settings: Settings) -> None:
+    # The OpenAI-compatible route allows the operator's LLM_MODEL and LLM_MODEL_ALLOWLIST: a
+    # job whose agent would ask for another could only fail at its first call.
+    allowed = [name for name in (settings.llm_model, *settings.llm_model_allowlist) if name]
+    if model not in allowed:
+        raise FailedPrecondition(
+            f"agent {agent.name!r} would use model {model!r}, which the OpenAI-compatible route "
+            f"does not allow (allowed: {', '.join(allowed) or 'none'}): add it to "
+            "LLM_MODEL_ALLOWLIST or pick an allowed one with limits.claude_model"
+        )
+
+
 def _check_inject_hosts(
     grants: tuple[CredentialGrant, ...], egress_hosts: tuple[str, ...] | None, settings: Settings
 ) -> None:
@@ -318,9 +379,12 @@ def validate_model_name(model: str) -> str:
     return model
 
 
-def effective_limits(settings: Settings, mode: JobMode, o: JobLimitOverrides) -> JobLimits:
+def effective_limits(
+    settings: Settings, mode: JobMode, o: JobLimitOverrides, agent: AgentEntry | None = None
+) -> JobLimits:
     """The job's limits: the settings' defaults for its mode, overridden where asked, each
-    override within its range."""
+    override within its range. An agent job's model (``claude_model``, the model its route
+    allows) defaults to its catalogue entry's."""
     s = settings
     claude = mode is JobMode.CLAUDE_CODE
 
@@ -363,7 +427,9 @@ def effective_limits(settings: Settings, mode: JobMode, o: JobLimitOverrides) ->
         claude_max_turns=pick(
             o.claude_max_turns, s.claude_max_turns, "claude_max_turns", 1, 10_000
         ),
-        claude_model=validate_model_name(o.claude_model or s.claude_model),
+        claude_model=validate_model_name(
+            o.claude_model or (agent.model if agent is not None else s.claude_model)
+        ),
     )
 
 
@@ -375,7 +441,7 @@ def _tools(
     if request.mode is not JobMode.WORKER:
         raise InvalidArgument(
             "MCP servers and WASM tools are offered to worker-mode jobs only; Claude Code "
-            "jobs use the CLI's own tools"
+            "and agent jobs use their agent's own tools"
         )
     named = (*request.mcp_servers, *request.wasm_tools)
     if len(named) > MAX_TOOLS_NAMED:

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ironclaw_contract.worker_api import FailureReason
+from orchestrator.agent_catalog import AgentCatalog
 from orchestrator.containers.backend import ContainerBackend, ContainerExit
 from orchestrator.containers.spec import (
     build_container_spec,
@@ -107,9 +108,11 @@ class ContainerJobManager:
         sealer: GrantSealer | None = None,
         metrics: Metrics | None = None,
         catalog: ToolCatalog | None = None,
+        agents: AgentCatalog | None = None,
     ) -> None:
         self._settings = settings
         self._catalog = catalog or ToolCatalog(settings.base_dir)
+        self._agents = agents or AgentCatalog(settings.base_dir)
         self._metrics = metrics
         # Ended jobs are read from the store, so there always is one: without persistence it
         # lives in a temporary directory for the life of the process.
@@ -246,7 +249,7 @@ class ContainerJobManager:
             existing = self._existing(parse_job_id(request.job_id))
             if existing is not None:
                 return existing
-        admitted = admit(request, self._settings, self._catalog.grant)
+        admitted = admit(request, self._settings, self._catalog.grant, self._agents.entry)
         slot, project = self._warm_slot_or_project(admitted)
         try:
             self._uploads.refuse_staging(project.path)
@@ -371,6 +374,7 @@ class ContainerJobManager:
             tools=admitted.tools,
             egress_hosts=admitted.egress_hosts,
             git=admitted.git,
+            agent=admitted.agent,
         )
         self._table.add(job)
         if self._metrics is not None:
@@ -466,6 +470,7 @@ class ContainerJobManager:
             orchestrator_url=self._orchestrator_url,
             project_dir=job.project_dir,
             placement=placement,
+            agent_image=job.agent.image if job.agent is not None else None,
         )
         if job.state is JobState.CREATING:
             job.container_id = await self._backend.create_and_start(spec)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ironclaw_contract.agent_catalog import AgentEntry
 from orchestrator.domain.jobs import (
     HISTORY_MAX_BYTES,
     NO_TOOLS,
@@ -69,6 +70,7 @@ def record_to_json(job: JobRecord) -> dict[str, Any]:
         "tools": _tools_json(job.tools),
         "egress_hosts": list(job.egress_hosts) if job.egress_hosts is not None else None,
         "git": dataclasses.asdict(job.git) if job.git is not None else None,
+        "agent": job.agent.to_wire() if job.agent is not None else None,
     }
 
 
@@ -122,6 +124,8 @@ def _shown_fields(data: dict[str, Any]) -> dict[str, Any]:
         "egress_hosts": _egress_hosts_from_json(data.get("egress_hosts")),
         # Records written before git workspaces have none.
         "git": GitSource(**data["git"]) if data.get("git") else None,
+        # Records written before agent mode have no entry.
+        "agent": AgentEntry.from_wire(data["agent"]) if data.get("agent") else None,
     }
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from ironclaw_contract.agent_catalog import AgentEntry
 from orchestrator.domain.jobs import (
     HISTORY_MAX_BYTES,
     NO_TOOLS,
@@ -58,6 +59,7 @@ class JobRecord:
     tools: GrantedTools = NO_TOOLS  # shared: most jobs have none
     egress_hosts: tuple[str, ...] | None = None  # the job's own egress list; None: operator's
     git: GitSource | None = None  # where its workspace is cloned from, if it is
+    agent: AgentEntry | None = None  # agent mode: the catalogue entry, as at creation
     state: JobState = JobState.CREATING
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -187,4 +189,5 @@ class JobRecord:
             wasm_tools=self.tools.wasm_tool_names,
             egress_hosts=self.egress_hosts,
             git=self.git,
+            agent=self.agent,
         )

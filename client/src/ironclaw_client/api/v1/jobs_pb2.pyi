@@ -55,12 +55,16 @@ class _JobModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobMode.Value
     JOB_MODE_UNSPECIFIED: _JobMode.ValueType  # 0
     JOB_MODE_WORKER: _JobMode.ValueType  # 1
     JOB_MODE_CLAUDE_CODE: _JobMode.ValueType  # 2
+    JOB_MODE_AGENT: _JobMode.ValueType  # 3
+    """An agent of the operator's catalogue (<IRONCLAW_BASE_DIR>/agents.json), named in `agent`."""
 
 class JobMode(_JobMode, metaclass=_JobModeEnumTypeWrapper): ...
 
 JOB_MODE_UNSPECIFIED: JobMode.ValueType  # 0
 JOB_MODE_WORKER: JobMode.ValueType  # 1
 JOB_MODE_CLAUDE_CODE: JobMode.ValueType  # 2
+JOB_MODE_AGENT: JobMode.ValueType  # 3
+"""An agent of the operator's catalogue (<IRONCLAW_BASE_DIR>/agents.json), named in `agent`."""
 Global___JobMode: _TypeAlias = JobMode  # noqa: Y015
 
 class _TerminalReason:
@@ -328,6 +332,7 @@ class CreateJobRequest(_message.Message):
     EGRESS_FIELD_NUMBER: _builtins.int
     GIT_FIELD_NUMBER: _builtins.int
     PLACEMENT_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     project_dir: _builtins.str
     """Optional; must lie under <IRONCLAW_BASE_DIR>/projects. Empty: <base>/projects/<job_id>."""
@@ -336,6 +341,10 @@ class CreateJobRequest(_message.Message):
     """Optional client-chosen UUID that makes the call idempotent."""
     wait_for_prompts: _builtins.bool
     """Claude Code mode: keep the session open for follow-up prompts until "done"."""
+    agent: _builtins.str
+    """Agent mode: the name of an entry of the operator's agent catalogue, which decides the image,
+    the command and the API the agent speaks. With mode unset, naming one selects agent mode.
+    """
     @_builtins.property
     def credentials(self) -> _containers.RepeatedCompositeFieldContainer[Global___CredentialGrant]: ...
     @_builtins.property
@@ -383,10 +392,11 @@ class CreateJobRequest(_message.Message):
         egress: Global___JobEgress | None = ...,
         git: Global___GitWorkspace | None = ...,
         placement: Global___JobPlacement | None = ...,
+        agent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["egress", b"egress", "git", b"git", "limits", b"limits", "placement", b"placement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials", "egress", b"egress", "git", b"git", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "placement", b"placement", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "credentials", b"credentials", "egress", b"egress", "git", b"git", "job_id", b"job_id", "labels", b"labels", "limits", b"limits", "mcp_servers", b"mcp_servers", "mode", b"mode", "placement", b"placement", "project_dir", b"project_dir", "task", b"task", "wait_for_prompts", b"wait_for_prompts", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -550,6 +560,7 @@ class Job(_message.Message):
     WASM_TOOLS_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
     GIT_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     task: _builtins.str
     mode: Global___JobMode.ValueType
@@ -564,6 +575,8 @@ class Job(_message.Message):
     log_tail: _builtins.str
     """the last lines of a dead container's log"""
     last_sequence: _builtins.int
+    agent: _builtins.str
+    """agent mode: the catalogue entry it runs"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -631,10 +644,11 @@ class Job(_message.Message):
         wasm_tools: _abc.Iterable[_builtins.str] | None = ...,
         egress: Global___JobEgress | None = ...,
         git: Global___GitWorkspace | None = ...,
+        agent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "git", b"git", "limits", b"limits", "result", b"result", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_name", b"container_name", "created_at", b"created_at", "credential_names", b"credential_names", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "git", b"git", "iteration", b"iteration", "job_id", b"job_id", "labels", b"labels", "last_sequence", b"last_sequence", "limits", b"limits", "llm_provider", b"llm_provider", "log_tail", b"log_tail", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "result", b"result", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "task", b"task", "usage", b"usage", "wasm_tools", b"wasm_tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "container_name", b"container_name", "created_at", b"created_at", "credential_names", b"credential_names", "deadline", b"deadline", "egress", b"egress", "finished_at", b"finished_at", "git", b"git", "iteration", b"iteration", "job_id", b"job_id", "labels", b"labels", "last_sequence", b"last_sequence", "limits", b"limits", "llm_provider", b"llm_provider", "log_tail", b"log_tail", "mcp_servers", b"mcp_servers", "mode", b"mode", "project_dir", b"project_dir", "result", b"result", "started_at", b"started_at", "state", b"state", "status_message", b"status_message", "task", b"task", "usage", b"usage", "wasm_tools", b"wasm_tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
