@@ -66,14 +66,30 @@ def docker_engine() -> Iterator[Any]:
     client.close()
 
 
+# Job and slot containers carry the instance label; the relays and networks of isolated jobs
+# carry the network one. An orchestrator that stops leaves its jobs (and their relays) running
+# for the next one to adopt, so a test's cleanup must remove all of them.
+_INSTANCE_LABELS = ("ironclaw.instance", "ironclaw.network.instance")
+
+
 def _remove_test_containers(client: Any, prefix: str = "", instance: str = "") -> None:
+    def ours(labels: dict[str, str] | None, key: str) -> bool:
+        label = (labels or {}).get(key, "")
+        return bool((instance and label == instance) or (prefix and label.startswith(prefix)))
+
     # The low-level listing returns labels without inspecting each container, so a container
     # that disappears meanwhile cannot break the cleanup.
-    for row in client.api.containers(all=True, filters={"label": "ironclaw.instance"}):
-        label = (row.get("Labels") or {}).get("ironclaw.instance", "")
-        if (instance and label == instance) or (prefix and label.startswith(prefix)):
-            with contextlib.suppress(Exception):
-                client.api.remove_container(row["Id"], force=True)
+    for key in _INSTANCE_LABELS:
+        for row in client.api.containers(all=True, filters={"label": key}):
+            if ours(row.get("Labels"), key):
+                with contextlib.suppress(Exception):
+                    client.api.remove_container(row["Id"], force=True)
+    # Networks last: one still has its relay attached until the relay is gone.
+    with contextlib.suppress(Exception):
+        for net in client.api.networks(filters={"label": "ironclaw.network.instance"}):
+            if ours(net.get("Labels"), "ironclaw.network.instance"):
+                with contextlib.suppress(Exception):
+                    client.api.remove_network(net["Id"])
 
 
 def build_image(target: str) -> None:
