@@ -14,7 +14,8 @@ says, one instruction a line:
     COMPLETE <message>    report the job's result itself (POST .../complete with its key), then
                           wait to be stopped, as an agent that knows the orchestrator may
 
-A provider error is printed as the provider sent it, and the agent exits 1.
+A provider error (an HTTP error or a stream's error event) is printed as the provider sent it,
+and the agent exits 1.
 
 usage: tiny-agent --model MODEL TASK
 """
@@ -49,10 +50,16 @@ def stream_answer(model, task):
             if not line.startswith("data:"):
                 continue
             event = json.loads(line[len("data:") :])
+            if event.get("type") == "error":  # as the SDKs do: a stream's error event raises
+                raise StreamError(json.dumps(event))
             delta = event.get("delta") or {}
             if event.get("type") == "content_block_delta" and delta.get("type") == "text_delta":
                 text.append(delta["text"])
     return "".join(text)
+
+
+class StreamError(Exception):
+    pass
 
 
 def report(message):
@@ -78,6 +85,9 @@ def main(argv):
         answer = stream_answer(model, task)
     except urllib.error.HTTPError as exc:
         print(f"tiny-agent: provider error {exc.code}: {exc.read().decode()}", flush=True)
+        return 1
+    except StreamError as exc:
+        print(f"tiny-agent: provider error in the stream: {exc}", flush=True)
         return 1
     for line in answer.splitlines():
         verb, _, rest = line.partition(" ")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.domain.jobs import CreateJobRequest, JobMode, JobSnapshot
+from orchestrator.domain.jobs import CreateJobRequest, JobLimitOverrides, JobMode, JobSnapshot
 from tests.conftest import IMAGE_TAG, ROOT, build_image
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.helpers import wait_for
@@ -86,11 +86,22 @@ def agents_orch(
 
 
 async def run_agent_job(
-    orch: Any, agent: str, task: str, project_dir: Path, timeout: float = 120
+    orch: Any,
+    agent: str,
+    task: str,
+    project_dir: Path,
+    timeout: float = 120,
+    limits: JobLimitOverrides | None = None,
 ) -> tuple[str, str]:
     """Creates the job; returns its id and its worker token once the container has started."""
     created = await orch.manager.create_job(
-        CreateJobRequest(task=task, mode=JobMode.AGENT, agent=agent, project_dir=str(project_dir))
+        CreateJobRequest(
+            task=task,
+            mode=JobMode.AGENT,
+            agent=agent,
+            project_dir=str(project_dir),
+            limits=limits or JobLimitOverrides(),
+        )
     )
     assert created.token is not None
     return created.job.job_id, created.token

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from orchestrator.domain.jobs import (
+    JobLimitOverrides,
     JobUpdate,
     LlmUsage,
     TerminalReason,
@@ -158,6 +159,34 @@ async def test_a_non_zero_exit_ends_the_job_exited_with_the_command_s_code(
     assert "giving up" in tail
     assert "agent tiny exited with 3" in tail
     assert final.usage == LlmUsage(calls=1, input_tokens=5, output_tokens=2)
+
+
+async def test_a_stream_cut_by_the_budget_ends_the_agent_s_job_budget_exceeded(
+    agents_orch: Callable[..., Any],
+    test_agents_image: str,
+    upstream: FakeAnthropic,
+    project: Callable[[str], Path],
+) -> None:
+    # An upstream that ignores max_tokens: the route cuts the stream with Anthropic's error
+    # event once it runs past the grant; the agent gives up as the provider's SDKs do, and the
+    # job is typed by its budget, not as a plain exit.
+    orch = await agents_orch({"tiny": tiny_entry(test_agents_image)})
+    upstream.enqueue_text("SAY " + "word " * 8000, output_tokens=8000)
+    limits = JobLimitOverrides(llm_max_tokens_per_call=300, llm_token_budget=8000)
+    job_id, _ = await run_agent_job(orch, "tiny", "Talk", project("cut"), limits=limits)
+    final = await wait_until_ended(orch, job_id)
+    assert final.result is not None
+    assert final.result.reason is TerminalReason.BUDGET_EXCEEDED, final.result.message
+    assert final.result.exit_code == 1
+    assert "token_budget_exhausted" in final.result.message
+    tail = await wait_for(
+        lambda: orch.manager.get_job(job_id).log_tail, timeout=60, what="the log tail"
+    )
+    assert "provider error in the stream" in tail
+    # Charged its whole reservation: what the upstream billed past the grant is unknown.
+    assert final.usage.calls == 1
+    assert final.usage.output_tokens == 300
+    assert final.usage.input_tokens + final.usage.output_tokens <= 8000
 
 
 async def test_an_agent_that_reports_its_result_ends_the_job_before_its_command_exits(

@@ -541,10 +541,7 @@ class AnthropicPassthrough:
         finally:
             ledger = self._manager.ledger
             if cut:
-                # Past its grant, what the upstream billed is unknown: the worst case held.
-                ledger.settle(
-                    reservation, reservation.tokens - reservation.max_tokens, reservation.max_tokens
-                )
+                ledger.settle_cut(reservation)
             elif meter is not None:
                 meter.finish()
                 ledger.settle(reservation, meter.input_tokens, meter.output_tokens)

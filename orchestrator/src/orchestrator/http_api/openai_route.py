@@ -304,10 +304,7 @@ class OpenAIRoutes:
         if not status:
             ledger.release(reservation)  # never reached the upstream
         elif cut:
-            # What the upstream billed is unknown past the grant: the worst case held.
-            ledger.settle(
-                reservation, reservation.tokens - reservation.max_tokens, reservation.max_tokens
-            )
+            ledger.settle_cut(reservation)
         elif meter.reported:
             ledger.settle(reservation, meter.input_tokens, meter.output_tokens)
         elif status >= 400:

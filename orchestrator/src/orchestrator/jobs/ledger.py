@@ -120,6 +120,16 @@ class LlmLedger:
         job.usage = job.usage.plus(max(0, input_tokens), max(0, output_tokens), calls=1)
         self._on_usage(job)
 
+    def settle_cut(self, reservation: Reservation) -> None:
+        """A stream ran past its grant and was cut: what the upstream billed past the grant is
+        unknown, so the worst case held is spent. The cut counts as the job's token budget
+        running out: if its agent then gives up (exits without a result), the job ends
+        BUDGET_EXCEEDED rather than as a plain exit."""
+        reservation.job.budget_refused = Refusal.TOKEN_BUDGET.value
+        self.settle(
+            reservation, reservation.tokens - reservation.max_tokens, reservation.max_tokens
+        )
+
     def release(self, reservation: Reservation) -> None:
         """The call never reached the upstream: nothing of it is spent."""
         self._close(reservation)

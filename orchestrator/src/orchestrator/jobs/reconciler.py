@@ -264,6 +264,14 @@ class Reconciler:
         if event.oom_killed:
             reason = TerminalReason.OOM_KILLED
             message = f"container was OOM-killed (memory limit {job.limits.memory_mb} MiB)"
+        elif job.budget_refused and event.exit_code != 0:
+            # Its LLM budget refused or cut a call, then the agent gave up without a result
+            # (a third-party agent only knows the provider's error): the budget ended it.
+            reason = TerminalReason.BUDGET_EXCEEDED
+            message = (
+                f"container exited with code {event.exit_code} after its LLM calls were "
+                f"refused ({job.budget_refused})"
+            )
         else:
             reason = TerminalReason.EXITED
             message = f"container exited with code {event.exit_code} without reporting a result"
