@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from ironclaw_contract.worker_api import Refusal
 from orchestrator.containers.backend import ContainerBackend, ContainerExit, ContainerInfo
 from orchestrator.containers.spec import LABEL_JOB_ID, LABEL_WARM_SLOT
 from orchestrator.domain.jobs import CredentialGrant, JobState, TerminalReason
@@ -33,6 +34,9 @@ log = get_logger(__name__)
 SIGKILL_EXIT_CODE = 137  # 128 + SIGKILL: how an OOM kill looks until the engine flags it
 OOM_CONFIRM_S = 1.0
 OOM_CONFIRM_INTERVAL_S = 0.1
+
+# LLM refusals that mean the job's budget ran out (``Refusal`` values).
+_BUDGET_REFUSALS = frozenset({Refusal.CALL_BUDGET.value, Refusal.TOKEN_BUDGET.value})
 
 
 class Reconciler:
@@ -264,9 +268,10 @@ class Reconciler:
         if event.oom_killed:
             reason = TerminalReason.OOM_KILLED
             message = f"container was OOM-killed (memory limit {job.limits.memory_mb} MiB)"
-        elif job.budget_refused and event.exit_code != 0:
+        elif job.budget_refused in _BUDGET_REFUSALS and event.exit_code != 0:
             # Its LLM budget refused or cut a call, then the agent gave up without a result
-            # (a third-party agent only knows the provider's error): the budget ended it.
+            # (a third-party agent only knows the provider's error): the budget ended it. A model
+            # refused by the allowlist is not a budget: that exit stays EXITED.
             reason = TerminalReason.BUDGET_EXCEEDED
             message = (
                 f"container exited with code {event.exit_code} after its LLM calls were "
