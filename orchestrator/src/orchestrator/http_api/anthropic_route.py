@@ -51,6 +51,7 @@ from orchestrator.errors import (
     OrchestratorError,
 )
 from orchestrator.http_api.bodies import read_body
+from orchestrator.http_api.header_filter import pick_headers
 from orchestrator.http_api.sse import SseSplitter, encode_event, event_fields, event_json
 from orchestrator.http_api.strict_json import loads_strict
 from orchestrator.jobs.ledger import CHARS_PER_TOKEN_CEILING, Reservation
@@ -594,12 +595,7 @@ class AnthropicPassthrough:
         )
 
     def _upstream_headers(self, incoming: Mapping[str, str]) -> dict[str, str]:
-        headers = {
-            name: value
-            for name, value in incoming.items()
-            if name.lower() in _FORWARDED_REQUEST_HEADERS
-            or name.lower().startswith(_FORWARDED_REQUEST_PREFIXES)
-        }
+        headers = pick_headers(incoming, _FORWARDED_REQUEST_HEADERS, _FORWARDED_REQUEST_PREFIXES)
         # Plain bytes from the upstream: they are passed on exactly as they come.
         headers["Accept-Encoding"] = "identity"
         if self._api_key is not None:
@@ -689,12 +685,7 @@ def _delta_chars(event: bytes) -> int:
 
 
 def _response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in upstream.items()
-        if name.lower() in _FORWARDED_RESPONSE_HEADERS
-        or name.lower().startswith(_FORWARDED_RESPONSE_PREFIXES)
-    }
+    return pick_headers(upstream, _FORWARDED_RESPONSE_HEADERS, _FORWARDED_RESPONSE_PREFIXES)
 
 
 def _error_text(raw: bytes) -> str:

@@ -38,6 +38,7 @@ from yarl import URL
 from ironclaw_contract.worker_api import OPENAI_CHAT_COMPLETIONS, OPENAI_MODELS, OPENAI_RESPONSES
 from orchestrator.errors import ModelNotAllowed, OrchestratorError, ProviderNotConfigured
 from orchestrator.http_api.bodies import read_body
+from orchestrator.http_api.header_filter import pick_headers
 from orchestrator.http_api.openai_body import (
     CHAT,
     CHAT_COMPAT,
@@ -364,12 +365,7 @@ class OpenAIRoutes:
         )
 
     def _upstream_headers(self, incoming: Mapping[str, str]) -> dict[str, str]:
-        headers = {
-            name: value
-            for name, value in incoming.items()
-            if name.lower() in _FORWARDED_REQUEST_HEADERS
-            or name.lower().startswith(_FORWARDED_REQUEST_PREFIXES)
-        }
+        headers = pick_headers(incoming, _FORWARDED_REQUEST_HEADERS, _FORWARDED_REQUEST_PREFIXES)
         headers["Content-Type"] = "application/json"
         # Plain bytes from the upstream: they are passed on exactly as they come.
         headers["Accept-Encoding"] = "identity"
@@ -383,12 +379,7 @@ class OpenAIRoutes:
 
 
 def _response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in upstream.items()
-        if name.lower() in _FORWARDED_RESPONSE_HEADERS
-        or name.lower().startswith(_FORWARDED_RESPONSE_PREFIXES)
-    }
+    return pick_headers(upstream, _FORWARDED_RESPONSE_HEADERS, _FORWARDED_RESPONSE_PREFIXES)
 
 
 def add_openai_routes(
