@@ -136,6 +136,11 @@ async def resolve_http_bind(settings: Settings, backend: ContainerBackend) -> st
             "that the Swarm nodes reach (and the LAN need not), e.g. its address on the nodes' "
             "network"
         )
+    if settings.container_backend == "kubernetes":
+        raise ConfigError(
+            "CONTAINER_BACKEND=kubernetes: set ORCHESTRATOR_HTTP_BIND (0.0.0.0 in the "
+            "orchestrator's pod: its NetworkPolicy, not the bind address, keeps others out)"
+        )
     try:
         gateway = await backend.default_gateway()
     except EngineUnavailable:
@@ -344,6 +349,9 @@ async def _serve_metrics(
 
 
 def _container_url(settings: Settings, http_host: str, port: int) -> str:
+    if settings.container_backend == "kubernetes" and settings.kubernetes_orchestrator_url:
+        # Pods reach the orchestrator through its Service, never through an address of a host.
+        return settings.kubernetes_orchestrator_url
     if settings.container_backend == "swarm":
         # No host-gateway on other machines: the address the worker API is bound to, which
         # the nodes reach.
@@ -356,6 +364,11 @@ def build_backend(settings: Settings) -> ContainerBackend:
     """The container backend CONTAINER_BACKEND names."""
     if settings.container_backend == "swarm":
         return SwarmBackend(settings)
+    if settings.container_backend == "kubernetes":
+        # Imported here: the client is an optional extra (orchestrator[kubernetes]).
+        from orchestrator.containers.kubernetes_backend import KubernetesBackend
+
+        return KubernetesBackend(settings)
     return DockerBackend()
 
 

@@ -41,7 +41,7 @@ LLM_PROVIDERS = ("anthropic", "openai", "scripted", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("auto", "json", "console")
 JOB_NETWORK_MODES = ("bridge", "isolated")
-CONTAINER_BACKENDS = ("docker", "swarm")
+CONTAINER_BACKENDS = ("docker", "swarm", "kubernetes")
 _PROVIDER_DEFAULT_MODELS = {
     "anthropic": "claude-sonnet-5-5",
     "openai": "gpt-4o-mini",
@@ -290,6 +290,37 @@ def _swarm_constraints(name: str, raw: str) -> tuple[str, ...]:
     return entries
 
 
+def _dns_label(name: str, raw: str) -> str:
+    # A namespace or RuntimeClass name: an RFC 1123 label.
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", raw):
+        raise ConfigError(f"{name}={raw!r}: use lowercase letters, digits and '-' (max 63)")
+    return raw
+
+
+_K8S_LABEL_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_K8S_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+
+def _label_selector(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    # ``app=ironclaw-orchestrator,tier=control``: equality only, as a NetworkPolicy's
+    # matchLabels takes it.
+    pairs: list[tuple[str, str]] = []
+    for entry in _csv(name, raw):
+        key, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep or not _K8S_LABEL_KEY.fullmatch(key) or not _K8S_LABEL_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"{name}: {entry!r} is not key=value with a Kubernetes label key and value "
+                "(e.g. app=ironclaw-orchestrator)"
+            )
+        pairs.append((key, value))
+    if not pairs:
+        raise ConfigError(f"{name} is empty: give at least one key=value")
+    return tuple(pairs)
+
+
 def _label_value(name: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", raw):
         raise ConfigError(f"{name}={raw!r}: use letters, digits, '.', '_' or '-' (max 63)")
@@ -531,7 +562,10 @@ class Settings:
         "connections a job's relay forwards at once",
     )
     container_backend: str = setting(
-        "CONTAINER_BACKEND", _choice(CONTAINER_BACKENDS), "docker", "docker (one host) or swarm"
+        "CONTAINER_BACKEND",
+        _choice(CONTAINER_BACKENDS),
+        "docker",
+        "docker (one host), swarm or kubernetes",
     )
     # None: DOCKER_HOST, else the local socket (the Docker backend's engine).
     swarm_manager_url: str | None = setting(
@@ -569,6 +603,71 @@ class Settings:
         _float_range(0.1, 60.0),
         "0.5",
         "how often task and node states are read",
+    )
+    # CONTAINER_BACKEND=kubernetes (containers/kubernetes_*.py): one Pod per job in one namespace.
+    kubernetes_namespace: str = setting(
+        "KUBERNETES_NAMESPACE",
+        _dns_label,
+        "ironclaw",
+        "namespace of the job pods (and the service)",
+    )
+    kubernetes_runtime_class: str | None = setting(
+        "KUBERNETES_RUNTIME_CLASS", _dns_label, None, "runtimeClassName of job pods (gvisor, kata)"
+    )
+    kubernetes_orchestrator_selector: tuple[tuple[str, str], ...] = setting(
+        "KUBERNETES_ORCHESTRATOR_SELECTOR",
+        _label_selector,
+        "app=ironclaw-orchestrator",
+        "labels of the orchestrator's pods: the only peer a job's NetworkPolicy allows",
+    )
+    kubernetes_orchestrator_url: str | None = setting(
+        "KUBERNETES_ORCHESTRATOR_URL",
+        _url,
+        None,
+        "the worker API's URL as job pods reach it (required with kubernetes)",
+        shown="http://ironclaw-orchestrator.<namespace>.svc:<worker API port>",
+    )
+    kubernetes_request_cpus: float = setting(
+        "KUBERNETES_REQUEST_CPUS",
+        _cpus,
+        "0.25",
+        "CPU request of a job pod (its limit: WORKER_CPUS)",
+    )
+    kubernetes_request_memory_bytes: int = setting(
+        "KUBERNETES_REQUEST_MEMORY_MB",
+        _megabytes(0, 1 << 20),
+        "256",
+        "memory request of a job pod (at most its limit)",
+    )
+    kubernetes_workspace_bytes: int = setting(
+        "KUBERNETES_WORKSPACE_MB",
+        _megabytes(16, 1 << 24),
+        "4096",
+        "sizeLimit of the job's /workspace emptyDir",
+    )
+    kubernetes_allow_host_path: bool = setting(
+        "KUBERNETES_ALLOW_HOST_PATH",
+        _bool,
+        "0",
+        "1: mount the project directory as a hostPath (one node, or a path shared by all)",
+    )
+    kubernetes_start_timeout_s: float = setting(
+        "KUBERNETES_START_TIMEOUT_S",
+        _float_range(1.0, 3600.0),
+        "120",
+        "a job's pod must be running within this (else START_FAILED with the reason)",
+    )
+    kubernetes_node_lost_s: int = setting(
+        "KUBERNETES_NODE_LOST_S",
+        _int_range(1, 86400),
+        "60",
+        "a job's pod leaves a NotReady/unreachable node after this (its job: NODE_LOST)",
+    )
+    kubernetes_watch_timeout_s: int = setting(
+        "KUBERNETES_WATCH_TIMEOUT_S",
+        _int_range(5, 3600),
+        "300",
+        "the pod watch is renewed (from its resourceVersion) this often",
     )
     # The egress gateway (orchestrator/egress/): deny by default, on the worker API's address.
     egress_port: int = setting("ORCHESTRATOR_EGRESS_PORT", _port, "50053", "egress gateway port")
@@ -807,6 +906,8 @@ def _derived_values(s: Settings, env: Mapping[str, str]) -> dict[str, Any]:
             "CONTAINER_BACKEND=swarm: WARM_POOL is for one Docker host (a slot's container is "
             "started before its job's node is chosen); unset WARM_POOL"
         )
+    if s.container_backend == "kubernetes":
+        _check_kubernetes(s)
     derived: dict[str, Any] = {}
     provider = s.llm_provider if _is_set(env, "LLM_PROVIDER") else _pick_provider(s)
     if provider == "scripted" and s.llm_script is None:
@@ -821,6 +922,31 @@ def _derived_values(s: Settings, env: Mapping[str, str]) -> dict[str, Any]:
     if not _is_set(env, "ORCHESTRATOR_INSTANCE"):
         derived["instance"] = _derive_instance(s.base_dir)
     return derived
+
+
+def _check_kubernetes(s: Settings) -> None:
+    if s.job_network == "isolated":
+        raise ConfigError(
+            "CONTAINER_BACKEND=kubernetes: JOB_NETWORK=isolated (a relay per job) exists on one "
+            "Docker host only; set JOB_NETWORK=bridge (each job pod gets a NetworkPolicy of its "
+            "own instead: no ingress, egress only to the orchestrator's pods)"
+        )
+    if s.warm_pool:
+        raise ConfigError(
+            "CONTAINER_BACKEND=kubernetes: WARM_POOL is for one Docker host (a slot's pod "
+            "would be scheduled before its job is known); unset WARM_POOL"
+        )
+    if s.worker_runtime:
+        raise ConfigError(
+            f"CONTAINER_BACKEND=kubernetes: WORKER_RUNTIME={s.worker_runtime} names a Docker "
+            "runtime; unset it and set KUBERNETES_RUNTIME_CLASS to a RuntimeClass instead"
+        )
+    if s.kubernetes_orchestrator_url is None:
+        raise ConfigError(
+            "CONTAINER_BACKEND=kubernetes needs KUBERNETES_ORCHESTRATOR_URL, the worker API's "
+            f"URL as job pods reach it (e.g. http://ironclaw-orchestrator."
+            f"{s.kubernetes_namespace}.svc:{s.http_port})"
+        )
 
 
 def _pick_provider(s: Settings) -> str:

@@ -142,6 +142,11 @@ def admit(
 MAX_PLACEMENT_LABELS = 16
 _NODE_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _NODE_LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/@+-]{1,256}")
+_K8S_NODE_LABEL_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_K8S_NODE_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
 def placement_constraints(node_labels: Mapping[str, str], settings: Settings) -> tuple[str, ...]:
@@ -149,15 +154,18 @@ def placement_constraints(node_labels: Mapping[str, str], settings: Settings) ->
     constraint cannot carry, FailedPrecondition on a backend without nodes to choose."""
     if not node_labels:
         return ()
-    if settings.container_backend != "swarm":
+    if settings.container_backend not in ("swarm", "kubernetes"):
         raise FailedPrecondition(
-            "placement.node_labels needs CONTAINER_BACKEND=swarm: this orchestrator runs jobs "
-            "on one Docker host"
+            "placement.node_labels needs CONTAINER_BACKEND=swarm or kubernetes: this "
+            "orchestrator runs jobs on one Docker host"
         )
     if len(node_labels) > MAX_PLACEMENT_LABELS:
         raise InvalidArgument(f"placement.node_labels: at most {MAX_PLACEMENT_LABELS} labels")
     for key, value in node_labels.items():
-        if not _NODE_LABEL_KEY.fullmatch(key):
+        kubernetes = settings.container_backend == "kubernetes"
+        if kubernetes and _K8S_NODE_LABEL_KEY.fullmatch(key):
+            pass  # a prefixed key (topology.kubernetes.io/zone) is a nodeSelector's
+        elif not _NODE_LABEL_KEY.fullmatch(key):
             raise InvalidArgument(
                 f"placement.node_labels: key {key[:64]!r} must be letters, digits, '.', '_' or "
                 "'-' (max 128)"
@@ -166,6 +174,12 @@ def placement_constraints(node_labels: Mapping[str, str], settings: Settings) ->
             raise InvalidArgument(
                 f"placement.node_labels[{key}]: value {value[:64]!r} must be 1-256 letters, "
                 "digits or ._:/@+- (no spaces, no '=' or ',')"
+            )
+        if kubernetes and not _K8S_NODE_LABEL_VALUE.fullmatch(value):
+            # A nodeSelector value is a Kubernetes label value: stricter than a constraint.
+            raise InvalidArgument(
+                f"placement.node_labels[{key}]: value {value[:64]!r} is not a Kubernetes label "
+                "value (at most 63 letters, digits or '-_.', starting and ending alphanumeric)"
             )
     return tuple(f"node.labels.{key}=={value}" for key, value in sorted(node_labels.items()))
 
