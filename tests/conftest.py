@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
-# The Swarm cluster's fixtures (swarm_cluster, swarm_settings, ...), for every suite that needs it.
-pytest_plugins = ("tests.swarm.fixtures",)
+# The Swarm cluster's fixtures (swarm_cluster, swarm_settings, ...) and the Kubernetes cluster's
+# (kubernetes_cluster, where KUBECONFIG names one), for every suite that needs them.
+pytest_plugins = ("tests.swarm.fixtures", "tests.kubernetes.fixtures")
 
 ROOT = Path(__file__).resolve().parents[1]
 # Unique per test session, so a session only ever cleans up its own containers even when

@@ -5,8 +5,8 @@
 #   always:    the wheels of the repository's five distributions (contract, client, worker,
 #              bridge, orchestrator) and every wheel ironclaw-worker[custom-tools] needs (the mcp SDK
 #              and wasmtime), for the job images
-#   --server:  also every wheel ironclaw-orchestrator (and ironclaw-client) needs, for the
-#              orchestrator image
+#   --server:  also every wheel ironclaw-orchestrator[kubernetes] (and ironclaw-client) needs,
+#              for the orchestrator image (which can run jobs on Kubernetes too)
 #   --claude:  also the claude-agent-sdk wheel pinned in Dockerfile.claude (it bundles the
 #              Claude Code CLI binary), downloaded unless already there
 #
@@ -80,10 +80,11 @@ wheel_of() { ls "$out"/"$1"-*.whl; }
 wheels=("$(wheel_of ironclaw_contract)" "$(wheel_of ironclaw_worker)" "$(wheel_of ironclaw_claude_bridge)")
 [[ $server -eq 1 ]] && wheels+=("$(wheel_of ironclaw_client)" "$(wheel_of ironclaw_orchestrator)")
 requirements="$src/requirements.txt"
-"$PYTHON" - "$requirements" "${wheels[@]}" <<'PY'
+"$PYTHON" - "$requirements" "$server" "${wheels[@]}" <<'PY'
 import re, sys, zipfile
-out, *wheels = sys.argv[1:]
-wanted_extras = {"custom-tools"}
+out, server, *wheels = sys.argv[1:]
+# The job images' custom tools; the service image's Kubernetes client (CONTAINER_BACKEND).
+wanted_extras = {"custom-tools"} | ({"kubernetes"} if server == "1" else set())
 lines = []
 for path in wheels:
     with zipfile.ZipFile(path) as wheel:

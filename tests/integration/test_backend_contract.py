@@ -1,5 +1,6 @@
 """The container-backend contract, one suite run against the in-memory fake, a real Docker
-engine and a real three-node Swarm: create and start, list by instance, logs, exits with their
+engine, a real three-node Swarm and, where KUBECONFIG names one, a real Kubernetes cluster:
+create and start, list by instance, logs, exits with their
 code, OOM kills, stop, remove. What the job manager relies on, whichever engine is behind it.
 
 The commands run in the base image of the job images (no entrypoint, python3). The fake runs
@@ -80,7 +81,7 @@ class Rig:
         return container_id
 
 
-@pytest.fixture(params=["fake", "docker", "swarm"])
+@pytest.fixture(params=["fake", "docker", "swarm", "kubernetes"])
 async def rig(request: Any, tmp_path: Path, test_instance: str) -> AsyncIterator[Rig]:
     project = tmp_path / "project"
     project.mkdir()
@@ -102,6 +103,30 @@ async def rig(request: Any, tmp_path: Path, test_instance: str) -> AsyncIterator
         request.getfixturevalue("swarm_job_image")  # builds on the base image: it is there
         backend: ContainerBackend = DockerBackend()
         settings = Settings.from_env({**env, "WORKER_IMAGE": BASE_IMAGE})
+    elif request.param == "kubernetes":
+        from orchestrator.containers.kubernetes_backend import KubernetesBackend
+
+        # Not run without KUBECONFIG (tests/kubernetes/fixtures.py).
+        cluster = request.getfixturevalue("kubernetes_cluster")
+        settings = Settings.from_env(
+            {
+                **env,
+                "CONTAINER_BACKEND": "kubernetes",
+                "KUBERNETES_NAMESPACE": cluster.namespace,
+                "KUBERNETES_ORCHESTRATOR_URL": "http://127.0.0.1:9",
+                "WORKER_IMAGE": cluster.image,
+            }
+        )
+        backend = KubernetesBackend(settings)
+        try:
+            yield Rig(backend, settings, project)
+        finally:
+            for info in await backend.list_managed(test_instance):
+                with contextlib.suppress(Exception):
+                    await backend.remove(info.container_id)
+            await backend.close()
+            cluster.remove_instance(test_instance)
+        return
     else:
         from orchestrator.containers.swarm_backend import SwarmBackend
 

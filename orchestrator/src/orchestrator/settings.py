@@ -321,6 +321,13 @@ def _label_selector(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _cidr(name: str, raw: str) -> str:
+    try:
+        return str(ipaddress.ip_network(raw, strict=True))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an address block (e.g. 10.0.0.5/32)") from None
+
+
 def _label_value(name: str, raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", raw):
         raise ConfigError(f"{name}={raw!r}: use letters, digits, '.', '_' or '-' (max 63)")
@@ -619,6 +626,13 @@ class Settings:
         _label_selector,
         "app=ironclaw-orchestrator",
         "labels of the orchestrator's pods: the only peer a job's NetworkPolicy allows",
+    )
+    kubernetes_orchestrator_cidr: str | None = setting(
+        "KUBERNETES_ORCHESTRATOR_CIDR",
+        _cidr,
+        None,
+        "an orchestrator outside the cluster: the address block job pods may reach it at",
+        shown="the selector's pods",
     )
     kubernetes_orchestrator_url: str | None = setting(
         "KUBERNETES_ORCHESTRATOR_URL",

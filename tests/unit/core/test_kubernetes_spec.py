@@ -309,6 +309,21 @@ def test_an_address_url_needs_no_dns_and_the_egress_port_is_allowed_when_used(
     assert not needs_dns("http://[fd00::1]:50052")
 
 
+def test_an_orchestrator_outside_the_cluster_is_reached_by_its_address_block(
+    tmp_path: Path,
+) -> None:
+    built = objects(
+        tmp_path,
+        KUBERNETES_ORCHESTRATOR_URL="http://172.18.0.1:50052",
+        KUBERNETES_ORCHESTRATOR_CIDR="172.18.0.1/32",
+    )
+    validate(built.network_policy)
+    (only,) = built.network_policy["spec"]["egress"]
+    assert only["to"] == [{"ipBlock": {"cidr": "172.18.0.1/32"}}]
+    with pytest.raises(ConfigError, match="KUBERNETES_ORCHESTRATOR_CIDR"):
+        settings(tmp_path, KUBERNETES_ORCHESTRATOR_CIDR="172.18.0.1/16")
+
+
 def test_placement_becomes_a_node_selector(tmp_path: Path) -> None:
     s = settings(tmp_path)
     constraints = placement_constraints({"zone": "a", "topology.kubernetes.io/region": "eu-1"}, s)

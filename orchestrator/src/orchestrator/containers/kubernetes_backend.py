@@ -92,6 +92,7 @@ def options_for(settings: Settings) -> KubernetesOptions:
         orchestrator_selector=dict(settings.kubernetes_orchestrator_selector),
         orchestrator_ports=tuple(ports),
         orchestrator_url=settings.kubernetes_orchestrator_url or "",
+        orchestrator_cidr=settings.kubernetes_orchestrator_cidr,
         request_millicpus=round(settings.kubernetes_request_cpus * 1000),
         request_memory_bytes=settings.kubernetes_request_memory_bytes,
         workspace_bytes=settings.kubernetes_workspace_bytes,

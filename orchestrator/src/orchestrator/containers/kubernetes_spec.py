@@ -64,6 +64,9 @@ class KubernetesOptions:
     # gateway's when jobs use it). NetworkPolicies see the pod's port, after a Service's.
     orchestrator_ports: tuple[int, ...]
     orchestrator_url: str
+    # An orchestrator outside the cluster (a test run, a host of its own): the address block
+    # its worker API is reached at, instead of the selector's pods.
+    orchestrator_cidr: str | None = None
     request_millicpus: int = 0
     request_memory_bytes: int = 0
     workspace_bytes: int = 4 << 30
@@ -332,7 +335,11 @@ def _network_policy(
     ports = sorted(set(options.orchestrator_ports))
     egress: list[dict[str, Any]] = [
         {
-            "to": [{"podSelector": {"matchLabels": dict(options.orchestrator_selector)}}],
+            "to": [
+                {"ipBlock": {"cidr": options.orchestrator_cidr}}
+                if options.orchestrator_cidr
+                else {"podSelector": {"matchLabels": dict(options.orchestrator_selector)}}
+            ],
             "ports": [{"protocol": "TCP", "port": port} for port in ports],
         }
     ]
