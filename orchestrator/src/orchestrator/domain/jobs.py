@@ -189,7 +189,7 @@ class CreateJobRequest:
     # The job's own egress allowlist; None: the operator's (EGRESS_ALLOW_HOSTS).
     egress_hosts: tuple[str, ...] | None = None
     git: GitSource | None = None
-    # Node labels the job's node must carry (CONTAINER_BACKEND=swarm only).
+    # Node labels the job's node must carry (CONTAINER_BACKEND=swarm or kubernetes).
     placement_node_labels: Mapping[str, str] = field(default_factory=dict)
     # Agent mode: the name of the catalogue entry to run.
     agent: str = ""

@@ -374,7 +374,7 @@ class CreateJobRequest(_message.Message):
 
     @_builtins.property
     def placement(self) -> Global___JobPlacement:
-        """Where the job may run (CONTAINER_BACKEND=swarm only; FAILED_PRECONDITION elsewhere)."""
+        """Where the job may run (CONTAINER_BACKEND=swarm or kubernetes; FAILED_PRECONDITION elsewhere)."""
 
     def __init__(
         self,
