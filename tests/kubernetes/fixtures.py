@@ -114,7 +114,7 @@ def kubernetes_cluster() -> Iterator[KubernetesCluster]:
         pytest.fail("KUBECONFIG is set but the kubernetes client is not installed (make venv)")
     configuration = k8s.Configuration()
     try:
-        k8s_config.load_kube_config(client_configuration=configuration)
+        k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         api_client = k8s.ApiClient(configuration)
         k8s.VersionApi(api_client).get_code()
     except Exception as exc:

@@ -111,7 +111,11 @@ def load_client_configuration() -> Any:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             k8s_config.load_incluster_config(client_configuration=configuration)
         else:
-            k8s_config.load_kube_config(client_configuration=configuration)
+            # KUBECONFIG as it is now (the client reads it once, at its import).
+            k8s_config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG") or None,
+                client_configuration=configuration,
+            )
     except (k8s_config.ConfigException, OSError) as exc:
         raise ConfigError(
             "CONTAINER_BACKEND=kubernetes: no cluster credentials (run in a pod with a "
@@ -168,9 +172,12 @@ class KubernetesBackend(ContainerBackend):
             self._report_error("unreachable")
             raise self._unavailable(exc) from exc
         except ApiException as exc:
-            if exc.status != 404:
-                self._report_error(f"api_{exc.status or 'unknown'}")
-            raise
+            # Callers get the library's words, never its exception (whose text carries the
+            # whole response): the API's busy or broken is the engine being unavailable.
+            self._report_error(f"api_{exc.status or 'unknown'}")
+            if exc.status in (429, None, 0) or exc.status >= 500:
+                raise EngineUnavailable(_api_error_text("call", exc)) from None
+            raise FailedPrecondition(_api_error_text("call", exc)) from None
 
     def _report_error(self, kind: str) -> None:
         if self.on_error is not None:
@@ -254,14 +261,21 @@ class KubernetesBackend(ContainerBackend):
             networking.create_namespaced_network_policy(self._namespace, objects.network_policy)
             core.create_namespaced_secret(self._namespace, objects.secret)
             created = self._to_dict(core.create_namespaced_pod(self._namespace, objects.pod))
-            patch = {"metadata": {"ownerReferences": [owner_reference(created)]}}
+            # JSON Patch (a list): the content type every client version sends for a patch.
+            patch = [
+                {
+                    "op": "add",
+                    "path": "/metadata/ownerReferences",
+                    "value": [owner_reference(created)],
+                }
+            ]
             core.patch_namespaced_secret(secret_name(name), self._namespace, patch)
             networking.patch_namespaced_network_policy(name, self._namespace, patch)
             self._wait_running(name)
         except BaseException as exc:
             # Never leave a pod, its Secret or its policy behind when the job did not start.
             self._delete_all(name, grace_seconds=0)
-            if isinstance(exc, ApiException) and exc.status in (400, 403, 409, 422):
+            if isinstance(exc, ApiException):
                 raise PodStartFailed(_api_error_text("create", exc)) from None
             raise
         return name
@@ -324,7 +338,9 @@ class KubernetesBackend(ContainerBackend):
         ran = max(1, int((datetime.now(UTC) - started).total_seconds()))
         try:
             core.patch_namespaced_pod(
-                name, self._namespace, {"spec": {"activeDeadlineSeconds": ran}}
+                name,
+                self._namespace,
+                [{"op": "add", "path": "/spec/activeDeadlineSeconds", "value": ran}],
             )
         except ApiException as exc:
             if exc.status == 404:
