@@ -24,6 +24,7 @@ _GROUP_PREFIX = {
     "networking.k8s.io/v1": "V1",
     "rbac.authorization.k8s.io/v1": "V1",
     "policy/v1": "V1",
+    "authorization.k8s.io/v1": "V1",
 }
 
 

@@ -15,6 +15,7 @@ from orchestrator.containers.kubernetes_pods import (
     exit_event,
     pod_info,
     start_problem,
+    start_verdict,
 )
 from tests.kubernetes_schema import validate
 
@@ -310,3 +311,35 @@ def test_status_objects_of_the_client_read_the_same() -> None:
     )
     info = pod_info(client.sanitize_for_serialization(model))
     assert (info.exit_code, info.oom_killed, info.labels["ironclaw.job_id"]) == (137, True, JOB_ID)
+
+
+def test_what_a_start_does_next() -> None:
+    running = pod(job_status({"running": {"startedAt": "2026-12-04T18:30:07Z"}}, "Running"))
+    assert start_verdict(running).started
+    # Ended already (a quick job): started, its exit comes through the watch.
+    assert start_verdict(pod(job_status(terminated(0, "Completed"), "Succeeded"))).started
+    pull = job_status({"waiting": {"reason": "ErrImagePull", "message": "not found"}}, "Pending")
+    verdict = start_verdict(pod(pull))
+    assert verdict.failed
+    assert verdict.why == "ErrImagePull: not found"
+    pending = {
+        "phase": "Pending",
+        "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1"}
+        ],
+    }
+    waiting = start_verdict(pod(pending))
+    assert not waiting.failed
+    assert not waiting.started
+    assert waiting.why == "Unschedulable: 0/1"
+    # Refused by the kubelet before the container ran: a failed start, not a job's exit.
+    refused = {
+        "phase": "Failed",
+        "reason": "OutOfcpu",
+        "message": "Pod was rejected: Node didn't have enough resource: cpu",
+    }
+    verdict = start_verdict(pod(refused))
+    assert verdict.failed
+    assert verdict.why == (
+        f"OutOfcpu on node {NODE}: Pod was rejected: Node didn't have enough resource: cpu"
+    )

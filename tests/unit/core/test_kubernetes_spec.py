@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from orchestrator.containers.backend import BindMount, ContainerSpec
-from orchestrator.containers.kubernetes_backend import options_for
+from orchestrator.containers.kubernetes_backend import REQUIRED_ACCESS, options_for
 from orchestrator.containers.kubernetes_spec import (
     LABEL_POD,
     JobObjects,
     KubernetesOptions,
+    access_review,
     build_job_objects,
     needs_dns,
     node_selector,
@@ -416,3 +417,22 @@ def test_options_follow_the_settings(tmp_path: Path) -> None:
         stop_grace_s=7,
         node_lost_s=60,
     )
+
+
+def test_the_access_reviews_of_the_start_are_valid_and_name_each_right() -> None:
+    reviews = [
+        access_review("ironclaw", group, resource, sub, verb)
+        for group, resource, sub, verbs in REQUIRED_ACCESS
+        for verb in verbs
+    ]
+    for review in reviews:
+        validate(review)
+    log = access_review("ironclaw", "", "pods", "log", "get")["spec"]["resourceAttributes"]
+    assert log == {
+        "namespace": "ironclaw",
+        "group": "",
+        "resource": "pods",
+        "subresource": "log",
+        "verb": "get",
+    }
+    assert len(reviews) == 13

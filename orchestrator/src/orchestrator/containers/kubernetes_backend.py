@@ -15,6 +15,7 @@ SIGKILL after the Pod's grace period) and the Pod stays, with its log, until it 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -44,12 +45,13 @@ from orchestrator.containers.kubernetes_pods import (
     exit_event,
     pod_info,
     pod_name,
-    start_problem,
+    start_verdict,
 )
 from orchestrator.containers.kubernetes_spec import (
     CONTAINER_NAME,
     JobObjects,
     KubernetesOptions,
+    access_review,
     build_job_objects,
     instance_selector,
     owner_reference,
@@ -226,20 +228,8 @@ class KubernetesBackend(ContainerBackend):
         missing: list[str] = []
         for group, resource, subresource, verbs in REQUIRED_ACCESS:
             for verb in verbs:
-                attributes = {
-                    "namespace": self._namespace,
-                    "group": group,
-                    "resource": resource,
-                    "verb": verb,
-                }
-                if subresource:
-                    attributes["subresource"] = subresource
                 review = authorization.create_self_subject_access_review(
-                    {
-                        "apiVersion": "authorization.k8s.io/v1",
-                        "kind": "SelfSubjectAccessReview",
-                        "spec": {"resourceAttributes": attributes},
-                    }
+                    access_review(self._namespace, group, resource, subresource, verb)
                 )
                 if not getattr(review.status, "allowed", False):
                     shown = f"{resource}/{subresource}" if subresource else resource
@@ -282,24 +272,19 @@ class KubernetesBackend(ContainerBackend):
 
     def _wait_running(self, name: str) -> None:
         deadline = time.monotonic() + self._settings.kubernetes_start_timeout_s
-        problem = None
         while True:
             pod = self._to_dict(self._core().read_namespaced_pod(name, self._namespace))
-            info = pod_info(pod)
-            if info.running or info.exited:
-                return  # an ended pod's exit is reported by the watch, like any other
-            if info.lost_node is not None:
-                raise PodStartFailed(f"the job's pod lost its node {info.lost_node}")
-            problem = start_problem(pod)
-            if problem is not None and problem.fatal:
-                raise PodStartFailed(f"the job's pod did not start: {problem}")
+            verdict = start_verdict(pod)
+            if verdict.started:
+                return
+            if verdict.failed:
+                raise PodStartFailed(f"the job's pod did not start: {verdict.why}")
             if time.monotonic() >= deadline:
-                break
+                raise PodStartFailed(
+                    "the job's pod was not running within KUBERNETES_START_TIMEOUT_S="
+                    f"{self._settings.kubernetes_start_timeout_s:g} s: {verdict.why}"
+                )
             time.sleep(START_POLL_S)
-        raise PodStartFailed(
-            "the job's pod was not running within KUBERNETES_START_TIMEOUT_S="
-            f"{self._settings.kubernetes_start_timeout_s:g} s: {problem or 'still pending'}"
-        )
 
     def _delete_all(self, name: str, grace_seconds: int) -> None:
         self._removing.add(name)
@@ -410,10 +395,23 @@ class KubernetesBackend(ContainerBackend):
         response: list[Any] = []
 
         def put(item: bytes | None) -> None:
-            # Blocks the reading thread while the consumer is behind (bounded memory).
-            if not closed.is_set():
-                with contextlib.suppress(RuntimeError, asyncio.CancelledError):
-                    asyncio.run_coroutine_threadsafe(chunks.put(item), loop).result()
+            # Blocks the reading thread while the consumer is behind (bounded memory), but
+            # not past the consumer going away.
+            if closed.is_set():
+                return
+            try:
+                future = asyncio.run_coroutine_threadsafe(chunks.put(item), loop)
+            except RuntimeError:
+                return  # the loop is closed
+            while not closed.is_set():
+                try:
+                    future.result(timeout=1.0)
+                    return
+                except concurrent.futures.TimeoutError:
+                    continue
+                except (concurrent.futures.CancelledError, RuntimeError):
+                    return
+            future.cancel()
 
         def read() -> None:
             try:
@@ -497,6 +495,9 @@ class KubernetesBackend(ContainerBackend):
                     resource_version=version,
                     timeout_seconds=self._settings.kubernetes_watch_timeout_s,
                     allow_watch_bookmarks=True,
+                    # A connection that went silent (a dead peer) ends too, not only a
+                    # server that closes it at timeout_seconds.
+                    _request_timeout=(10, self._settings.kubernetes_watch_timeout_s + 30),
                 ):
                     if stop.is_set():
                         stream.stop()

@@ -136,6 +136,33 @@ def start_problem(pod: Mapping[str, Any]) -> StartProblem | None:
     return None
 
 
+@dataclass(frozen=True)
+class StartVerdict:
+    """Where a starting pod is: ``started`` (running, or already ended: the exit watch reports
+    that), ``failed`` with why, or still waiting (``why``: what it waits for)."""
+
+    started: bool = False
+    failed: bool = False
+    why: str = ""
+
+
+def start_verdict(pod: Mapping[str, Any]) -> StartVerdict:
+    """What a start waiting for ``pod`` does next."""
+    info = pod_info(pod)
+    problem = start_problem(pod)
+    if info.lost_node is not None:
+        return StartVerdict(failed=True, why=f"the job's pod lost its node {info.lost_node}")
+    if info.exited and terminated(pod) is None:
+        # Refused by its node before its container ran (OutOfcpu, NodeAffinity, an eviction):
+        # not the exit of a job but a start that failed.
+        return StartVerdict(failed=True, why=info.detail or str(problem or "Failed"))
+    if info.running or info.exited:
+        return StartVerdict(started=True)
+    if problem is not None and problem.fatal:
+        return StartVerdict(failed=True, why=str(problem))
+    return StartVerdict(why=str(problem or "still pending"))
+
+
 def pod_info(pod: Mapping[str, Any]) -> ContainerInfo:
     """The job's pod as a :class:`ContainerInfo` (its id is the pod's name)."""
     status = _status(pod)

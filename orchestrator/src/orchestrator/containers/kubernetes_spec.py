@@ -385,3 +385,17 @@ def owner_reference(pod: Mapping[str, Any]) -> dict[str, Any]:
         "blockOwnerDeletion": False,
         "controller": False,
     }
+
+
+def access_review(
+    namespace: str, group: str, resource: str, subresource: str, verb: str
+) -> dict[str, Any]:
+    """The SelfSubjectAccessReview asking whether this identity may ``verb`` ``resource``."""
+    attributes = {"namespace": namespace, "group": group, "resource": resource, "verb": verb}
+    if subresource:
+        attributes["subresource"] = subresource
+    return {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": attributes},
+    }
