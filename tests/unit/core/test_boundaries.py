@@ -87,3 +87,14 @@ def test_the_orchestrator_imports_nothing_of_the_agents() -> None:
         imported = all_imports(path)
         assert not imported & {"worker", "bridge"}, path
         assert not imported & CUSTOM_TOOL_PACKAGES, path
+
+
+def test_only_the_kubernetes_backend_imports_the_kubernetes_client() -> None:
+    # The client is an optional extra: the builders and the status mapping are pure, and
+    # nothing else of the orchestrator may need it to load.
+    importers = {
+        path.relative_to(SOURCES["orchestrator"]).as_posix()
+        for path in python_files("orchestrator")
+        if "kubernetes" in all_imports(path)
+    }
+    assert importers == {"containers/kubernetes_backend.py"}
