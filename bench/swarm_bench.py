@@ -679,7 +679,8 @@ def _document(
         loss["reason"] == "TERMINAL_REASON_NODE_LOST" and loss["message_names_node"]
         for loss in losses
     )
-    worst_loss = max(failed, default=math.nan)
+    # A job never marked (NaN) is the worst case, wherever it sits in the list.
+    worst_loss = math.nan if any(math.isnan(v) for v in failed) else max(failed, default=math.nan)
     start_ratio = start_summary["swarm"]["p50_vs_raw"]
     targets = [
         {
