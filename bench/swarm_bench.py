@@ -67,7 +67,7 @@ from typing import Any
 
 from bench.burst_bench import _collect_first_calls, _parallel
 from bench.docker_util import build_images, remove_containers
-from bench.procs import BenchError, Child, load_average, python_module
+from bench.procs import LOG_DIR, BenchError, Child, load_average, python_module
 from bench.start_bench import _RawDocker, start_env
 from bench.stats import markdown_table, percentile, summarize
 from orchestrator.containers.spec import LABEL_INSTANCE, LABEL_JOB_ID
@@ -144,7 +144,7 @@ def run_swarm_bench(options: SwarmOptions) -> dict[str, Any]:
         raise BenchError(str(exc)) from exc
     with swarm_lock():
         try:
-            with running_cluster("bench") as cluster:
+            with running_cluster("bench", logs_to=LOG_DIR) as cluster:
                 document = _run_on(cluster, options)
         except ClusterError as exc:
             raise BenchError(f"swarm: {exc}") from exc
@@ -216,11 +216,13 @@ def _run_on(cluster: SwarmCluster, options: SwarmOptions) -> dict[str, Any]:
                 raw_server,
                 options,
             )
+            notes: list[str] = []
             try:
                 start = _start_part(jobs, raw, options)
-                burst = _burst_part(jobs["swarm"], raw, manager, options)
+                _all_nodes_up(cluster, options.node_back_timeout_s, notes=notes, when="the starts")
+                burst = _burst_part(jobs["swarm"], raw, manager, cluster, options, notes)
                 losses = _node_loss_part(
-                    jobs["swarm"], cluster, base_dir / "swarm" / "projects", options
+                    jobs["swarm"], cluster, base_dir / "swarm" / "projects", options, notes
                 )
             finally:
                 swarm_channel.close()
@@ -232,7 +234,9 @@ def _run_on(cluster: SwarmCluster, options: SwarmOptions) -> dict[str, Any]:
         manager.close()
         remove_containers(instances["docker"])
         shutil.rmtree(base_dir, ignore_errors=True)
-    return _document(options, cluster, start, burst, losses)
+    document = _document(options, cluster, start, burst, losses)
+    document["notes"] = notes
+    return document
 
 
 def _manager_client(cluster: SwarmCluster, pool: int) -> Any:
@@ -509,10 +513,18 @@ def _parse_timestamp(text: str) -> float:
 
 
 def _burst_part(
-    jobs: _Jobs, raw: _RawService, manager: Any, options: SwarmOptions
+    jobs: _Jobs,
+    raw: _RawService,
+    manager: Any,
+    cluster: SwarmCluster,
+    options: SwarmOptions,
+    notes: list[str],
 ) -> list[dict[str, Any]]:
     results = []
     for kind in ("swarm", "raw service create"):
+        _all_nodes_up(
+            cluster, options.node_back_timeout_s, notes=notes, when=f"before the {kind} burst"
+        )
         job_ids = [str(uuid.uuid4()) for _ in range(options.burst)]
         creator = jobs.create if kind == "swarm" else raw.create
         with _TaskWatch(manager) as watch:
@@ -570,11 +582,13 @@ def _wall_of(monotonic_ns: int) -> float:
 
 
 def _node_loss_part(
-    jobs: _Jobs, cluster: SwarmCluster, projects: Path, options: SwarmOptions
+    jobs: _Jobs, cluster: SwarmCluster, projects: Path, options: SwarmOptions, notes: list[str]
 ) -> list[dict[str, Any]]:
     losses = []
     for index in range(options.node_losses):
-        _all_nodes_up(cluster, options.node_back_timeout_s)
+        _all_nodes_up(
+            cluster, options.node_back_timeout_s, notes=notes, when=f"before node loss {index + 1}"
+        )
         node = cluster.nodes[2 - index % 2]  # the two workers in turn
         job_id = str(uuid.uuid4())
         project = projects / f"held-{index}"
@@ -602,8 +616,19 @@ def _node_loss_part(
                     break
                 time.sleep(0.1)
         finally:
+            # Only once the killed daemon is gone (a zombie counts as gone): dockerd refuses to
+            # start while its pid file names a live process.
+            gone_by = time.monotonic() + 10
+            while daemon_running(node) and time.monotonic() < gone_by:
+                time.sleep(0.05)
             restart_node(cluster, node)
-        back = _all_nodes_up(cluster, options.node_back_timeout_s, restarted={node.hostname})
+        back = _all_nodes_up(
+            cluster,
+            options.node_back_timeout_s,
+            restarted={node.hostname},
+            notes=notes,
+            when=f"after node loss {index + 1}",
+        )
         failed_s = _finished_ms(job, killed_wall) / 1000 if job is not None else math.nan
         loss = {
             "repeat": index + 1,
@@ -624,24 +649,45 @@ def _node_loss_part(
     return losses
 
 
-def _all_nodes_up(cluster: SwarmCluster, timeout_s: float, restarted: Iterable[str] = ()) -> float:
-    """Waits until every node's dockerd runs and is Ready (a dead one is started again, once:
-    the engine here has been seen to die by itself; ``restarted``: those just started, whose
-    pid file may still name the killed process); returns the seconds it took."""
+def _all_nodes_up(
+    cluster: SwarmCluster,
+    timeout_s: float,
+    restarted: Iterable[str] = (),
+    notes: list[str] | None = None,
+    when: str = "",
+) -> float:
+    """Waits until every node's dockerd runs and is Ready; returns the seconds it took. A
+    dead one is started again (and again every 10 s while it stays dead), said in ``notes``
+    with its log's last line: Docker 20.10's Swarm manager has been seen to die by itself here
+    while services were removed. ``restarted``: those just started by the caller."""
     started = time.monotonic()
     deadline = started + timeout_s
-    restarted = set(restarted)
+    last_start = dict.fromkeys(restarted, started)
     while True:
         down: list[SwarmNode] = [n for n in cluster.nodes if not daemon_running(n)]
         for node in down:
-            if node.hostname not in restarted:
+            if node.hostname not in last_start and notes is not None:
+                notes.append(
+                    f"{node.hostname}'s dockerd had died by itself ({when}); started again. "
+                    f"Its log's last line: {_last_log_line(cluster, node)}"
+                )
+            if time.monotonic() - last_start.get(node.hostname, -math.inf) >= 10:
                 restart_node(cluster, node)
-                restarted.add(node.hostname)
+                last_start[node.hostname] = time.monotonic()
         if not down and all(node_ready(cluster, n.hostname) for n in cluster.nodes):
             return time.monotonic() - started
         if time.monotonic() > deadline:
             raise BenchError(f"the Swarm nodes were not all Ready within {timeout_s:.0f} s")
         time.sleep(0.25)
+
+
+def _last_log_line(cluster: SwarmCluster, node: SwarmNode) -> str:
+    log = cluster.state_dir / f"n{node.index}" / "dockerd.log"
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").splitlines()
+        panics = [line for line in lines if "panic" in line]
+        return (panics[-1] if panics else lines[-1] if lines else "")[:300]
+    return ""
 
 
 def _p(values: list[float], q: float) -> float:

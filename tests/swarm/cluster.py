@@ -229,10 +229,20 @@ def bring_up(
     )
 
 
+def keep_logs(state_dir: Path, into: Path) -> None:
+    """Copies each node's dockerd log to ``into`` (``<state dir name>-n<i>-dockerd.log``)."""
+    into.mkdir(parents=True, exist_ok=True)
+    for log in sorted(state_dir.glob("n*/dockerd.log")):
+        shutil.copyfile(log, into / f"{state_dir.name}-{log.parent.name}-dockerd.log")
+
+
 @contextmanager
-def running_cluster(salt: str, job_image: str = JOB_IMAGE) -> Iterator[SwarmCluster]:
+def running_cluster(
+    salt: str, job_image: str = JOB_IMAGE, logs_to: Path | None = None
+) -> Iterator[SwarmCluster]:
     """A cluster of this checkout for the ``with`` block, taken down after it whatever
-    happened (a cluster a killed run of the same salt left is taken down first)."""
+    happened (a cluster a killed run of the same salt left is taken down first); the nodes'
+    dockerd logs are copied to ``logs_to`` first, when given."""
     missing = missing_requirement()
     if missing:
         raise ClusterError(missing)
@@ -242,6 +252,8 @@ def running_cluster(salt: str, job_image: str = JOB_IMAGE) -> Iterator[SwarmClus
     try:
         yield bring_up(state_dir, cluster_id, net, job_image)
     finally:
+        if logs_to is not None:
+            keep_logs(state_dir, logs_to)
         take_down(state_dir, show_logs=False)
         left = leftovers(state_dir)
         if left:
@@ -280,6 +292,11 @@ def restart_node(cluster: SwarmCluster, node: SwarmNode, no_new_privileges: bool
         (node_dir / "run.sh").read_text().replace(str(node_dir / "daemon.json"), str(variant))
     )
     run_sh.chmod(0o755)
+    # A killed daemon's pid file stays; dockerd refuses to start while that pid exists, and a
+    # SIGKILLed dockerd can linger as a zombie here (its parent is this machine's init, which
+    # reaps late), so a pid file naming no live process goes first.
+    if not daemon_running(node):
+        node.pidfile.unlink(missing_ok=True)
     with (node_dir / "dockerd.log").open("ab") as log:
         subprocess.Popen(
             ["setsid", "ip", "netns", "exec", node.hostname, "unshare", "--uts", str(run_sh)],
@@ -291,9 +308,10 @@ def restart_node(cluster: SwarmCluster, node: SwarmNode, no_new_privileges: bool
 
 
 def daemon_running(node: SwarmNode) -> bool:
-    """Whether the node's dockerd process is alive (by its pid file)."""
+    """Whether the node's dockerd process is alive (by its pid file; a zombie is not)."""
     try:
-        os.kill(node.daemon_pid(), 0)
+        stat = Path(f"/proc/{node.daemon_pid()}/stat").read_text()
     except (OSError, ValueError):
         return False
-    return True
+    # The state follows the command name, which may hold spaces: after the last ")".
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
