@@ -25,6 +25,7 @@ from bench.procs import RESULTS_DIR, BenchError, code_version
 from bench.proxy_bench import ProxyOptions, run_proxy_bench
 from bench.start_bench import StartOptions, run_start_bench
 from bench.stats import markdown_table
+from bench.swarm_bench import SwarmOptions, render_swarm, run_swarm_bench
 from bench.warm_bench import WarmOptions, render_warm, run_warm_bench
 from bench.workerapi_bench import WorkerApiOptions, run_workerapi_bench
 
@@ -39,6 +40,7 @@ BENCHMARKS = (
     "attacks",
     "burst",
     "warm",
+    "swarm",
 )
 
 
@@ -55,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="shorter runs: proxy 3 s per point instead of 10 s, start 10 samples instead of "
         "15, workerapi 4 s instead of 10 s, controlplane 500 calls and 20 events, footprint "
-        "without the 10,000-job store, burst 2 bursts of 20 only",
+        "without the 10,000-job store, burst 2 bursts of 20 only, swarm 5 starts of each kind and "
+        "one node loss",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write all results here")
     parser.add_argument(
@@ -149,6 +152,10 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if args.quick:
             return run_burst_bench(BurstOptions(sizes=(20,), rounds=2))
         return run_burst_bench(BurstOptions())
+    if name == "swarm":
+        if args.quick:
+            return run_swarm_bench(SwarmOptions(samples=5, node_losses=1))
+        return run_swarm_bench(SwarmOptions())
     if name == "warm":
         samples = args.samples or (10 if args.quick else 30)
         return run_warm_bench(WarmOptions(samples=samples))
@@ -265,6 +272,8 @@ def render(document: dict[str, Any]) -> str:
         return render_attacks(document)
     if document["benchmark"] == "warm":
         return render_warm(document)
+    if document["benchmark"] == "swarm":
+        return render_swarm(document)
     return render_start(document)
 
 

@@ -2,7 +2,8 @@
 
 ``python -m bench.orchestrator_server [--sleep-job]`` reads its settings from the environment
 (as ``ironclaw serve`` does), starts the gRPC control plane and the worker API with the real
-Docker backend, and prints ``READY {"grpc_port", "http_port", "http_host", ...}``.
+backend CONTAINER_BACKEND names (Docker by default), and prints
+``READY {"grpc_port", "http_port", "http_host", ...}``.
 
 * Every job's first authenticated worker-API call is reported as one stdout line
   ``{"event": "first_call", "job_id", "t_ns"}`` (``time.monotonic_ns()``: CLOCK_MONOTONIC,
@@ -32,13 +33,12 @@ from typing import Any
 from bench.experimental_providers import EXPERIMENTAL_PROVIDERS, build_experimental_provider
 from bench.procs import announce_ready, emit
 from orchestrator.containers.backend import ContainerBackend, ContainerSpec
-from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.spec import LABEL_JOB_ID
 from orchestrator.domain.jobs import CreateJobRequest, JobSnapshot, UpdateKind
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.jobs.record import JobRecord
 from orchestrator.logging import configure_logging
-from orchestrator.service import Orchestrator, start_orchestrator
+from orchestrator.service import Orchestrator, build_backend, start_orchestrator
 from orchestrator.settings import Settings
 
 
@@ -89,7 +89,7 @@ async def run(sleep_jobs: int, job_wait_s: float, provider_kind: str) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    backend = DockerBackend()
+    backend = build_backend(settings)
     if not sleep_jobs:
         report_container_starts(backend)
     orch = await start_orchestrator(settings, backend=backend, provider=provider)

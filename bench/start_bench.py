@@ -197,14 +197,21 @@ class _RawDocker:
     """The baseline: the docker SDK's low-level API, as plain as a script would use it."""
 
     def __init__(
-        self, client: Any, settings: Settings, instance: str, base_dir: Path, server: Child
+        self,
+        client: Any,
+        settings: Settings,
+        instance: str,
+        base_dir: Path,
+        server: Child,
+        server_host: str = "host.docker.internal",
     ) -> None:
         self._api = client.api
         self._settings = settings
         self._instance = instance
         self._projects = base_dir / "raw-projects"
         self._server = server
-        self._url = f"http://host.docker.internal:{server.ready['port']}"
+        # ``server_host``: how the job reaches the server (on a Swarm, the host's address).
+        self._url = f"http://{server_host}:{server.ready['port']}"
 
     def spec(self, job_id: str) -> ContainerSpec:
         """The container spec the orchestrator would build for this job (same settings)."""
