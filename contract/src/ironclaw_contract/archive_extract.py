@@ -144,8 +144,8 @@ def extract_tree(
                 file_bytes += entry.size
                 if max_file_bytes is not None and file_bytes > max_file_bytes:
                     raise ArchiveRefused(
-                        f"the archive holds more than {max_file_bytes // (1024 * 1024)} MiB "
-                        f"of files (at {shown(info.name)})"
+                        f"the archive holds more than {max_file_bytes} bytes of files "
+                        f"(at {shown(info.name)})"
                     )
                 try:
                     if entry.is_dir:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ironclaw_contract import container_env
-from orchestrator.containers.backend import ContainerSpec, EngineCapabilities
+from orchestrator.containers.backend import ContainerSpec, EngineCapabilities, ScratchWorkspace
 from orchestrator.containers.docker_backend import (
     host_config_arguments,
     writable_layer_limit_possible,
@@ -78,12 +78,31 @@ def test_worker_container_is_hardened() -> None:
     assert [(m.host_path, m.container_path, m.read_only) for m in s.mounts] == [
         ("/base/projects/p", "/workspace", False)
     ]
+    assert s.scratch_workspace is None
     assert s.labels == {
         "ironclaw.job_id": "8c5c1f3e-0000-4000-8000-000000000001",
         "ironclaw.mode": "worker",
         "ironclaw.created_at": NOW.isoformat(),
         "ironclaw.instance": "unit",
     }
+
+
+def test_without_host_paths_nothing_is_bound_and_the_workspace_is_the_containers_own() -> None:
+    spec = build_container_spec(
+        settings=Settings.from_env({"ORCHESTRATOR_INSTANCE": "unit"}),
+        job_id="8c5c1f3e-0000-4000-8000-000000000001",
+        mode=JobMode.WORKER,
+        limits=LIMITS,
+        created_at=NOW,
+        token=TOKEN,
+        orchestrator_url="http://10.0.0.1:50052",
+        project_dir="/base/projects/p",
+        binds_host_paths=False,
+    )
+    assert spec.mounts == ()
+    assert spec.scratch_workspace == ScratchWorkspace("/workspace")
+    assert spec.working_dir == "/workspace"
+    assert spec.env["IRONCLAW_WORKSPACE"] == "/workspace"
 
 
 IDENTITY = {
