@@ -113,7 +113,7 @@ def test_the_fetch_refuses_more_file_bytes_than_the_limit(tmp_path: Path) -> Non
 
 
 def test_the_fetch_refuses_what_is_no_gzip_tar(tmp_path: Path) -> None:
-    with pytest.raises(ArchiveRefused, match="not a tar or tar[.]gz archive"):
+    with pytest.raises(ArchiveRefused, match=r"not a tar or tar\.gz archive"):
         _unpack(b"plain text, no archive", tmp_path)
 
 
