@@ -336,7 +336,7 @@ class WorkerApiClient:
         path: str,
         produce: Callable[[Callable[[bytes], None]], object],
         *,
-        content_type: str = "application/gzip",
+        content_type: str = "application/octet-stream",
         timeout: float = 600.0,
     ) -> Any:
         """``PUT path`` with a chunked body that ``produce`` writes through the function it is

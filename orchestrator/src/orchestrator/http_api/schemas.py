@@ -46,6 +46,14 @@ class OkBody(_Strict):
     status: Literal["ok"] = "ok"
 
 
+class WorkspacePushed(_Strict):
+    """The answer to a pushed workspace (PUT workspace): kept, with its size and entries."""
+
+    status: Literal["ok"] = "ok"
+    bytes: int = Field(description="the archive's size as sent")
+    entries: int = Field(description="files, directories and links in it")
+
+
 class JobLimitsInfo(_Strict):
     """The job's effective limits (settings' defaults, overridden by ``CreateJob.limits``)."""
 
