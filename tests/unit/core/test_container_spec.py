@@ -34,7 +34,11 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TOKEN = "irc_secret_token_value"
 
 
-def _spec(mode: JobMode = JobMode.WORKER, settings: Settings | None = None) -> ContainerSpec:
+def _spec(
+    mode: JobMode = JobMode.WORKER,
+    settings: Settings | None = None,
+    binds_host_paths: bool = True,
+) -> ContainerSpec:
     settings = settings or Settings.from_env({"ORCHESTRATOR_INSTANCE": "unit"})
     return build_container_spec(
         settings=settings,
@@ -46,6 +50,7 @@ def _spec(mode: JobMode = JobMode.WORKER, settings: Settings | None = None) -> C
         orchestrator_url="http://host.docker.internal:50052",
         project_dir="/base/projects/p",
         agent_image=AGENT_IMAGE if mode is JobMode.AGENT else None,
+        binds_host_paths=binds_host_paths,
     )
 
 
@@ -88,17 +93,7 @@ def test_worker_container_is_hardened() -> None:
 
 
 def test_without_host_paths_nothing_is_bound_and_the_workspace_is_the_containers_own() -> None:
-    spec = build_container_spec(
-        settings=Settings.from_env({"ORCHESTRATOR_INSTANCE": "unit"}),
-        job_id="8c5c1f3e-0000-4000-8000-000000000001",
-        mode=JobMode.WORKER,
-        limits=LIMITS,
-        created_at=NOW,
-        token=TOKEN,
-        orchestrator_url="http://10.0.0.1:50052",
-        project_dir="/base/projects/p",
-        binds_host_paths=False,
-    )
+    spec = _spec(binds_host_paths=False)
     assert spec.mounts == ()
     assert spec.scratch_workspace == ScratchWorkspace("/workspace")
     assert spec.working_dir == "/workspace"
