@@ -32,19 +32,28 @@ HOLD_TURN = {
 TERMINAL = (pb.JOB_STATE_STOPPED, pb.JOB_STATE_FAILED)
 
 
-def release(cluster: SwarmCluster, job_id: str) -> None:
+async def release(cluster: SwarmCluster, job_id: str, fetched: str = "calc.py") -> None:
     """Lets the held job go: the release file, made in its task's /workspace on its node (the
-    workspace is a volume there, no directory of this host)."""
+    workspace is a volume there, no directory of this host), once the job has fetched its
+    project into it (``fetched`` is there: before, the fetch would find /workspace not empty)."""
     task = running_task(cluster, job_id)
     assert task is not None, f"job {job_id} has no running task to release"
     client = cluster.node(task["hostname"]).client()
-    try:
-        container_id = task["Status"]["ContainerStatus"]["ContainerID"]
-        made = client.api.exec_create(
-            container_id, ["touch", f"/workspace/{RELEASE_FILE}"], user="1000:1000"
-        )
+    container_id = task["Status"]["ContainerStatus"]["ContainerID"]
+
+    def run(*argv: str) -> bool:
+        made = client.api.exec_create(container_id, list(argv), user="1000:1000")
         client.api.exec_start(made["Id"])
-        assert client.api.exec_inspect(made["Id"])["ExitCode"] == 0
+        return bool(client.api.exec_inspect(made["Id"])["ExitCode"] == 0)
+
+    try:
+        await wait_for(
+            lambda: run("test", "-e", f"/workspace/{fetched}"),
+            timeout=30,
+            interval=0.1,
+            what=f"job {job_id} to fetch its workspace",
+        )
+        assert run("touch", f"/workspace/{RELEASE_FILE}")
     finally:
         client.close()
 

@@ -10,6 +10,7 @@ the end, and what DownloadWorkspace serves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -86,10 +87,14 @@ async def test_jobs_placed_on_two_nodes_run_hardened_to_completion(
     test_instance: str,
 ) -> None:
     orch, stub = await control_plane()
+
     # One job on a directory of this host, one on an upload: either reaches its node through
     # the worker API, none is bound.
-    with Client(f"127.0.0.1:{orch.grpc_port}") as client:
-        uploaded = client.upload_workspace(demo_copy("to-upload")).project_dir
+    def upload(tree: Path) -> str:
+        with Client(f"127.0.0.1:{orch.grpc_port}") as client:  # blocking: off the loop
+            return client.upload_workspace(tree).project_dir
+
+    uploaded = await asyncio.to_thread(upload, demo_copy("to-upload"))
     projects = {"z2": demo_copy("on-z2"), "z3": Path(uploaded)}
     jobs = {zone: await create_job(stub, project, zone) for zone, project in projects.items()}
     for zone, job_id in jobs.items():
@@ -132,7 +137,7 @@ async def test_jobs_placed_on_two_nodes_run_hardened_to_completion(
         # pid namespace).
         assert no_new_privs(int(task["Status"]["ContainerStatus"]["PID"])) == "1"
     for job_id in jobs.values():
-        release(swarm_cluster, job_id)
+        await release(swarm_cluster, job_id)
     for zone, job_id in jobs.items():
         job = await ended_job(stub, job_id)
         assert job.state == pb.JOB_STATE_STOPPED, job.result.message
@@ -205,7 +210,7 @@ async def test_a_node_lost_mid_job_fails_that_job_naming_the_node_while_another_
         assert job.state == pb.JOB_STATE_FAILED
         assert job.result.reason == pb.TERMINAL_REASON_NODE_LOST
         assert doomed.hostname in job.result.message
-        release(swarm_cluster, survivor)
+        await release(swarm_cluster, survivor)
         job = await ended_job(stub, survivor)
         assert job.result.reason == pb.TERMINAL_REASON_COMPLETED, job.result.message
         assert "return a + b" in (await downloaded(stub, survivor))["calc.py"].decode()

@@ -107,7 +107,7 @@ async def test_kill_9_and_restart_adopts_the_services_and_removes_an_orphan(
             what="the orphaned service to be removed",
         )
         for job_id in jobs.values():
-            release(swarm_cluster, job_id)
+            await release(swarm_cluster, job_id)
         async with job_stub(orch.target) as stub:
             for job_id in jobs.values():
                 job = await ended_job(stub, job_id)
