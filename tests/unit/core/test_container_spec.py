@@ -98,6 +98,9 @@ def test_without_host_paths_nothing_is_bound_and_the_workspace_is_the_containers
     assert spec.scratch_workspace == ScratchWorkspace("/workspace")
     assert spec.working_dir == "/workspace"
     assert spec.env["IRONCLAW_WORKSPACE"] == "/workspace"
+    # The Docker backend binds host paths: such a spec is a bug there, not a job without files.
+    with pytest.raises(ValueError, match="no scratch workspace"):
+        host_config_arguments(spec)
 
 
 IDENTITY = {
