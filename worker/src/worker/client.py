@@ -314,22 +314,49 @@ class WorkerApiClient:
         self, path: str, read: Callable[[http.client.HTTPResponse], T], *, timeout: float = 600.0
     ) -> T:
         """``GET path`` (relative to the job's routes) whose body ``read`` consumes as it
-        streams in; returns what ``read`` returns. On its own connection, without retries: a
-        stream cannot be resumed. Raises TokenRejected, WorkerApiError, WorkerConnectionError."""
-        conn = self._new_connection(timeout)
-        try:
-            conn.request("GET", self._job_prefix + path, headers=self._headers("*/*"))
-            response = conn.getresponse()
-            if response.status != 200:
-                _decode(response.status, response.read())  # raises for an error status
-                raise WorkerApiError(response.status, "unexpected_status", "not a 200 answer")
-            return read(response)
-        except (OSError, http.client.HTTPException) as exc:
-            raise WorkerConnectionError(
-                f"GET {path}: the stream broke: {type(exc).__name__}: {exc}"
-            ) from exc
-        finally:
-            conn.close()
+        streams in; returns what ``read`` returns. On its own connection. Retried as other
+        calls are (connection errors, 502/503) and on a 429, while no byte of the body has
+        been read: the orchestrator bounds the transfers in progress and answers 429 past
+        them. A stream that breaks is not resumed. Raises TokenRejected, WorkerApiError,
+        WorkerConnectionError."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            answer: tuple[int, bytes] | None = None
+            conn: http.client.HTTPConnection | None = None
+            try:
+                conn = self._new_connection(timeout)
+                conn.request("GET", self._job_prefix + path, headers=self._headers("*/*"))
+                response = conn.getresponse()
+                if response.status == 200:
+                    try:
+                        return read(response)
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise WorkerConnectionError(
+                            f"GET {path}: the stream broke: {type(exc).__name__}: {exc}"
+                        ) from exc
+                answer = (response.status, response.read())
+            except (OSError, http.client.HTTPException) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            finally:
+                if conn is not None:
+                    conn.close()
+            if answer is not None:
+                if answer[0] not in (*_RETRY_STATUSES, 429):
+                    _decode(*answer)  # raises for an error status
+                    raise WorkerApiError(answer[0], "unexpected_status", "not a 200 answer")
+                failure = f"HTTP {answer[0]}"
+            delay = self._retry.delay(attempt)
+            elapsed = time.monotonic() - started
+            if attempt >= self._retry.max_attempts or elapsed + delay > self._retry.max_total_s:
+                if answer is not None:
+                    _decode(*answer)
+                raise WorkerConnectionError(
+                    f"GET {path}: orchestrator unreachable after {attempt} attempt(s): {failure}"
+                )
+            log.warning("GET %s failed (%s); retry %d in %.1fs", path, failure, attempt, delay)
+            time.sleep(delay)
 
     def upload(
         self,
