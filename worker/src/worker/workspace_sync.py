@@ -83,8 +83,10 @@ def prepare_workspace(
 def _unpack(
     body: archive_extract.Readable, workspace: Path, max_bytes: int | None
 ) -> archive_extract.ExtractStats:
-    if any(workspace.iterdir()):
-        raise ArchiveRefused(f"the workspace {workspace} is not empty")
+    present = sorted(entry.name for entry in workspace.iterdir())
+    if present:
+        shown = ", ".join(repr(name) for name in present[:5])
+        raise ArchiveRefused(f"the workspace {workspace} is not empty (it holds {shown})")
     root = os.open(workspace, _DIR_FLAGS)
     try:
         return archive_extract.extract_tree(
