@@ -93,6 +93,11 @@ class FakeWorkerApi:
     # GET /job's ``llm_refusal``: what the orchestrator records when it refuses a model call.
     llm_refusal: str | None = None
     credentials: dict[str, Any] = field(default_factory=dict)
+    # GET /job's ``workspace_sync`` (a job whose /workspace is a volume of its own), the
+    # archive GET workspace answers with, and the archives PUT workspace received.
+    workspace_sync: dict[str, Any] | None = None
+    workspace_archive: bytes = b""
+    pushed_workspaces: list[bytes] = field(default_factory=list)
     # The body of GET /tools; None answers 404, as an orchestrator without custom tools would.
     tools: dict[str, Any] | None = None
     script: list[ModelStep] = field(default_factory=list)
@@ -240,6 +245,18 @@ class FakeWorkerApi:
             if failure.retry_after is not None:
                 response.headers["Retry-After"] = failure.retry_after
             return await self._answer(record, response)
+        if route == "workspace" and request.method in ("GET", "PUT"):
+            # The archives are bytes both ways, no JSON.
+            record.body = None
+            if request.method == "PUT":
+                self.pushed_workspaces.append(raw)
+                return await self._answer(
+                    record, web.json_response({"status": "ok", "bytes": len(raw), "entries": 0})
+                )
+            return await self._answer(
+                record,
+                web.Response(body=self.workspace_archive, content_type="application/gzip"),
+            )
         handler = self._handlers().get((request.method, route))
         if handler is None:
             return await self._answer(record, _error(404, "not_found", f"no route {route}"))
@@ -296,6 +313,7 @@ class FakeWorkerApi:
                 "wasm_tools": [],
                 "llm_refusal": self.llm_refusal,
                 "egress": None,
+                "workspace_sync": self.workspace_sync,
                 "agent": self.agent,
             }
         )

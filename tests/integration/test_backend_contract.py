@@ -66,6 +66,7 @@ class Rig:
             token="irc_contract_token",
             orchestrator_url="http://127.0.0.1:9",
             project_dir=str(self.project),
+            binds_host_paths=self.backend.binds_host_paths,  # as the manager builds it
         )
         return replace(spec, command=command)
 

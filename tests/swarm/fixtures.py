@@ -160,10 +160,21 @@ def swarm_settings(
 
 @pytest.fixture
 def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator[Callable[[], Any]]:
-    """What this test's instance still has on the cluster: services on the manager and
-    containers on each node; both are removed after the test, whatever happened. Every node is
-    up when the test starts."""
+    """What this test's instance still has on the cluster: services on the manager, containers
+    on each node, and volumes a node did not have when the test started (a job's /workspace is
+    an anonymous volume of its task: unlabelled, so told apart by name); services and
+    containers are removed after the test, whatever happened. Every node is up when the test
+    starts."""
     revive_dead_daemons(swarm_cluster)
+
+    def volumes(node: SwarmNode) -> set[str]:
+        client = node.client()
+        try:
+            return {volume.name for volume in client.volumes.list()}
+        finally:
+            client.close()
+
+    before = {node.hostname: volumes(node) for node in swarm_cluster.nodes}
 
     def leftovers() -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
@@ -177,10 +188,13 @@ def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator
                     ]
                     if node is swarm_cluster.manager:
                         names += [s.name for s in client.services.list(filters={"label": label})]
-                    if names:
-                        found[node.hostname] = names
                 finally:
                     client.close()
+                names += [
+                    f"volume {name}" for name in sorted(volumes(node) - before[node.hostname])
+                ]
+                if names:
+                    found[node.hostname] = names
         return found
 
     yield leftovers

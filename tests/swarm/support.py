@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,49 @@ HOLD_TURN = {
     ],
 }
 TERMINAL = (pb.JOB_STATE_STOPPED, pb.JOB_STATE_FAILED)
+
+
+async def release(cluster: SwarmCluster, job_id: str, fetched: str = "calc.py") -> None:
+    """Lets the held job go: the release file, made in its task's /workspace on its node (the
+    workspace is a volume there, no directory of this host), once the job has fetched its
+    project into it (``fetched`` is there: before, the fetch would find /workspace not empty)."""
+    task = running_task(cluster, job_id)
+    assert task is not None, f"job {job_id} has no running task to release"
+    client = cluster.node(task["hostname"]).client()
+    container_id = task["Status"]["ContainerStatus"]["ContainerID"]
+
+    def run(*argv: str) -> bool:
+        made = client.api.exec_create(container_id, list(argv), user="1000:1000")
+        client.api.exec_start(made["Id"])
+        return bool(client.api.exec_inspect(made["Id"])["ExitCode"] == 0)
+
+    try:
+        await wait_for(
+            lambda: run("test", "-e", f"/workspace/{fetched}"),
+            timeout=30,
+            interval=0.1,
+            what=f"job {job_id} to fetch its workspace",
+        )
+        assert run("touch", f"/workspace/{RELEASE_FILE}")
+    finally:
+        client.close()
+
+
+async def downloaded(stub: Any, job_id: str) -> dict[str, bytes]:
+    """The regular files of the job's DownloadWorkspace archive, by name."""
+    data = b"".join(
+        [
+            chunk.data
+            async for chunk in stub.DownloadWorkspace(pb.DownloadWorkspaceRequest(job_id=job_id))
+        ]
+    )
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for info in tar.getmembers():
+            content = tar.extractfile(info) if info.isfile() else None
+            if content is not None:
+                files[info.name] = content.read()
+    return files
 
 
 async def create_job(stub: Any, project: Path, zone: str) -> str:

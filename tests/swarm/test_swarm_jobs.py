@@ -2,12 +2,15 @@
 of an orchestrator on this host with CONTAINER_BACKEND=swarm.
 
 The jobs are the demo's (the scripted provider fixes deploy/demo/project), with one turn first
-that holds the job until the test lets it go (a file in its project), so that its task container
-can be looked at on its node, or its node killed, while it runs.
+that holds the job until the test lets it go (a file made in its task's /workspace), so that its
+task container can be looked at on its node, or its node killed, while it runs. Their
+workspaces are volumes on the nodes: fetched from the orchestrator at the start, pushed back at
+the end, and what DownloadWorkspace serves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,6 +26,7 @@ import pytest
 import yaml
 from grpc import aio
 
+from ironclaw_client import Client
 from ironclaw_client.api.v1 import jobs_pb2 as pb
 from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.errors import ConfigError
@@ -36,10 +40,11 @@ from tests.swarm.fixtures import (
 from tests.swarm.support import (
     DEMO_SCRIPT,
     HOLD_TURN,
-    RELEASE_FILE,
     create_job,
+    downloaded,
     ended_job,
     no_new_privs,
+    release,
     running_task,
 )
 
@@ -81,8 +86,16 @@ async def test_jobs_placed_on_two_nodes_run_hardened_to_completion(
     swarm_leftovers: Callable[[], Any],
     test_instance: str,
 ) -> None:
-    _, stub = await control_plane()
-    projects = {"z2": demo_copy("on-z2"), "z3": demo_copy("on-z3")}
+    orch, stub = await control_plane()
+
+    # One job on a directory of this host, one on an upload: either reaches its node through
+    # the worker API, none is bound.
+    def upload(tree: Path) -> str:
+        with Client(f"127.0.0.1:{orch.grpc_port}") as client:  # blocking: off the loop
+            return client.upload_workspace(tree).project_dir
+
+    uploaded = await asyncio.to_thread(upload, demo_copy("to-upload"))
+    projects = {"z2": demo_copy("on-z2"), "z3": Path(uploaded)}
     jobs = {zone: await create_job(stub, project, zone) for zone, project in projects.items()}
     for zone, job_id in jobs.items():
         task = await wait_for(
@@ -117,18 +130,22 @@ async def test_jobs_placed_on_two_nodes_run_hardened_to_completion(
         tmpfs = {m["Target"]: m for m in host["Mounts"] if m["Type"] == "tmpfs"}
         assert tmpfs["/tmp"]["TmpfsOptions"]["SizeBytes"] == 512 << 20
         assert "/home/sandbox" in tmpfs
-        binds = [m for m in host["Mounts"] if m["Type"] == "bind"]
-        assert [(m["Source"], m["Target"]) for m in binds] == [(str(projects[zone]), "/workspace")]
+        assert not [m for m in host["Mounts"] if m["Type"] == "bind"]
+        volumes = [m for m in host["Mounts"] if m["Type"] == "volume"]
+        assert [(m["Target"], m.get("Source", "")) for m in volumes] == [("/workspace", "")]
         # Not visible to inspect: read from the task's process (the nodes share this host's
         # pid namespace).
         assert no_new_privs(int(task["Status"]["ContainerStatus"]["PID"])) == "1"
-    for project in projects.values():
-        (project / RELEASE_FILE).touch()
+    for job_id in jobs.values():
+        await release(swarm_cluster, job_id)
     for zone, job_id in jobs.items():
         job = await ended_job(stub, job_id)
         assert job.state == pb.JOB_STATE_STOPPED, job.result.message
         assert job.result.reason == pb.TERMINAL_REASON_COMPLETED
-        assert "return a + b" in (projects[zone] / "calc.py").read_text()
+        # The fix was made in the volume and pushed back; the host's copy is untouched.
+        files = await downloaded(stub, job_id)
+        assert "return a + b" in files["calc.py"].decode()
+        assert "return a + b" not in (projects[zone] / "calc.py").read_text()
     await wait_for(lambda: not swarm_leftovers(), timeout=30, what="nothing left on the nodes")
 
 
@@ -193,10 +210,15 @@ async def test_a_node_lost_mid_job_fails_that_job_naming_the_node_while_another_
         assert job.state == pb.JOB_STATE_FAILED
         assert job.result.reason == pb.TERMINAL_REASON_NODE_LOST
         assert doomed.hostname in job.result.message
-        (survivor_project / RELEASE_FILE).touch()
+        await release(swarm_cluster, survivor)
         job = await ended_job(stub, survivor)
         assert job.result.reason == pb.TERMINAL_REASON_COMPLETED, job.result.message
-        assert "return a + b" in (survivor_project / "calc.py").read_text()
+        assert "return a + b" in (await downloaded(stub, survivor))["calc.py"].decode()
+        # The lost job's workspace was on the lost node and never pushed: nothing to serve.
+        with pytest.raises(grpc.aio.AioRpcError) as nothing:
+            await downloaded(stub, lost)
+        assert nothing.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "ended without pushing its workspace back" in str(nothing.value.details())
     finally:
         # The node comes back; the manager then removes the orphaned container there.
         restart_node(swarm_cluster, doomed)
@@ -237,9 +259,8 @@ async def test_a_node_without_no_new_privileges_is_refused_at_start_and_per_task
         assert job.state == pb.JOB_STATE_FAILED
         assert job.result.reason == pb.TERMINAL_REASON_EXITED
         assert f"no-new-privileges is off on node {weak.hostname}" in job.result.message
-        assert "calc.py" not in {p.name for p in project.iterdir()} or (
-            "return a - b" in (project / "calc.py").read_text()
-        ), "the agent never ran"
+        with pytest.raises(grpc.aio.AioRpcError):  # the agent never ran, so never pushed
+            await downloaded(stub, job.job_id)
         # A new orchestrator refuses to start, naming the node and the fix.
         with pytest.raises(ConfigError) as refused:
             await control_plane()

@@ -18,9 +18,10 @@ from tests.swarm.fixtures import SwarmCluster
 from tests.swarm.support import (
     DEMO_SCRIPT,
     HOLD_TURN,
-    RELEASE_FILE,
     create_job,
+    downloaded,
     ended_job,
+    release,
     running_task,
 )
 
@@ -105,13 +106,14 @@ async def test_kill_9_and_restart_adopts_the_services_and_removes_an_orphan(
             timeout=30,
             what="the orphaned service to be removed",
         )
-        for path in projects.values():
-            (path / RELEASE_FILE).touch()
+        for job_id in jobs.values():
+            await release(swarm_cluster, job_id)
         async with job_stub(orch.target) as stub:
-            for zone, job_id in jobs.items():
+            for job_id in jobs.values():
                 job = await ended_job(stub, job_id)
                 assert job.result.reason == pb.TERMINAL_REASON_COMPLETED, job.result.message
-                assert "return a + b" in (projects[zone] / "calc.py").read_text()
+                # Pushed to the orchestrator that adopted the job.
+                assert "return a + b" in (await downloaded(stub, job_id))["calc.py"].decode()
         await wait_for(lambda: not swarm_leftovers(), timeout=30, what="nothing left")
     finally:
         orch.stop_quietly()

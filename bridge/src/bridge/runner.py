@@ -65,9 +65,9 @@ from worker.client import (
 )
 from worker.credentials import credential_env, with_env_names
 from worker.egress_env import egress_env
-from worker.git_checkout import CheckoutFailed, clone_workspace, git_workspace
 from worker.main import mask_in_logs
 from worker.tools import tool_environment
+from worker.workspace_sync import WorkspaceNotReady, prepare_workspace, push_workspace
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +394,7 @@ class ClaudeBridge:
         self._tool_names: dict[str, str] = {}
         self._stderr_events = 0
         self._stderr_lock = threading.Lock()
+        self._job: dict[str, Any] | None = None  # GET /job, once read
 
     def run(self) -> int:
         """Runs the job and reports its result once; returns the exit code."""
@@ -431,14 +432,14 @@ class ClaudeBridge:
         home = writable_home(self._config.base_env)
         env = child_environment(self._config.base_env, credentials, home, settings.cli_env)
         env |= egress_env(job, self._client.job_id, self._config.egress_key, str(home))
-        source = git_workspace(job)
-        if source is not None:
-            secrets = (*credentials.values(), self._config.egress_key)
-            try:
-                cloned = clone_workspace(source, self._config.workspace, env, secrets)
-            except CheckoutFailed as exc:
-                return self._failure("workspace_checkout", str(exc))
-            self._status(cloned)
+        self._job = job
+        secrets = (*credentials.values(), self._config.egress_key)
+        try:
+            prepared = prepare_workspace(self._client, job, self._config.workspace, env, secrets)
+        except WorkspaceNotReady as exc:
+            return self._failure(exc.reason, str(exc))
+        if prepared is not None:
+            self._status(prepared)
         log.info(
             "job %s: model %s, max %d turns, tools %s, %s, credentials: %s",
             self._client.job_id,
@@ -584,6 +585,8 @@ class ClaudeBridge:
         )
 
     def _report(self, outcome: JobOutcome, exit_code: int) -> int:
+        if self._job is not None:
+            push_workspace(self._client, self._job, self._config.workspace)
         failed = report_result(
             self._client, outcome.success, outcome.message, outcome.iterations, outcome.details
         )

@@ -36,6 +36,12 @@ OPENAI: Final = "openai/v1"
 OPENAI_CHAT_COMPLETIONS: Final = "openai/v1/chat/completions"
 OPENAI_RESPONSES: Final = "openai/v1/responses"
 OPENAI_MODELS: Final = "openai/v1/models"
+# The job's workspace on a backend without shared host paths (``JobInfo.workspace_sync``):
+# GET streams the tree the job starts with as a .tar.gz (gzip, ``WORKSPACE_MEDIA_TYPE``); PUT
+# takes the job's ``/workspace`` back as a .tar.gz, before ``/complete`` (the token dies with the
+# job), at most ``WorkspaceSyncInfo.max_bytes`` as sent; it is what DownloadWorkspace serves.
+WORKSPACE: Final = "workspace"
+WORKSPACE_MEDIA_TYPE: Final = "application/gzip"
 
 
 # A warm-pool slot's claim channel (bearer: the slot's secret): a long poll answered with the
@@ -219,6 +225,18 @@ class OpenAIInfo(TypedDict):
     models: list[str]
 
 
+class WorkspaceSyncInfo(TypedDict):
+    """How a job whose ``/workspace`` is a volume of its own (a cluster node's, not the
+    orchestrator's directory) gets its tree and gives it back (``JobInfo.workspace_sync``)."""
+
+    # GET WORKSPACE into the empty /workspace before the agent starts (False: a git clone
+    # fills it instead).
+    fetch: bool
+    # The bound of both archives: the files' bytes of the fetched one, the bytes sent of the
+    # pushed one (larger: 413).
+    max_bytes: int
+
+
 class JobInfo(TypedDict):
     """``GET /worker/{job_id}/job``: the one channel of a job's configuration."""
 
@@ -243,6 +261,8 @@ class JobInfo(TypedDict):
     egress: EgressInfo | None
     # Clone this into the (empty) workspace before the agent starts; None: it is there already.
     git: GitInfo | None
+    # None: /workspace is the orchestrator's project directory, mounted; nothing to move.
+    workspace_sync: WorkspaceSyncInfo | None
     agent: AgentInfo | None  # None but for agent jobs
     # None when no OpenAI-compatible provider is configured on the orchestrator.
     openai: OpenAIInfo | None

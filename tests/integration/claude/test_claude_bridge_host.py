@@ -8,11 +8,13 @@ SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -158,6 +160,31 @@ async def test_events_arrive_while_the_cli_still_works_and_one_result_ends_the_j
     assert {t["name"] for t in main_calls[-1].body["tools"]} <= {"Bash", "Read", "Write"}
     assert all(r.api_key == LLM_KEY for r in anthropic.requests)
     assert {r.body["model"] for r in main_calls} == {"claude-sonnet-5-5"}
+
+
+async def test_a_workspace_of_its_own_is_fetched_for_the_cli_and_pushed_before_the_result(
+    run_bridge: RunBridge, worker_api: FakeWorkerApi, anthropic: FakeAnthropic, workspace: Path
+) -> None:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        info = tarfile.TarInfo("given.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    worker_api.workspace_sync = {"fetch": True, "max_bytes": 1 << 20}
+    worker_api.workspace_archive = archive.getvalue()
+    anthropic.enqueue_tool_use(
+        "Bash", {"command": "cp given.txt note.txt", "description": "copy"}, text="Copying."
+    )
+    anthropic.enqueue_text("Copied.")
+    assert await run_bridge() == 0
+    (pushed,) = worker_api.pushed_workspaces
+    with tarfile.open(fileobj=io.BytesIO(pushed), mode="r:gz") as tar:
+        note = tar.extractfile("note.txt")
+        assert note is not None
+        assert note.read() == b"hi\n"  # what the CLI wrote from the fetched file
+    routes = [(r.method, r.route) for r in worker_api.requests]
+    assert routes.index(("GET", "workspace")) < routes.index(("PUT", "workspace"))
+    assert routes.index(("PUT", "workspace")) < routes.index(("POST", "complete"))
 
 
 async def test_the_cli_gets_credentials_and_its_settings_from_get_job_never_the_worker_token(

@@ -6,12 +6,16 @@ ends as the command does; SIGTERM stops the command and what it started."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from ironclaw_contract.job_keys import llm_key_for
 from tests.fakes.fake_worker_api import FakeWorkerApi
@@ -115,6 +119,41 @@ async def test_a_non_zero_exit_is_the_runner_s_and_nothing_is_reported(
     assert proc.returncode == 7, stderr.decode()
     assert fake_api.completions == []
     assert "agent scripted exited with 7" in stderr.decode()
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("exit_with", [0, 7])
+async def test_a_workspace_of_its_own_is_fetched_before_and_pushed_before_the_end(
+    fake_api: FakeWorkerApi, workspace: Path, exit_with: int
+) -> None:
+    fake_api.agent = _agent(env={"EXIT_WITH": str(exit_with)})
+    fake_api.workspace_sync = {"fetch": True, "max_bytes": 1 << 20}
+    fake_api.workspace_archive = _tar_gz({"given/input.txt": b"from the upload\n"})
+    proc = await _run(fake_api, workspace)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == exit_with, stderr.decode()
+    # The command ran in the fetched tree; what it wrote went back, before any result.
+    assert (workspace / "given" / "input.txt").read_bytes() == b"from the upload\n"
+    (pushed,) = fake_api.pushed_workspaces
+    with tarfile.open(fileobj=io.BytesIO(pushed), mode="r:gz") as tar:
+        names = set(tar.getnames())
+        given = tar.extractfile("given/input.txt")
+        assert given is not None
+        assert given.read() == b"from the upload\n"
+    assert {"env.json", "given", "given/input.txt"} <= names
+    routes = [(r.method, r.route) for r in fake_api.requests]
+    assert routes.index(("GET", "workspace")) < routes.index(("PUT", "workspace"))
+    if exit_with == 0:
+        assert routes.index(("PUT", "workspace")) < routes.index(("POST", "complete"))
 
 
 async def test_a_job_without_an_agent_section_fails_as_a_configuration_error(

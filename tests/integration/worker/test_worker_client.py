@@ -301,3 +301,27 @@ async def test_a_rate_limit_is_not_a_budget(
     with pytest.raises(BudgetExhausted):
         await asyncio.to_thread(client.complete, [{"role": "user", "content": "x"}])
     assert len(fake_api.to("llm/complete")) == 3
+
+
+async def test_a_download_waits_out_a_busy_orchestrator_then_streams(
+    fake_api: FakeWorkerApi, make_client: MakeClient
+) -> None:
+    fake_api.workspace_archive = b"the archive's bytes"
+    fake_api.fail(
+        "workspace", 429, times=2, error="budget_exceeded", message="4 downloads in progress"
+    )
+    client = make_client()
+    got = await asyncio.to_thread(client.download, "workspace", lambda body: body.read())
+    assert got == b"the archive's bytes"
+    assert [r.status for r in fake_api.to("workspace")] == [429, 429, 200]
+
+
+async def test_a_download_refused_for_good_is_not_retried(
+    fake_api: FakeWorkerApi, make_client: MakeClient
+) -> None:
+    fake_api.fail("workspace", 409, error="failed_precondition", message="nothing to fetch")
+    client = make_client()
+    with pytest.raises(WorkerApiError, match="nothing to fetch") as refused:
+        await asyncio.to_thread(client.download, "workspace", lambda body: body.read())
+    assert refused.value.status == 409
+    assert len(fake_api.to("workspace")) == 1

@@ -207,7 +207,9 @@ async def test_every_operation_conforms_to_the_openapi_document(
                 continue
             is_complete = operation.path == "/worker/{job_id}/complete"
             plans = [(schemathesis.GenerationMode.POSITIVE, POSITIVE_EXAMPLES)]
-            if operation.body:
+            # Any bytes are a binary body (PUT workspace): there is no invalid one to generate.
+            binary = all(b.media_type == "application/octet-stream" for b in operation.body)
+            if operation.body and not binary:
                 plans.append((schemathesis.GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES))
             for mode, examples in plans:
                 label = f"{operation.label} [{mode.value}]"

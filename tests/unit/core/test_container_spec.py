@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ironclaw_contract import container_env
-from orchestrator.containers.backend import ContainerSpec, EngineCapabilities
+from orchestrator.containers.backend import ContainerSpec, EngineCapabilities, ScratchWorkspace
 from orchestrator.containers.docker_backend import (
     host_config_arguments,
     writable_layer_limit_possible,
@@ -34,7 +34,11 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TOKEN = "irc_secret_token_value"
 
 
-def _spec(mode: JobMode = JobMode.WORKER, settings: Settings | None = None) -> ContainerSpec:
+def _spec(
+    mode: JobMode = JobMode.WORKER,
+    settings: Settings | None = None,
+    binds_host_paths: bool = True,
+) -> ContainerSpec:
     settings = settings or Settings.from_env({"ORCHESTRATOR_INSTANCE": "unit"})
     return build_container_spec(
         settings=settings,
@@ -46,6 +50,7 @@ def _spec(mode: JobMode = JobMode.WORKER, settings: Settings | None = None) -> C
         orchestrator_url="http://host.docker.internal:50052",
         project_dir="/base/projects/p",
         agent_image=AGENT_IMAGE if mode is JobMode.AGENT else None,
+        binds_host_paths=binds_host_paths,
     )
 
 
@@ -78,12 +83,24 @@ def test_worker_container_is_hardened() -> None:
     assert [(m.host_path, m.container_path, m.read_only) for m in s.mounts] == [
         ("/base/projects/p", "/workspace", False)
     ]
+    assert s.scratch_workspace is None
     assert s.labels == {
         "ironclaw.job_id": "8c5c1f3e-0000-4000-8000-000000000001",
         "ironclaw.mode": "worker",
         "ironclaw.created_at": NOW.isoformat(),
         "ironclaw.instance": "unit",
     }
+
+
+def test_without_host_paths_nothing_is_bound_and_the_workspace_is_the_containers_own() -> None:
+    spec = _spec(binds_host_paths=False)
+    assert spec.mounts == ()
+    assert spec.scratch_workspace == ScratchWorkspace("/workspace")
+    assert spec.working_dir == "/workspace"
+    assert spec.env["IRONCLAW_WORKSPACE"] == "/workspace"
+    # The Docker backend binds host paths: such a spec is a bug there, not a job without files.
+    with pytest.raises(ValueError, match="no scratch workspace"):
+        host_config_arguments(spec)
 
 
 IDENTITY = {

@@ -96,6 +96,7 @@ def test_a_worker_job_gets_its_task_limits_deadline_credential_names_and_tools()
         "llm_refusal": None,
         "egress": None,
         "git": None,
+        "workspace_sync": None,
         "agent": None,
         "openai": None,
     }
@@ -256,6 +257,7 @@ SHAPES: list[tuple[type[BaseModel], Any]] = [
     (schemas.ClaudeInfo, worker_api.ClaudeInfo),
     (schemas.EgressInfo, worker_api.EgressInfo),
     (schemas.GitInfo, worker_api.GitInfo),
+    (schemas.WorkspaceSyncInfo, worker_api.WorkspaceSyncInfo),
     (schemas.AgentInfo, worker_api.AgentInfo),
     (schemas.OpenAIInfo, worker_api.OpenAIInfo),
     (schemas.ErrorBody, worker_api.ErrorBody),

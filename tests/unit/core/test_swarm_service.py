@@ -55,6 +55,7 @@ def _spec(**settings_env: str) -> Any:
         orchestrator_url="http://10.0.0.1:50052",
         project_dir="/base/projects/p",
         placement=("node.labels.zone==b",),
+        binds_host_paths=False,  # as the manager asks for a SwarmBackend
     )
 
 
@@ -95,12 +96,14 @@ def test_the_single_host_limits_and_hardening_are_in_the_service() -> None:
     assert container["Init"] is False
     assert container["Dir"] == "/workspace"
     mounts = {m["Target"]: m for m in container["Mounts"]}
+    # The project is no path of the node: an anonymous volume of the task, nothing bound, no
+    # driver options (the one kind of volume the node removes with the task's container).
     assert mounts["/workspace"] == {
-        "Type": "bind",
-        "Source": "/base/projects/p",
+        "Type": "volume",
         "Target": "/workspace",
-        "ReadOnly": False,
+        "VolumeOptions": {"NoCopy": False},
     }
+    assert not [m for m in container["Mounts"] if m["Type"] == "bind"]
     assert mounts["/tmp"]["TmpfsOptions"]["SizeBytes"] == 512 << 20
     assert mounts["/home/sandbox"]["TmpfsOptions"] == {"Mode": 0o1777, "SizeBytes": 1 << 30}
 

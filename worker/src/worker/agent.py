@@ -27,9 +27,9 @@ from worker.client import (
 )
 from worker.credentials import credential_env, with_env_names
 from worker.egress_env import egress_env
-from worker.git_checkout import CheckoutFailed, clone_workspace, git_workspace
 from worker.tools import ToolContext, ToolRegistry, default_tools, tool_environment
 from worker.tools.custom import load_custom_tools
+from worker.workspace_sync import WorkspaceNotReady, prepare_workspace, push_workspace
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,7 @@ class Agent:
         self._config = config
         self._clock = clock
         self._iterations = 0
+        self._job: dict[str, Any] | None = None  # GET /job, once read
 
     def run(self) -> int:
         """Runs the job and reports its result once; returns the exit code."""
@@ -217,6 +218,8 @@ class Agent:
         return self._report(result, crashed=crashed)
 
     def _report(self, result: JobResult, *, crashed: bool) -> int:
+        if self._job is not None:
+            push_workspace(self._client, self._job, self._config.workspace)
         failed = report_result(
             self._client, result.success, result.message, result.iterations, result.details
         )
@@ -243,19 +246,21 @@ class Agent:
             # The egress key sits in the commands' HTTPS_PROXY: an `env` must not report it.
             secrets=(*credentials.values(), self._config.egress_key),
         )
-        source = git_workspace(raw_job)
-        if source is not None:
-            try:
-                cloned = clone_workspace(source, context.workspace, context.env, context.secrets)
-            except CheckoutFailed as exc:
-                return JobResult(
-                    success=False,
-                    message=str(exc),
-                    iterations=0,
-                    details={"reason": "workspace_checkout"},
-                )
-            log.info("%s", cloned)
-            self._event("status", {"message": cloned})
+        self._job = raw_job
+        try:
+            prepared = prepare_workspace(
+                self._client, raw_job, context.workspace, context.env, context.secrets
+            )
+        except WorkspaceNotReady as exc:
+            return JobResult(
+                success=False,
+                message=str(exc),
+                iterations=0,
+                details={"reason": exc.reason},
+            )
+        if prepared is not None:
+            log.info("%s", prepared)
+            self._event("status", {"message": prepared})
         builtin = default_tools()
         custom = load_custom_tools(
             self._client.get_tools(),

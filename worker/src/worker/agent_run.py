@@ -58,6 +58,7 @@ from worker.main import (
     mask_in_logs,
 )
 from worker.termination import Terminated, sigterm_raises_terminated, termination_deferred
+from worker.workspace_sync import WorkspaceNotReady, prepare_workspace, push_workspace
 
 log = logging.getLogger("agent-run")
 
@@ -189,6 +190,7 @@ class AgentRunner:
         self._base_env = dict(base_env)
         self._llm_key = llm_key
         self._egress_key = egress_key
+        self._job: dict[str, Any] | None = None  # GET /job, once read
 
     def run(self) -> int:
         try:
@@ -220,6 +222,24 @@ class AgentRunner:
         except WorkerClientError as exc:
             log.error("could not read the job: %s", exc)
             return EXIT_CRASHED
+        self._job = job
+        try:
+            prepared = prepare_workspace(
+                self._client,
+                job,
+                self._workspace,
+                command.env,
+                (*credentials.values(), self._egress_key, self._llm_key),
+            )
+        except TokenRejected as exc:
+            log.error("the orchestrator rejected the token: %s", exc)
+            return EXIT_TOKEN_REJECTED
+        except WorkspaceNotReady as exc:
+            log.error("%s", exc)
+            failed = report_result(self._client, False, str(exc), None, {"reason": exc.reason})
+            return failed if failed is not None else EXIT_USAGE
+        if prepared is not None:
+            log.info("%s", prepared)
         log.info(
             "agent %s: running %s in %s, credentials: %s",
             command.name,
@@ -268,6 +288,9 @@ class AgentRunner:
         finally:
             _stop(proc)
         batcher.flush()
+        # Before the result: the token (and, on a cluster, the workspace's volume) ends with it.
+        if self._job is not None:
+            push_workspace(self._client, self._job, self._workspace)
         if code == 0:
             message = batcher.last_output() or f"agent {command.name} exited 0"
             failed = report_result(

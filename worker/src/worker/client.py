@@ -22,9 +22,9 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ironclaw_contract import json_bounds
 from ironclaw_contract.worker_api import (
@@ -38,6 +38,7 @@ from ironclaw_contract.worker_api import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 15.0
 DEFAULT_LLM_TIMEOUT_S = 300.0
@@ -309,6 +310,100 @@ class WorkerApiClient:
             body["details"] = bound_json(details, max_total=MAX_COMPLETE_DETAILS_BYTES)
         self.request("POST", "complete", body)
 
+    def download(
+        self, path: str, read: Callable[[http.client.HTTPResponse], T], *, timeout: float = 600.0
+    ) -> T:
+        """``GET path`` (relative to the job's routes) whose body ``read`` consumes as it
+        streams in; returns what ``read`` returns. On its own connection. Retried as other
+        calls are (connection errors, 502/503) and on a 429, while no byte of the body has
+        been read: the orchestrator bounds the transfers in progress and answers 429 past
+        them. A stream that breaks is not resumed. Raises TokenRejected, WorkerApiError,
+        WorkerConnectionError."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            answer: tuple[int, bytes] | None = None
+            conn: http.client.HTTPConnection | None = None
+            try:
+                conn = self._new_connection(timeout)
+                conn.request("GET", self._job_prefix + path, headers=self._headers("*/*"))
+                response = conn.getresponse()
+                if response.status == 200:
+                    try:
+                        return read(response)
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise WorkerConnectionError(
+                            f"GET {path}: the stream broke: {type(exc).__name__}: {exc}"
+                        ) from exc
+                answer = (response.status, response.read())
+            except (OSError, http.client.HTTPException) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+            finally:
+                if conn is not None:
+                    conn.close()
+            if answer is not None:
+                if answer[0] not in (*_RETRY_STATUSES, 429):
+                    _decode(*answer)  # raises for an error status
+                    raise WorkerApiError(answer[0], "unexpected_status", "not a 200 answer")
+                failure = f"HTTP {answer[0]}"
+            delay = self._retry.delay(attempt)
+            elapsed = time.monotonic() - started
+            if attempt >= self._retry.max_attempts or elapsed + delay > self._retry.max_total_s:
+                if answer is not None:
+                    _decode(*answer)
+                raise WorkerConnectionError(
+                    f"GET {path}: orchestrator unreachable after {attempt} attempt(s): {failure}"
+                )
+            log.warning("GET %s failed (%s); retry %d in %.1fs", path, failure, attempt, delay)
+            time.sleep(delay)
+
+    def upload(
+        self,
+        path: str,
+        produce: Callable[[Callable[[bytes], None]], object],
+        *,
+        content_type: str = "application/octet-stream",
+        timeout: float = 600.0,
+    ) -> Any:
+        """``PUT path`` with a chunked body that ``produce`` writes through the function it is
+        given; returns the decoded JSON answer. On its own connection, without retries. An
+        exception ``produce`` raises stops the upload and propagates. Raises TokenRejected,
+        WorkerApiError, WorkerConnectionError."""
+        conn = self._new_connection(timeout)
+        try:
+            conn.putrequest("PUT", self._job_prefix + path, skip_accept_encoding=True)
+            for name, value in self._headers("application/json").items():
+                conn.putheader(name, value)
+            conn.putheader("Content-Type", content_type)
+            conn.putheader("Transfer-Encoding", "chunked")
+            conn.endheaders()
+
+            def send(chunk: bytes) -> None:
+                if chunk:
+                    conn.send(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+
+            try:
+                produce(send)
+                conn.send(b"0\r\n\r\n")
+            except OSError:
+                pass  # the server stopped reading (a refusal): its answer says why
+            response = conn.getresponse()
+            return _decode(response.status, response.read())
+        except (OSError, http.client.HTTPException) as exc:
+            raise WorkerConnectionError(
+                f"PUT {path}: the upload broke: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            conn.close()
+
+    def _headers(self, accept: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._token}",
+            "Accept": accept,
+            "User-Agent": self._user_agent,
+        }
+
     # -- transport ---------------------------------------------------------------------------
 
     def request(
@@ -384,11 +479,7 @@ class WorkerApiClient:
     def _send_once(
         self, method: str, target: str, payload: bytes | None, read_timeout: float
     ) -> tuple[int, float | None, bytes]:
-        headers = {
-            "Authorization": f"Bearer {self._token}",
-            "Accept": "application/json",
-            "User-Agent": self._user_agent,
-        }
+        headers = self._headers("application/json")
         if payload is not None:
             headers["Content-Type"] = "application/json"
         reused = self._conn is not None and self._conn_used
@@ -414,16 +505,24 @@ class WorkerApiClient:
     def _connection(self, read_timeout: float) -> http.client.HTTPConnection:
         if self._conn is None or self._conn.sock is None:
             self._drop_connection()
-            conn_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = conn_class(self._host, self._port, timeout=self._connect_timeout)
-            conn.connect()
-            self._conn = conn
+            self._conn = self._new_connection(None)
             self._conn_used = False
         # http.client has one timeout; the socket gets the connect timeout while connecting and
         # the call's read timeout afterwards.
         assert self._conn.sock is not None
         self._conn.sock.settimeout(read_timeout)
         return self._conn
+
+    def _new_connection(self, read_timeout: float | None) -> http.client.HTTPConnection:
+        """A connected connection; its socket gets ``read_timeout`` once connected (None: the
+        caller sets it)."""
+        conn_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = conn_class(self._host, self._port, timeout=self._connect_timeout)
+        conn.connect()
+        if read_timeout is not None:
+            assert conn.sock is not None
+            conn.sock.settimeout(read_timeout)
+        return conn
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -21,6 +21,16 @@ class BindMount:
 
 
 @dataclass(frozen=True)
+class ScratchWorkspace:
+    """A job's ``/workspace`` on a backend that binds no host directory: a directory of the
+    container's own on the node that runs it, as the image has it at the start (empty), gone
+    with the container. The job fetches its tree into it and pushes it back
+    (``JobInfo.workspace_sync``)."""
+
+    container_path: str
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create one job container; built by a pure function, easy to test."""
 
@@ -56,6 +66,8 @@ class ContainerSpec:
     placement: tuple[str, ...] = ()
     # Replaces the image's entrypoint when set (agent mode runs its runner in any image).
     entrypoint: tuple[str, ...] = ()
+    # Set (and ``mounts`` without the project) on a backend that binds no host paths.
+    scratch_workspace: ScratchWorkspace | None = None
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in self.secret_env_keys else v) for k, v in self.env.items()}
@@ -147,6 +159,12 @@ class ContainerExit:
 
 class ContainerBackend(abc.ABC):
     """A container engine seen by the job manager. Async; blocking I/O stays off the loop."""
+
+    # Whether a host directory of the orchestrator can be bind-mounted into a job container.
+    # A backend whose containers run on other machines (Swarm, Kubernetes) says no: a job's
+    # /workspace is then a ScratchWorkspace, filled from and pushed back to the orchestrator
+    # over the worker API.
+    binds_host_paths: bool = True
 
     @abc.abstractmethod
     async def ping(self) -> None:

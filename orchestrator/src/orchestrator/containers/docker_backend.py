@@ -537,6 +537,10 @@ def host_config_arguments(
     """The engine's HostConfig for a spec (the keyword arguments of ``create_host_config``);
     ``limit_writable_layer`` where the storage driver accepts a size (an engine whose driver
     cannot refuses every create that asks)."""
+    if spec.scratch_workspace is not None:
+        # This backend binds host paths (the project directory): a spec built for one that
+        # does not would run with no /workspace at all.
+        raise ValueError("the Docker backend binds the project directory: no scratch workspace")
     layer = spec.writable_layer_bytes if limit_writable_layer else None
     return dict(
         binds={

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ironclaw_contract import container_env
-from orchestrator.containers.backend import BindMount, ContainerSpec
+from orchestrator.containers.backend import BindMount, ContainerSpec, ScratchWorkspace
 from orchestrator.domain.jobs import JobLimits, JobMode
 from orchestrator.settings import Settings
 
@@ -62,6 +62,7 @@ def build_container_spec(
     network: str | None = None,
     placement: tuple[str, ...] = (),
     agent_image: str | None = None,
+    binds_host_paths: bool = True,
 ) -> ContainerSpec:
     """The container of one job. The job never chooses the image, the working dir or mounts.
 
@@ -92,6 +93,7 @@ def build_container_spec(
         network=network,
         placement=placement,
         agent_image=agent_image,
+        binds_host_paths=binds_host_paths,
     )
 
 
@@ -155,6 +157,7 @@ def _hardened_spec(
     network: str | None,
     placement: tuple[str, ...] = (),
     agent_image: str | None = None,
+    binds_host_paths: bool = True,
 ) -> ContainerSpec:
     if mode is JobMode.AGENT:
         if not agent_image:
@@ -175,7 +178,14 @@ def _hardened_spec(
         labels=labels,
         user=SANDBOX_USER,
         working_dir=WORKSPACE,
-        mounts=(BindMount(host_path=project_dir, container_path=WORKSPACE),),
+        # Where the engine's node is not this host, the project reaches the job through the
+        # worker API instead (GET and PUT workspace): nothing of this host is mounted.
+        mounts=(
+            (BindMount(host_path=project_dir, container_path=WORKSPACE),)
+            if binds_host_paths
+            else ()
+        ),
+        scratch_workspace=None if binds_host_paths else ScratchWorkspace(WORKSPACE),
         memory_bytes=memory,
         # Swap equal to the memory limit means no swap: the limit is real and OOM is visible.
         memory_swap_bytes=memory,

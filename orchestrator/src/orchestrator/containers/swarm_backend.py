@@ -72,6 +72,9 @@ class ServiceStartFailed(FailedPrecondition):
 class SwarmBackend(ContainerBackend):
     """Runs each job as a one-replica service on the Swarm whose manager is ``base_url``."""
 
+    # A job runs on whichever node: the orchestrator's directories are not there.
+    binds_host_paths = False
+
     def __init__(self, settings: Settings, max_workers: int = 16) -> None:
         self._settings = settings
         self._base_url = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -24,6 +24,8 @@ from ironclaw_contract.worker_api import (
     MAX_REPORT_BODY_BYTES,
     WARM_CLAIM,
     WARM_CLAIM_POLL_S,
+    WORKSPACE,
+    WORKSPACE_MEDIA_TYPE,
     Refusal,
 )
 from orchestrator.accept_errors import listening_socket
@@ -303,8 +305,53 @@ class WorkerApi:
             # Only a job with an injected grant trusts the gateway's CA: no other job's TLS
             # is ever terminated, so no other job has a reason to accept its leaves.
             egress_ca_pem=manager.egress_ca_pem if any(g.injected for g in grants) else None,
+            workspace_sync=self._workspace_sync(job_id),
         )
         return web.json_response(body.model_dump(mode="json"))
+
+    def _workspace_sync(self, job_id: str) -> schemas.WorkspaceSyncInfo | None:
+        manager = self._manager
+        if not manager.syncs_workspaces:
+            return None
+        return schemas.WorkspaceSyncInfo(
+            # A git workspace is cloned into the empty volume instead.
+            fetch=manager.get_job(job_id).git is None,
+            max_bytes=manager.settings.workspace_upload_max_bytes,
+        )
+
+    async def fetch_workspace(self, request: web.Request) -> web.StreamResponse:
+        """GET workspace: the job's project as a .tar.gz, for its container to unpack into
+        its empty /workspace (a backend without host paths)."""
+        job_id = authenticate(request)
+        chunks = self._manager.workspace_to_fetch(job_id)  # an async generator
+        # The first chunk before the answer starts: a refusal (busy, no such directory) is
+        # still a JSON error then. A failure later cuts the stream, which the unpacking side
+        # sees as a truncated archive.
+        first = await anext(chunks, b"")
+        response = web.StreamResponse(headers={"Content-Type": WORKSPACE_MEDIA_TYPE})
+        await response.prepare(request)
+        try:
+            if first:
+                await response.write(first)
+            async for chunk in chunks:
+                await response.write(chunk)
+        finally:
+            await chunks.aclose()  # the packing thread stops if the container went away
+        await response.write_eof()
+        return response
+
+    async def push_workspace(self, request: web.Request) -> web.Response:
+        """PUT workspace: the job's /workspace as a .tar.gz, pushed before its result; kept
+        for DownloadWorkspace. 413 past WORKSPACE_UPLOAD_MAX_MB, 400 for a bad archive."""
+        job_id = authenticate(request)
+        check_declared_length(request, self._manager.settings.workspace_upload_max_bytes)
+
+        async def body() -> AsyncIterator[bytes]:
+            while chunk := await request.content.readany():
+                yield chunk
+
+        pushed = await self._manager.receive_workspace_result(job_id, body())
+        return web.json_response({"status": "ok", "bytes": pushed.bytes, "entries": pushed.entries})
 
     async def credentials(self, request: web.Request) -> web.Response:
         job_id = authenticate(request)
@@ -456,6 +503,8 @@ def build_app(
     app.router.add_post(f"{prefix}/event", api.event)
     app.router.add_get(f"{prefix}/prompt", api.prompt)
     app.router.add_post(f"{prefix}/complete", api.complete_job)
+    app.router.add_get(f"{prefix}/{WORKSPACE}", api.fetch_workspace)
+    app.router.add_put(f"{prefix}/{WORKSPACE}", api.push_workspace)
     app.router.add_post(f"{prefix}/llm/complete", api.llm_complete)
     app.router.add_post(f"{prefix}/llm/complete_with_tools", api.llm_complete_with_tools)
     # One pooled keep-alive client for both passthrough doors (each sets its own timeouts).

@@ -32,10 +32,12 @@ def build_job_info(
     llm_refusal: str | None,
     egress_url: str | None = None,
     egress_ca_pem: str | None = None,
+    workspace_sync: schemas.WorkspaceSyncInfo | None = None,
 ) -> schemas.JobInfo:
     """What ``GET /job`` answers for ``job``. ``egress_url``: the egress gateway as the job's
     container reaches it, when its network leads out through the gateway only;
-    ``egress_ca_pem``: the CA it terminates TLS with, when it injects a credential of the job."""
+    ``egress_ca_pem``: the CA it terminates TLS with, when it injects a credential of the job;
+    ``workspace_sync``: how its workspace moves, when its /workspace is no host directory."""
     limits = job.limits
     return schemas.JobInfo(
         job_id=job.job_id,
@@ -69,6 +71,7 @@ def build_job_info(
             else None
         ),
         git=schemas.GitInfo(url=job.git.url, ref=job.git.ref) if job.git is not None else None,
+        workspace_sync=workspace_sync,
         agent=_agent_info(job, orchestrator_url) if job.agent is not None else None,
         openai=_openai_info(job, settings, orchestrator_url),
     )

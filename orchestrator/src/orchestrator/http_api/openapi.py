@@ -75,6 +75,37 @@ def _operation(
     return op
 
 
+_GZIP = {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}
+_WORKSPACE_ERRORS = {
+    "409": "The job's /workspace is its mounted project directory (nothing to move), or the "
+    "job has ended",
+}
+
+
+def _workspace_paths() -> dict[str, Any]:
+    fetch = _operation(
+        "The job's project as a .tar.gz, to unpack into its empty /workspace (a backend "
+        "without host paths: GET /job's workspace_sync)",
+        None,
+        extra=_WORKSPACE_ERRORS,
+    )
+    fetch["responses"]["200"] = {"description": "The archive, streamed", "content": _GZIP}
+    push = _operation(
+        "Push the job's /workspace back as a .tar.gz, before its result; what "
+        "DownloadWorkspace serves",
+        schemas.WorkspacePushed,
+        extra={**_WORKSPACE_ERRORS, "413": "Larger than WORKSPACE_UPLOAD_MAX_MB as sent"},
+    )
+    push["responses"].pop("422", None)
+    # Sent as octet-stream (a .tar.gz all the same): what generic clients and tools send bytes
+    # as; the server reads the archive's own magic, not the header.
+    push["requestBody"] = {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    return {"/worker/{job_id}/workspace": {"get": fetch, "put": push}}
+
+
 @functools.cache
 def build_openapi() -> dict[str, Any]:
     """The document served at ``GET /openapi.json`` (built once)."""
@@ -93,6 +124,7 @@ def build_openapi() -> dict[str, Any]:
         schemas.JobCompleteRequest,
         schemas.HealthBody,
         schemas.WarmClaimBody,
+        schemas.WorkspacePushed,
     ]
     _, defs = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
     prompt_ok = _operation("Next follow-up prompt", schemas.PromptBody)
@@ -167,6 +199,7 @@ def build_openapi() -> dict[str, Any]:
                     _LLM_ERRORS,
                 )
             },
+            **_workspace_paths(),
             **openapi_paths(),
             **openai_openapi_paths(),
         },

@@ -46,6 +46,14 @@ class OkBody(_Strict):
     status: Literal["ok"] = "ok"
 
 
+class WorkspacePushed(_Strict):
+    """The answer to a pushed workspace (PUT workspace): kept, with its size and entries."""
+
+    status: Literal["ok"] = "ok"
+    bytes: int = Field(description="the archive's size as sent")
+    entries: int = Field(description="files, directories and links in it")
+
+
 class JobLimitsInfo(_Strict):
     """The job's effective limits (settings' defaults, overridden by ``CreateJob.limits``)."""
 
@@ -98,6 +106,13 @@ class GitInfo(_Strict):
     ref: str = Field(description="branch, tag or commit; empty: the remote's default branch")
 
 
+class WorkspaceSyncInfo(_Strict):
+    """How a job whose /workspace is a volume of its own gets its tree and gives it back."""
+
+    fetch: bool = Field(description="GET workspace into /workspace before the agent starts")
+    max_bytes: int = Field(description="files' bytes fetched / bytes pushed, at most")
+
+
 class AgentInfo(_Strict):
     """How an agent job's command runs (``ironclaw_contract.agent_catalog``)."""
 
@@ -145,6 +160,10 @@ class JobInfo(_Strict):
     git: GitInfo | None = Field(
         description="clone this into project_dir (empty) before the agent starts; null: the "
         "workspace is there already",
+    )
+    workspace_sync: WorkspaceSyncInfo | None = Field(
+        description="null: /workspace is the orchestrator's project directory, mounted; "
+        "otherwise fetch it at start and push it (PUT workspace) before /complete",
     )
     agent: AgentInfo | None = Field(description="null but for agent jobs")
     openai: OpenAIInfo | None = Field(

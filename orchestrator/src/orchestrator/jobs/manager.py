@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,6 +64,11 @@ from orchestrator.store.sqlite_store import SqliteJobStore
 from orchestrator.tokens import TokenStore, token_digest
 from orchestrator.tool_catalog import ToolCatalog
 from orchestrator.workspaces.downloads import WorkspaceDownloads, check_downloadable
+from orchestrator.workspaces.results import (
+    RESULT_UNPACKED_RATIO,
+    PushedWorkspace,
+    WorkspaceResults,
+)
 from orchestrator.workspaces.retention import LIVE, UNKNOWN, JobEnd
 from orchestrator.workspaces.uploads import UploadedWorkspace, UploadLimits, WorkspaceUploads
 
@@ -161,6 +166,13 @@ class ContainerJobManager:
         )
         self._downloads = WorkspaceDownloads(
             self._workspace_threads, settings.workspace_uploads_at_once
+        )
+        self._results = WorkspaceResults(
+            settings.state_dir or settings.base_dir,
+            max_bytes=settings.workspace_upload_max_bytes,
+            max_unpacked_bytes=RESULT_UNPACKED_RATIO * settings.workspace_upload_max_bytes,
+            retain_s=settings.workspace_retain_s,
+            executor=self._workspace_threads,
         )
         if metrics is not None:
             metrics.watch_jobs(self.state_counts)
@@ -471,6 +483,7 @@ class ContainerJobManager:
             project_dir=job.project_dir,
             placement=placement,
             agent_image=job.agent.image if job.agent is not None else None,
+            binds_host_paths=self._backend.binds_host_paths,
         )
         if job.state is JobState.CREATING:
             job.container_id = await self._backend.create_and_start(spec)
@@ -707,13 +720,65 @@ class ContainerJobManager:
         self._uploads.ensure_prepared()
         return await self._uploads.receive(chunks, compressed)
 
+    @property
+    def syncs_workspaces(self) -> bool:
+        """Whether a job's /workspace is a volume of its own rather than its project directory
+        (a backend without host paths): it fetches the project at its start (GET workspace)
+        and pushes it back at its end (PUT workspace)."""
+        return not self._backend.binds_host_paths
+
     async def download_workspace(self, job_id: str) -> AsyncIterator[bytes]:
         """The job's project as a .tar.gz, chunk by chunk: while it runs and for
-        WORKSPACE_RETAIN_S after it ended (FailedPrecondition later; JobNotFound)."""
+        WORKSPACE_RETAIN_S after it ended (FailedPrecondition later; JobNotFound). Where jobs
+        run without host paths: the workspace the job pushed at its end, once it has."""
         job = self.get_job(job_id)
         check_downloadable(job, self._settings.workspace_retain_s)
+        if self.syncs_workspaces:
+            if not self._results.has(job.job_id):
+                if not job.state.is_terminal:
+                    raise FailedPrecondition(
+                        f"job {job.job_id} runs on a cluster node: its workspace can be "
+                        "downloaded once the job has ended and pushed it back"
+                    )
+                raise FailedPrecondition(
+                    f"job {job.job_id} ended without pushing its workspace back (stopped, "
+                    "killed, out of memory, or its node was lost): there is nothing to download"
+                )
+            async for chunk in self._results.stream(job.job_id):
+                yield chunk
+            return
         async for chunk in self._downloads.stream(job.job_id, job.project_dir):
             yield chunk
+
+    async def workspace_to_fetch(self, job_id: str) -> AsyncGenerator[bytes, None]:
+        """What a job's container fetches into its empty /workspace (GET workspace): its
+        project directory (an upload, or the directory it was created on) as a .tar.gz."""
+        job = self.get_job(job_id)
+        if not self.syncs_workspaces:
+            raise FailedPrecondition(
+                f"job {job.job_id}'s /workspace is its project directory, mounted: there is "
+                "nothing to fetch"
+            )
+        async for chunk in self._downloads.stream(job.job_id, job.project_dir):
+            yield chunk
+
+    async def receive_workspace_result(
+        self, job_id: str, chunks: AsyncIterator[bytes]
+    ) -> PushedWorkspace:
+        """Keeps the .tar.gz a running job pushes of its /workspace (PUT workspace), what
+        DownloadWorkspace serves once it ended. Refused for a job that has ended or whose
+        /workspace is its mounted project directory."""
+        job = self.get_job(job_id)
+        if not self.syncs_workspaces:
+            raise FailedPrecondition(
+                f"job {job.job_id}'s /workspace is its project directory, mounted: there is "
+                "nothing to push"
+            )
+        if job.state.is_terminal:
+            raise FailedPrecondition(
+                f"job {job.job_id} has ended: its workspace can no longer be pushed"
+            )
+        return await self._results.receive(job.job_id, chunks)
 
     def workspace_job_end(self, job_id: str) -> JobEnd:
         """Whether a job still runs and when it ended, for the uploads' retention."""
@@ -727,13 +792,23 @@ class ContainerJobManager:
         return JobEnd(live=False, ended_at=ended)
 
     async def sweep_workspaces(self, now: float | None = None) -> list[str]:
-        """One retention pass over the uploaded workspaces; returns the ids removed."""
+        """One retention pass over the uploaded workspaces and the pushed results; returns
+        the ids removed (uploads' workspace ids, results' job ids)."""
         self._uploads.ensure_prepared()
-        return await self._uploads.sweep(self.workspace_job_end, now)
+        self._results.ensure_prepared()
+        removed = await self._uploads.sweep(self.workspace_job_end, now)
+        return removed + await self._results.sweep(self.workspace_job_end, now)
 
     async def run_workspace_sweeper(self, interval: float) -> None:
+        """Sweeps every ``interval`` seconds until cancelled; an error is logged, not fatal."""
         self._uploads.ensure_prepared()
-        await self._uploads.run_sweeper(self.workspace_job_end, interval)
+        self._results.ensure_prepared()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep_workspaces()
+            except Exception as exc:  # the next pass tries again
+                log.warning("workspace retention pass failed", error=f"{type(exc).__name__}: {exc}")
 
     # ---------------------------------------------------------------- stop / cleanup
 

@@ -16,7 +16,10 @@ import threading
 import zlib
 from collections import deque
 
+from ironclaw_contract.archive_extract import ArchiveCorrupt, ArchiveTruncated
 from orchestrator.errors import TooLarge
+
+__all__ = ["ArchiveCorrupt", "ArchiveTruncated", "ChunkPipe", "LimitedReader", "PipeClosed"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -214,12 +217,3 @@ class LimitedReader:
             )
         self._current = data
         self._offset = 0
-
-
-class ArchiveCorrupt(Exception):
-    """The archive's bytes are not what its format requires (a message for the caller)."""
-
-
-class ArchiveTruncated(ArchiveCorrupt):
-    def __init__(self) -> None:
-        super().__init__("the archive ended before its gzip data did (truncated upload?)")

@@ -298,15 +298,6 @@ class WorkspaceUploads:
             await loop.run_in_executor(self._executor, _remove_tree, self._staging, removing)
         return removed
 
-    async def run_sweeper(self, job_end: Callable[[str], JobEnd], interval: float) -> None:
-        """Sweeps every ``interval`` seconds until cancelled; an error is logged, not fatal."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep(job_end)
-            except Exception as exc:  # the next pass tries again
-                log.warning("workspace retention pass failed", error=f"{type(exc).__name__}: {exc}")
-
     # ---------------------------------------------------------------- registry
 
     def _path(self, workspace_id: str) -> Path:
