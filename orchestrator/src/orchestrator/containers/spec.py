@@ -61,6 +61,7 @@ def build_container_spec(
     project_dir: str,
     network: str | None = None,
     placement: tuple[str, ...] = (),
+    orchestrator_ca_pem: str | None = None,
     agent_image: str | None = None,
 ) -> ContainerSpec:
     """The container of one job. The job never chooses the image, the working dir or mounts.
@@ -79,6 +80,9 @@ def build_container_spec(
         container_env.WORKER_TOKEN: token,
         container_env.WORKSPACE: WORKSPACE,
     }
+    if orchestrator_ca_pem:
+        # Public: the CA that signed the worker API's certificate, for the job to verify it.
+        env[container_env.ORCHESTRATOR_CA] = orchestrator_ca_pem
     return _hardened_spec(
         settings=settings,
         name=container_name(mode, job_id),
@@ -105,6 +109,7 @@ def build_warm_slot_spec(
     orchestrator_url: str,
     project_dir: str,
     network: str | None = None,
+    orchestrator_ca_pem: str | None = None,
 ) -> ContainerSpec:
     """A warm-pool slot: the container of a job not known yet, hardened exactly like one, with
     the mode's default memory limit (a claim with another changes it). Its environment names
@@ -116,6 +121,8 @@ def build_warm_slot_spec(
         container_env.WARM_SLOT_ID: slot_id,
         container_env.WARM_SLOT_SECRET: secret,
     }
+    if orchestrator_ca_pem:
+        env[container_env.ORCHESTRATOR_CA] = orchestrator_ca_pem
     labels = {
         LABEL_WARM_SLOT: slot_id,
         LABEL_MODE: mode.value,
