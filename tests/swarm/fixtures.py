@@ -339,12 +339,25 @@ def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator
             with contextlib.suppress(Exception):
                 client = node.client()
                 try:
-                    label = f"ironclaw.instance={test_instance}"
-                    names = [
-                        c.name for c in client.containers.list(all=True, filters={"label": label})
+                    names = []
+                    # Job containers and services, and the relays and job networks
+                    # (JOB_NETWORK=isolated), which carry labels of their own.
+                    for label in (
+                        f"ironclaw.instance={test_instance}",
+                        f"ironclaw.network.instance={test_instance}",
+                    ):
+                        filters = {"label": label}
+                        names += [c.name for c in client.containers.list(all=True, filters=filters)]
+                        if node is swarm_cluster.manager:
+                            names += [s.name for s in client.services.list(filters=filters)]
+                    # A job network on any node (the instance's shared uplink may stay).
+                    names += [
+                        n["Name"]
+                        for n in client.api.networks(
+                            filters={"label": f"ironclaw.network.instance={test_instance}"}
+                        )
+                        if "ironclaw.network.job_id" in (n.get("Labels") or {})
                     ]
-                    if node is swarm_cluster.manager:
-                        names += [s.name for s in client.services.list(filters={"label": label})]
                     if names:
                         found[node.hostname] = names
                 finally:
@@ -354,16 +367,29 @@ def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator
     yield leftovers
     manager = swarm_cluster.manager.client()
     try:
-        for service in manager.services.list(
-            filters={"label": f"ironclaw.instance={test_instance}"}
-        ):
-            with contextlib.suppress(Exception):
-                print(f"--- logs of {service.name} ---")
-                print(
-                    b"".join(service.logs(stdout=True, stderr=True, tail=50)).decode(
-                        errors="replace"
+        for label in ("ironclaw.instance", "ironclaw.network.instance"):
+            for service in manager.services.list(filters={"label": f"{label}={test_instance}"}):
+                with contextlib.suppress(Exception):
+                    print(f"--- logs of {service.name} ---")
+                    print(
+                        b"".join(service.logs(stdout=True, stderr=True, tail=50)).decode(
+                            errors="replace"
+                        )
                     )
-                )
-                service.remove()
+                    service.remove()
+        networks = manager.api.networks(
+            filters={"label": f"ironclaw.network.instance={test_instance}"}
+        )
+        deadline = time.monotonic() + 30
+        for network in networks:
+            # A network is in use until the tasks of the services just removed are gone.
+            while time.monotonic() < deadline:
+                try:
+                    manager.api.remove_network(network["Id"])
+                    break
+                except Exception as exc:
+                    if "not found" in str(exc).lower():
+                        break
+                    time.sleep(0.2)
     finally:
         manager.close()
