@@ -393,3 +393,43 @@ def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator
                     time.sleep(0.2)
     finally:
         manager.close()
+
+
+@pytest.fixture
+def held_demo_script(tmp_path: Path) -> Path:
+    """The demo's script behind one turn that holds the job until its project has the
+    release file (tests/swarm/support.py)."""
+    import yaml
+
+    from tests.swarm.support import DEMO_SCRIPT, HOLD_TURN
+
+    turns = yaml.safe_load(DEMO_SCRIPT.read_text())
+    path = tmp_path / "hold-then-fix.yaml"
+    path.write_text(yaml.safe_dump([HOLD_TURN, *turns]))
+    return path
+
+
+@pytest.fixture
+async def control_plane(
+    start_orch: Any, swarm_settings: Callable[..., Any], held_demo_script: Path
+) -> Any:
+    """``await control_plane(**settings)``: an orchestrator on the cluster running the held
+    demo, and a control-plane stub connected to it."""
+    from grpc import aio
+
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
+
+    channels: list[Any] = []
+
+    async def start(**overrides: Any) -> tuple[Any, Any]:
+        settings = swarm_settings(
+            LLM_PROVIDER="scripted", LLM_SCRIPT=str(held_demo_script), **overrides
+        )
+        orch = await start_orch(settings)
+        channel = aio.insecure_channel(f"127.0.0.1:{orch.grpc_port}")
+        channels.append(channel)
+        return orch, pb_grpc.JobServiceStub(channel)
+
+    yield start
+    for channel in channels:
+        await channel.close()
