@@ -25,7 +25,9 @@ from orchestrator.http_api.worker_tls import (
     own_tls,
     server_names,
 )
+from orchestrator.service import worker_api_tls
 from orchestrator.settings import Settings
+from tests.fakes.fake_backend import FakeBackend
 from worker.client import tls_context
 from worker.egress_env import egress_env
 
@@ -159,3 +161,26 @@ def test_an_agent_process_trusts_the_orchestrator_and_the_system_roots(tmp_path:
     assert made.ca_pem.strip() in text
     assert both["HTTPS_PROXY"].startswith("http://job:key@")
     assert egress_env({}, "job", "", str(home)) == {}, "no CA, no egress: nothing to add"
+
+
+async def test_the_orchestrator_picks_tls_by_where_the_worker_api_listens(tmp_path: Path) -> None:
+    engine = FakeBackend(gateway="172.17.0.1")
+    base = {"IRONCLAW_BASE_DIR": str(tmp_path)}
+    (tmp_path / "projects").mkdir()
+    on_bridge = Settings.from_env(base)
+    assert await worker_api_tls(on_bridge, engine, "172.17.0.1") is None
+    assert await worker_api_tls(on_bridge, engine, "127.0.0.1") is None
+    beyond = await worker_api_tls(on_bridge, engine, "0.0.0.0")
+    assert beyond is not None
+    assert beyond.origin == str(tmp_path / TLS_DIR_NAME)
+    assert _sans(tmp_path / TLS_DIR_NAME / SERVER_FILE) == {"host.docker.internal"}
+    swarm = Settings.from_env({**base, "CONTAINER_BACKEND": "swarm"})
+    assert await worker_api_tls(swarm, engine, "10.9.8.1") is not None
+    assert _sans(tmp_path / TLS_DIR_NAME / SERVER_FILE) == {"ironclaw-orchestrator", "10.9.8.1"}
+    opted_out = Settings.from_env({**base, "WORKER_API_INSECURE": "1"})
+    assert await worker_api_tls(opted_out, engine, "10.9.8.1") is None
+    plain_url = Settings.from_env(
+        {**base, "IRONCLAW_ORCHESTRATOR_URL_FOR_JOBS": "http://10.9.8.1:50052"}
+    )
+    with pytest.raises(ConfigError, match="use https://"):
+        await worker_api_tls(plain_url, engine, "10.9.8.1")
