@@ -163,7 +163,9 @@ def test_its_environment_is_a_valid_kubernetes_configuration(tmp_path: Path) -> 
     service = only("Service")
     ports = {port["name"]: port["port"] for port in service["spec"]["ports"]}
     assert ports == {"grpc": settings.grpc_port, "worker-api": settings.http_port}
-    url = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    # https: the worker API listens on the pod's address, beyond loopback, so it speaks TLS
+    # (its own CA on the state volume unless WORKER_API_TLS_* name the operator's).
+    url = f"https://{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
     assert settings.kubernetes_orchestrator_url == f"{url}:{settings.http_port}"
     labels = only("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert dict(settings.kubernetes_orchestrator_selector).items() <= labels.items()

@@ -76,7 +76,7 @@ async def k8s_orchestrator(
                 "CONTAINER_BACKEND": "kubernetes",
                 "JOB_NETWORK": "bridge",
                 "KUBERNETES_NAMESPACE": kubernetes_cluster.namespace,
-                "KUBERNETES_ORCHESTRATOR_URL": f"http://{host}:{port}",
+                "KUBERNETES_ORCHESTRATOR_URL": f"https://{host}:{port}",
                 "KUBERNETES_ORCHESTRATOR_CIDR": f"{host}/32",
                 "KUBERNETES_REQUEST_CPUS": "0.1",
                 "KUBERNETES_REQUEST_MEMORY_MB": "64",

@@ -182,12 +182,25 @@ def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator
             with contextlib.suppress(Exception):
                 client = node.client()
                 try:
-                    label = f"ironclaw.instance={test_instance}"
-                    names = [
-                        c.name for c in client.containers.list(all=True, filters={"label": label})
+                    names = []
+                    # Job containers and services, and the relays and job networks
+                    # (JOB_NETWORK=isolated), which carry labels of their own.
+                    for label in (
+                        f"ironclaw.instance={test_instance}",
+                        f"ironclaw.network.instance={test_instance}",
+                    ):
+                        filters = {"label": label}
+                        names += [c.name for c in client.containers.list(all=True, filters=filters)]
+                        if node is swarm_cluster.manager:
+                            names += [s.name for s in client.services.list(filters=filters)]
+                    # A job network on any node (the instance's shared uplink may stay).
+                    names += [
+                        n["Name"]
+                        for n in client.api.networks(
+                            filters={"label": f"ironclaw.network.instance={test_instance}"}
+                        )
+                        if "ironclaw.network.job_id" in (n.get("Labels") or {})
                     ]
-                    if node is swarm_cluster.manager:
-                        names += [s.name for s in client.services.list(filters={"label": label})]
                 finally:
                     client.close()
                 names += [
@@ -200,16 +213,69 @@ def swarm_leftovers(swarm_cluster: SwarmCluster, test_instance: str) -> Iterator
     yield leftovers
     manager = swarm_cluster.manager.client()
     try:
-        for service in manager.services.list(
-            filters={"label": f"ironclaw.instance={test_instance}"}
-        ):
-            with contextlib.suppress(Exception):
-                print(f"--- logs of {service.name} ---")
-                print(
-                    b"".join(service.logs(stdout=True, stderr=True, tail=50)).decode(
-                        errors="replace"
+        for label in ("ironclaw.instance", "ironclaw.network.instance"):
+            for service in manager.services.list(filters={"label": f"{label}={test_instance}"}):
+                with contextlib.suppress(Exception):
+                    print(f"--- logs of {service.name} ---")
+                    print(
+                        b"".join(service.logs(stdout=True, stderr=True, tail=50)).decode(
+                            errors="replace"
+                        )
                     )
-                )
-                service.remove()
+                    service.remove()
+        networks = manager.api.networks(
+            filters={"label": f"ironclaw.network.instance={test_instance}"}
+        )
+        deadline = time.monotonic() + 30
+        for network in networks:
+            # A network is in use until the tasks of the services just removed are gone.
+            while time.monotonic() < deadline:
+                try:
+                    manager.api.remove_network(network["Id"])
+                    break
+                except Exception as exc:
+                    if "not found" in str(exc).lower():
+                        break
+                    time.sleep(0.2)
     finally:
         manager.close()
+
+
+@pytest.fixture
+def held_demo_script(tmp_path: Path) -> Path:
+    """The demo's script behind one turn that holds the job until its project has the
+    release file (tests/swarm/support.py)."""
+    import yaml
+
+    from tests.swarm.support import DEMO_SCRIPT, HOLD_TURN
+
+    turns = yaml.safe_load(DEMO_SCRIPT.read_text())
+    path = tmp_path / "hold-then-fix.yaml"
+    path.write_text(yaml.safe_dump([HOLD_TURN, *turns]))
+    return path
+
+
+@pytest.fixture
+async def control_plane(
+    start_orch: Any, swarm_settings: Callable[..., Any], held_demo_script: Path
+) -> Any:
+    """``await control_plane(**settings)``: an orchestrator on the cluster running the held
+    demo, and a control-plane stub connected to it."""
+    from grpc import aio
+
+    from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
+
+    channels: list[Any] = []
+
+    async def start(**overrides: Any) -> tuple[Any, Any]:
+        settings = swarm_settings(
+            LLM_PROVIDER="scripted", LLM_SCRIPT=str(held_demo_script), **overrides
+        )
+        orch = await start_orch(settings)
+        channel = aio.insecure_channel(f"127.0.0.1:{orch.grpc_port}")
+        channels.append(channel)
+        return orch, pb_grpc.JobServiceStub(channel)
+
+    yield start
+    for channel in channels:
+        await channel.close()

@@ -23,12 +23,9 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
-from grpc import aio
 
 from ironclaw_client import Client
 from ironclaw_client.api.v1 import jobs_pb2 as pb
-from ironclaw_client.api.v1 import jobs_pb2_grpc as pb_grpc
 from orchestrator.errors import ConfigError
 from tests.helpers import wait_for
 from tests.swarm.fixtures import (
@@ -38,8 +35,6 @@ from tests.swarm.fixtures import (
     restart_node,
 )
 from tests.swarm.support import (
-    DEMO_SCRIPT,
-    HOLD_TURN,
     create_job,
     downloaded,
     ended_job,
@@ -49,34 +44,6 @@ from tests.swarm.support import (
 )
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def held_demo_script(tmp_path: Path) -> Path:
-    turns = yaml.safe_load(DEMO_SCRIPT.read_text())
-    path = tmp_path / "hold-then-fix.yaml"
-    path.write_text(yaml.safe_dump([HOLD_TURN, *turns]))
-    return path
-
-
-@pytest.fixture
-async def control_plane(
-    start_orch: Any, swarm_settings: Callable[..., Any], held_demo_script: Path
-) -> Callable[..., Any]:
-    channels: list[aio.Channel] = []
-
-    async def start(**overrides: Any) -> tuple[Any, Any]:
-        settings = swarm_settings(
-            LLM_PROVIDER="scripted", LLM_SCRIPT=str(held_demo_script), **overrides
-        )
-        orch = await start_orch(settings)
-        channel = aio.insecure_channel(f"127.0.0.1:{orch.grpc_port}")
-        channels.append(channel)
-        return orch, pb_grpc.JobServiceStub(channel)
-
-    yield start
-    for channel in channels:
-        await channel.close()
 
 
 async def test_jobs_placed_on_two_nodes_run_hardened_to_completion(

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from bridge.runner import BridgeConfig, ClaudeBridge
+from ironclaw_contract import container_env
 from ironclaw_contract.job_keys import egress_key_for, llm_key_for
 from worker.agent import EXIT_TERMINATED, EXIT_USAGE
 from worker.claim import claim_from_environment
@@ -76,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(level, int):
             raise UsageError(f"--log-level must be DEBUG, INFO, WARNING or ERROR: {args.log_level}")
         try:
-            client = WorkerApiClient(url, job_id, token, user_agent="ironclaw-claude-bridge")
+            client = WorkerApiClient(
+                url,
+                job_id,
+                token,
+                user_agent="ironclaw-claude-bridge",
+                ca_pem=env.get(container_env.ORCHESTRATOR_CA),
+            )
         except ValueError as exc:
             raise UsageError(f"{URL_VAR} / {TOKEN_VAR}: {exc}") from None
     except UsageError as exc:

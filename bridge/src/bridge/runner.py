@@ -39,6 +39,7 @@ from typing import Any
 
 from bridge.process import ClaudeProcess, reap_orphans
 from bridge.stream import USAGE_KEYS, BridgeEvent, SessionResult, StreamJsonMapper
+from ironclaw_contract import container_env
 from ironclaw_contract.claude import (
     CLI_MODEL_ALIASES,
     UnknownToolError,
@@ -431,7 +432,15 @@ class ClaudeBridge:
         )
         home = writable_home(self._config.base_env)
         env = child_environment(self._config.base_env, credentials, home, settings.cli_env)
-        env |= egress_env(job, self._client.job_id, self._config.egress_key, str(home))
+        # The CLI (Node) calls the orchestrator's Anthropic route: NODE_EXTRA_CA_CERTS names a
+        # bundle in the private $HOME tmpfs holding the orchestrator's CA.
+        env |= egress_env(
+            job,
+            self._client.job_id,
+            self._config.egress_key,
+            str(home),
+            orchestrator_ca_pem=self._config.base_env.get(container_env.ORCHESTRATOR_CA),
+        )
         self._job = job
         secrets = (*credentials.values(), self._config.egress_key)
         try:

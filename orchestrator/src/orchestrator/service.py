@@ -9,6 +9,7 @@ import signal
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -17,7 +18,9 @@ from orchestrator.agent_catalog import AgentCatalog
 from orchestrator.containers.backend import ContainerBackend
 from orchestrator.containers.docker_backend import DockerBackend
 from orchestrator.containers.engine_checks import check_engine_capabilities
+from orchestrator.containers.spec import HOST_GATEWAY_NAME
 from orchestrator.containers.swarm_backend import SwarmBackend
+from orchestrator.containers.swarm_network import RELAY_ALIAS
 from orchestrator.egress.ca import CaError, EgressCa
 from orchestrator.egress.gateway import (
     EgressGateway,
@@ -32,6 +35,15 @@ from orchestrator.fd_limit import FdLimit, current_fd_limit, raise_fd_limit
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
 from orchestrator.http_api.app import build_app, start_worker_api
 from orchestrator.http_api.connection_limits import ConnectionLimits, connection_limits
+from orchestrator.http_api.worker_tls import (
+    WorkerApiTls,
+    WorkerTlsError,
+    bridge_addresses,
+    is_local_bind,
+    operator_tls,
+    own_tls,
+    server_names,
+)
 from orchestrator.jobs.isolation import egress_relay_problem
 from orchestrator.jobs.manager import ContainerJobManager
 from orchestrator.llm.factory import build_provider
@@ -219,12 +231,22 @@ async def start_orchestrator(
     port = settings.http_port if http_port is None else http_port
     accept_errors = AcceptErrors(metrics.accept_error if metrics is not None else None)
     undo_accept_filter = install_accept_error_filter(asyncio.get_running_loop(), accept_errors)
+    tls = await worker_api_tls(settings, backend, http_host)
     runner, bound_port = await start_worker_api(
-        build_app(manager, proxy, metrics), http_host, port, limits, metrics
+        build_app(manager, proxy, metrics),
+        http_host,
+        port,
+        limits,
+        metrics,
+        tls=tls.context if tls is not None else None,
     )
     # Containers learn the URL only once the port is bound (port 0 picks one in tests).
-    orchestrator_url = settings.orchestrator_url or _container_url(settings, http_host, bound_port)
+    scheme = "https" if tls is not None else "http"
+    orchestrator_url = settings.orchestrator_url or _container_url(
+        settings, http_host, bound_port, scheme
+    )
     manager.set_orchestrator_url(orchestrator_url)
+    manager.set_orchestrator_ca_pem(tls.ca_pem if tls is not None else None)
     if egress_port is None:
         egress_port = 0 if http_port == 0 else settings.egress_port
     try:
@@ -277,6 +299,7 @@ async def start_orchestrator(
         "orchestrator started",
         grpc=f"{settings.grpc_bind}:{plane.port}",
         worker_api=f"{http_host}:{bound_port}",
+        worker_api_tls=tls.origin if tls is not None else "off",
         job_network=settings.job_network,
         egress_gateway=f"{http_host}:{gateway.port}",
         egress_allow_hosts=[str(rule) for rule in settings.egress_allow_hosts.rules],
@@ -348,16 +371,80 @@ async def _serve_metrics(
         return None
 
 
-def _container_url(settings: Settings, http_host: str, port: int) -> str:
+def _container_url(settings: Settings, http_host: str, port: int, scheme: str = "http") -> str:
     if settings.container_backend == "kubernetes" and settings.kubernetes_orchestrator_url:
         # Pods reach the orchestrator through its Service, never through an address of a host.
         return settings.kubernetes_orchestrator_url
+    return f"{scheme}://{container_host(settings, http_host)}:{port}"
+
+
+def _jobs_url_override(settings: Settings) -> tuple[str, str] | None:
+    """The URL jobs are told to use when the operator gave one, with the setting's name."""
+    if settings.orchestrator_url:
+        return "IRONCLAW_ORCHESTRATOR_URL_FOR_JOBS", settings.orchestrator_url
+    if settings.container_backend == "kubernetes" and settings.kubernetes_orchestrator_url:
+        return "KUBERNETES_ORCHESTRATOR_URL", settings.kubernetes_orchestrator_url
+    return None
+
+
+def container_host(settings: Settings, http_host: str) -> str:
+    """The worker API's host name as job containers reach it (without an override)."""
     if settings.container_backend == "swarm":
+        if settings.job_network == "isolated":
+            # The job's own relay, on the job's network (swarm_network).
+            return RELAY_ALIAS
         # No host-gateway on other machines: the address the worker API is bound to, which
         # the nodes reach.
-        return f"http://{http_host}:{port}"
+        return http_host
     # host.docker.internal is mapped to the bridge gateway in every job container.
-    return f"http://host.docker.internal:{port}"
+    return HOST_GATEWAY_NAME
+
+
+async def worker_api_tls(
+    settings: Settings, backend: ContainerBackend, http_host: str
+) -> WorkerApiTls | None:
+    """The worker API's TLS: the operator's files when set; else, where it listens beyond
+    loopback and the Docker bridge, the orchestrator's own CA (unless WORKER_API_INSECURE=1);
+    None: plaintext."""
+    override = _jobs_url_override(settings)
+    url_host = (
+        urlsplit(override[1]).hostname if override else container_host(settings, http_host)
+    ) or http_host
+    try:
+        if settings.worker_api_tls_cert is not None:
+            assert settings.worker_api_tls_key is not None
+            assert settings.worker_api_ca is not None
+            tls: WorkerApiTls | None = operator_tls(
+                settings.worker_api_tls_cert, settings.worker_api_tls_key, settings.worker_api_ca
+            )
+        else:
+            try:
+                gateway = await backend.default_gateway()
+            except EngineUnavailable:
+                gateway = None
+            if is_local_bind(http_host, bridge_addresses(gateway)):
+                tls = None
+            elif settings.worker_api_insecure:
+                log.warning(
+                    "WORKER_API_INSECURE=1: the worker API serves job tokens in plaintext "
+                    "beyond loopback and the Docker bridge",
+                    worker_api=http_host,
+                )
+                tls = None
+            else:
+                tls = own_tls(
+                    settings.state_dir or settings.base_dir, server_names(url_host, http_host)
+                )
+    except WorkerTlsError as exc:
+        raise ConfigError(str(exc)) from None
+    if override and (urlsplit(override[1]).scheme == "https") != (tls is not None):
+        name, url = override
+        raise ConfigError(
+            f"{name}={url}: the worker API is served "
+            f"{'over TLS' if tls is not None else 'in plaintext'} here; use "
+            f"{'https' if tls is not None else 'http'}://"
+        )
+    return tls
 
 
 def build_backend(settings: Settings) -> ContainerBackend:

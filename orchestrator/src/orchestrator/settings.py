@@ -442,6 +442,27 @@ class Settings:
     http_bind: str | None = setting(
         "ORCHESTRATOR_HTTP_BIND", _nonempty, None, "worker API address", shown="bridge gateway"
     )
+    # TLS of the worker API (http_api/worker_tls.py): required where it listens beyond loopback
+    # and the Docker bridge; without the operator's files the orchestrator makes its own CA.
+    worker_api_tls_cert: Path | None = setting(
+        "WORKER_API_TLS_CERT",
+        _existing_file,
+        None,
+        "PEM certificate of the worker API",
+        shown="made under the state dir when needed",
+    )
+    worker_api_tls_key: Path | None = setting(
+        "WORKER_API_TLS_KEY", _existing_file, None, "PEM key of the worker API"
+    )
+    worker_api_ca: Path | None = setting(
+        "WORKER_API_CA", _existing_file, None, "PEM CA that signed it (given to jobs to trust)"
+    )
+    worker_api_insecure: bool = setting(
+        "WORKER_API_INSECURE",
+        _bool,
+        "0",
+        "serve the worker API in plaintext beyond loopback and the Docker bridge",
+    )
     http_max_body_bytes: int = setting(
         "ORCHESTRATOR_HTTP_MAX_BODY_MB", _megabytes(16, 1024), "32", "worker API body limit"
     )
@@ -909,12 +930,13 @@ def _derived_values(s: Settings, env: Mapping[str, str]) -> dict[str, Any]:
                 f"ORCHESTRATOR_BIND={s.grpc_bind} is not loopback: set ORCHESTRATOR_TLS_CERT and "
                 "ORCHESTRATOR_TLS_KEY, or ORCHESTRATOR_INSECURE=1 to accept plaintext"
             )
-    if s.container_backend == "swarm" and s.job_network == "isolated":
+    worker_tls = (s.worker_api_tls_cert, s.worker_api_tls_key, s.worker_api_ca)
+    if any(path is not None for path in worker_tls) and None in worker_tls:
         raise ConfigError(
-            "CONTAINER_BACKEND=swarm: JOB_NETWORK=isolated (a relay per job) exists on one Docker "
-            "host only; set JOB_NETWORK=bridge (jobs reach the worker API through their node's "
-            "bridge: see the README's Swarm section for what that does and does not isolate)"
+            "WORKER_API_TLS_CERT, WORKER_API_TLS_KEY and WORKER_API_CA must be set together"
         )
+    if s.worker_api_tls_cert is not None and s.worker_api_insecure:
+        raise ConfigError("WORKER_API_INSECURE=1 contradicts WORKER_API_TLS_CERT: unset one")
     if s.container_backend == "swarm" and s.warm_pool:
         raise ConfigError(
             "CONTAINER_BACKEND=swarm: WARM_POOL is for one Docker host (a slot's container is "
@@ -958,7 +980,7 @@ def _check_kubernetes(s: Settings) -> None:
     if s.kubernetes_orchestrator_url is None:
         raise ConfigError(
             "CONTAINER_BACKEND=kubernetes needs KUBERNETES_ORCHESTRATOR_URL, the worker API's "
-            f"URL as job pods reach it (e.g. http://ironclaw-orchestrator."
+            f"URL as job pods reach it (e.g. https://ironclaw-orchestrator."
             f"{s.kubernetes_namespace}.svc:{s.http_port})"
         )
 

@@ -327,3 +327,39 @@ async def test_an_agent_on_its_isolated_network_reaches_its_model_route_and_noth
     assert urllib.parse.urlsplit(seen["ANTHROPIC_BASE_URL"]).hostname == seen["NO_PROXY"]
     assert "irce_" in seen["HTTPS_PROXY"]
     assert final.usage == LlmUsage(calls=1, input_tokens=10, output_tokens=3)
+
+
+async def test_an_agent_calls_a_worker_api_served_over_tls_trusting_the_orchestrators_ca(
+    agents_orch: Callable[..., Any],
+    test_agents_image: str,
+    upstream: FakeAnthropic,
+    project: Callable[[str], Path],
+    docker_engine: Any,
+) -> None:
+    # Every address: beyond loopback and the bridge, so the worker API speaks TLS with the
+    # orchestrator's own CA, which the runner and the agent (a plain urllib client) trust.
+    orch = await agents_orch(
+        {"tiny": tiny_entry(test_agents_image)},
+        ORCHESTRATOR_HTTP_BIND="0.0.0.0",
+    )
+    url = orch.manager.orchestrator_url
+    assert url.startswith("https://host.docker.internal:")
+    workdir = project("tiny-tls")
+    upstream.enqueue_text("ENV seen-env.json\nSAY over tls", input_tokens=5, output_tokens=3)
+    job_id, _ = await run_agent_job(orch, "tiny", "Say it", workdir)
+    env = dict(
+        e.split("=", 1)
+        for e in docker_engine.api.inspect_container(f"ironclaw-agent-{job_id}")["Config"]["Env"]
+    )
+    assert env["IRONCLAW_ORCHESTRATOR_CA"] == orch.manager.orchestrator_ca_pem
+    final = await wait_until_ended(orch, job_id)
+    assert final.result is not None
+    assert final.result.reason is TerminalReason.COMPLETED, final.result.message
+    assert final.result.message.endswith("over tls")
+    seen = json.loads((workdir / "seen-env.json").read_text())
+    assert seen["ANTHROPIC_BASE_URL"] == f"{url}/worker/{job_id}/anthropic"
+    # One bundle in the job's private $HOME: the system's roots and the orchestrator's CA.
+    assert seen["SSL_CERT_FILE"] == seen["REQUESTS_CA_BUNDLE"] == seen["NODE_EXTRA_CA_CERTS"]
+    assert seen["SSL_CERT_FILE"].startswith("/home/sandbox/")
+    assert "GIT_SSL_CAINFO" not in seen
+    assert len(upstream.requests) == 1

@@ -234,3 +234,44 @@ async def test_a_budget_refusal_ends_the_job_budget_exceeded_by_its_code(
     )
     assert upstream.pending == 1
     assert final.usage.calls == 1
+
+
+async def test_the_bridge_and_the_cli_reach_a_worker_api_served_over_tls(
+    start_orch: Any,
+    make_settings: Any,
+    fake_cli_image: str,
+    upstream: FakeAnthropic,
+    project: Callable[[str], Path],
+) -> None:
+    # Every address: beyond loopback and the bridge, so TLS with the orchestrator's own CA.
+    orch = await start_orch(
+        make_settings(
+            CLAUDE_CODE_IMAGE=fake_cli_image,
+            CLAUDE_CODE_MEMORY_MB="512",
+            ANTHROPIC_API_KEY=UPSTREAM_KEY,
+            ANTHROPIC_BASE_URL=upstream.url,
+            LLM_PROVIDER="none",
+            ORCHESTRATOR_HTTP_BIND="0.0.0.0",
+        )
+    )
+    url = orch.manager.orchestrator_url
+    assert url.startswith("https://")
+    workdir = project("tls")
+    dump = 'python3 -c \'import json, os; json.dump(dict(os.environ), open("env.json", "w"))\''
+    upstream.enqueue_tool_use("Bash", {"command": dump}, text="Looking.")
+    upstream.enqueue_text("Done over TLS.", input_tokens=3, output_tokens=2)
+    final = await _run_to_the_end(
+        orch,
+        CreateJobRequest(task="Look", mode=JobMode.CLAUDE_CODE, project_dir=str(workdir)),
+    )
+    assert final.result is not None
+    assert final.result.reason is TerminalReason.COMPLETED, final.result.message
+    assert final.result.message == "Done over TLS."
+    env = json.loads((workdir / "env.json").read_text())
+    assert env["ANTHROPIC_BASE_URL"].startswith(f"{url}/worker/")
+    # Node's extra roots: a bundle in the CLI's private $HOME holding the orchestrator's CA.
+    bundle = env["NODE_EXTRA_CA_CERTS"]
+    assert bundle == env["SSL_CERT_FILE"]
+    assert bundle.startswith(env["HOME"])
+    assert "GIT_SSL_CAINFO" not in env
+    assert len(upstream.requests) == 2

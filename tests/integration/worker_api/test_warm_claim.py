@@ -15,6 +15,7 @@ from orchestrator.domain.jobs import CreateJobRequest, JobState
 from tests.fakes.fake_backend import FakeBackend
 from tests.helpers import wait_for
 from worker.claim import ClaimRefused, await_claim
+from worker.client import WorkerApiClient
 
 
 async def test_the_waiter_gets_its_claim_and_then_its_secret_opens_nothing(
@@ -86,3 +87,51 @@ async def test_the_claim_route_refuses_bad_input_with_the_spec_codes(
 def test_the_waiter_refuses_an_environment_without_a_slot() -> None:
     with pytest.raises(ValueError, match=container_env.WARM_SLOT_ID):
         await_claim({container_env.ORCHESTRATOR_URL: "http://o:1"})
+
+
+async def test_the_waiter_verifies_a_worker_api_served_over_tls_with_the_ca_it_was_given(
+    start_orch: Any, make_settings: Any, tmp_path: Any
+) -> None:
+    # The operator's files (made here by the same code as the orchestrator's own CA), for the
+    # address this host reaches the worker API at.
+    from orchestrator.http_api.worker_tls import (
+        CA_FILE,
+        SERVER_FILE,
+        SERVER_KEY_FILE,
+        TLS_DIR_NAME,
+        own_tls,
+    )
+
+    own_tls(tmp_path, ["127.0.0.1"])
+    files = tmp_path / TLS_DIR_NAME
+    orch = await start_orch(
+        make_settings(
+            WARM_POOL="worker=1",
+            WORKER_API_TLS_CERT=str(files / SERVER_FILE),
+            WORKER_API_TLS_KEY=str(files / SERVER_KEY_FILE),
+            WORKER_API_CA=str(files / CA_FILE),
+        )
+    )
+    pool = orch.manager.warm_pool
+    assert pool is not None
+    backend = orch.backend
+    assert isinstance(backend, FakeBackend)
+    slot = await wait_for(
+        lambda: next((s for s in pool._slots.values() if s.ready), None), what="a ready slot"
+    )
+    spec = backend.containers[slot.container_id].spec
+    assert spec.env[container_env.ORCHESTRATOR_URL].startswith("https://")
+    assert spec.env[container_env.ORCHESTRATOR_CA] == (files / CA_FILE).read_text()
+    url = f"https://127.0.0.1:{orch.http_port}"
+    env = {**spec.env, container_env.ORCHESTRATOR_URL: url}
+    waiting = asyncio.create_task(asyncio.to_thread(await_claim, env))
+    await wait_for(lambda: slot._poller is not None, what="the waiter's poll over TLS")
+    creating = asyncio.create_task(orch.manager.create_job(CreateJobRequest(task="t")))
+    claim = await asyncio.wait_for(waiting, 10)
+    # Its first call as the job, through the worker's own client over TLS, confirms the claim.
+    ca_pem = env[container_env.ORCHESTRATOR_CA]
+    with WorkerApiClient(url, claim.job_id, claim.token, ca_pem=ca_pem) as client:
+        job = await asyncio.to_thread(client.get_job)
+    assert job["job_id"] == claim.job_id
+    created = await asyncio.wait_for(creating, 10)
+    assert (claim.job_id, claim.token) == (created.job.job_id, created.token)

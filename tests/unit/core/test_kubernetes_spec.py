@@ -80,6 +80,8 @@ def job_spec(s: Settings, placement: tuple[str, ...] = ()) -> ContainerSpec:
         orchestrator_url=URL,
         project_dir=str(s.projects_dir / JOB_ID),
         placement=placement,
+        # As the backend says: host paths only where the operator allows them.
+        binds_host_paths=s.kubernetes_allow_host_path,
     )
 
 
@@ -211,6 +213,9 @@ def test_a_bind_mount_of_a_host_path_is_refused_unless_allowed(tmp_path: Path) -
     with pytest.raises(FailedPrecondition, match="KUBERNETES_ALLOW_HOST_PATH"):
         build_job_objects(spec, options_for(s))
     allowed = settings(tmp_path, KUBERNETES_ALLOW_HOST_PATH="1")
+    bound = job_spec(allowed)
+    assert bound.scratch_workspace is None
+    spec = replace(bound, mounts=(*bound.mounts, extra))
     pod = build_job_objects(spec, options_for(allowed)).pod
     validate(pod)
     host_paths = {v["hostPath"]["path"] for v in pod["spec"]["volumes"] if "hostPath" in v}

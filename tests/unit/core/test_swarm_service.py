@@ -266,8 +266,8 @@ def test_a_placement_label_that_would_change_the_constraint_is_refused(
 
 
 def test_swarm_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="JOB_NETWORK=bridge"):
-        Settings.from_env({"CONTAINER_BACKEND": "swarm"})
+    # Isolated by default on a Swarm too; bridge stays an opt-out.
+    assert Settings.from_env({"CONTAINER_BACKEND": "swarm"}).job_network == "isolated"
     with pytest.raises(ConfigError, match="SWARM_PLACEMENT_CONSTRAINTS"):
         Settings.from_env({**SWARM_ENV, "SWARM_PLACEMENT_CONSTRAINTS": "zone=a"})
     settings = Settings.from_env(

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ironclaw_contract import container_env
 from ironclaw_contract.agent_catalog import env_name_problem, render_command
 from ironclaw_contract.job_keys import egress_key_for, llm_key_for
 from ironclaw_contract.secret_patterns import mask_secrets
@@ -200,8 +201,13 @@ class AgentRunner:
             for value in credentials.values():
                 mask_in_logs(value)
                 _SECRETS.append(value)
+            # The agent calls the orchestrator's model route itself: it trusts its CA too.
             egress = egress_env(
-                job, self._client.job_id, self._egress_key, self._base_env.get("HOME")
+                job,
+                self._client.job_id,
+                self._egress_key,
+                self._base_env.get("HOME"),
+                orchestrator_ca_pem=self._base_env.get(container_env.ORCHESTRATOR_CA),
             )
             command = agent_command(
                 job,
@@ -392,7 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(level, int):
             raise UsageError(f"--log-level must be DEBUG, INFO, WARNING or ERROR: {args.log_level}")
         try:
-            client = WorkerApiClient(url, job_id, token, user_agent="ironclaw-agent-run")
+            client = WorkerApiClient(
+                url,
+                job_id,
+                token,
+                user_agent="ironclaw-agent-run",
+                ca_pem=env.get(container_env.ORCHESTRATOR_CA),
+            )
         except ValueError as exc:
             raise UsageError(f"{URL_VAR} / {TOKEN_VAR}: {exc}") from None
     except UsageError as exc:

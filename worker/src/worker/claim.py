@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 import urllib.parse
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 from ironclaw_contract import container_env
 from ironclaw_contract.worker_api import WARM_CLAIM_POLL_S, warm_claim_route
+from worker.client import tls_context
 
 log = logging.getLogger("worker.claim")
 
@@ -65,24 +67,31 @@ def await_claim(env: MutableMapping[str, str]) -> Claim:
             f"{container_env.WARM_SLOT_SECRET} and {container_env.ORCHESTRATOR_URL}"
         )
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"{container_env.ORCHESTRATOR_URL}: {url!r} is not an http:// URL")
-    claim = _poll_until_claimed(parts.hostname, parts.port or 80, slot_id, secret)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{container_env.ORCHESTRATOR_URL}: {url!r} is not an http(s):// URL")
+    tls = tls_context(env.get(container_env.ORCHESTRATOR_CA)) if parts.scheme == "https" else None
+    default_port = 443 if tls is not None else 80
+    claim = _poll_until_claimed(parts.hostname, parts.port or default_port, slot_id, secret, tls)
     env.pop(container_env.WARM_SLOT_ID, None)
     env[container_env.JOB_ID] = claim.job_id
     env[container_env.WORKER_TOKEN] = claim.token
     return claim
 
 
-def _poll_until_claimed(host: str, port: int, slot_id: str, secret: str) -> Claim:
+def _poll_until_claimed(
+    host: str, port: int, slot_id: str, secret: str, tls: ssl.SSLContext | None = None
+) -> Claim:
     path = warm_claim_route(slot_id)
     headers = {"Authorization": f"Bearer {secret}", "Connection": "keep-alive"}
     connection: http.client.HTTPConnection | None = None
     while True:
         try:
             if connection is None:
-                connection = http.client.HTTPConnection(
-                    host, port, timeout=WARM_CLAIM_POLL_S + _READ_MARGIN_S
+                timeout = WARM_CLAIM_POLL_S + _READ_MARGIN_S
+                connection = (
+                    http.client.HTTPSConnection(host, port, timeout=timeout, context=tls)
+                    if tls is not None
+                    else http.client.HTTPConnection(host, port, timeout=timeout)
                 )
                 connection.connect()
                 # The claim is a few hundred bytes: no Nagle delay on either side.

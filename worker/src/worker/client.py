@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 import urllib.parse
@@ -119,6 +120,18 @@ class FollowUpPrompt:
 truncate_text = json_bounds.truncate_text
 
 
+def tls_context(ca_pem: str | None) -> ssl.SSLContext:
+    """How an ``https://`` orchestrator URL is verified: against the CA the orchestrator handed
+    the container (``IRONCLAW_ORCHESTRATOR_CA``) and only that one, else the system's roots;
+    the host name is always checked."""
+    if ca_pem and ca_pem.strip():
+        try:
+            return ssl.create_default_context(cadata=ca_pem)
+        except ssl.SSLError as exc:
+            raise ValueError("the orchestrator's CA is not a PEM certificate") from exc
+    return ssl.create_default_context()
+
+
 def bound_json(
     value: Any,
     *,
@@ -149,6 +162,7 @@ class WorkerApiClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         user_agent: str = "ironclaw-worker",
+        ca_pem: str | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -161,6 +175,7 @@ class WorkerApiClient:
             raise ValueError("worker token is empty or contains whitespace or control characters")
         self._base_url = base_url.rstrip("/")
         self._https = parsed.scheme == "https"
+        self._tls = tls_context(ca_pem) if self._https else None
         self._host = parsed.hostname
         self._port = parsed.port
         self._root = parsed.path.rstrip("/")
@@ -516,8 +531,13 @@ class WorkerApiClient:
     def _new_connection(self, read_timeout: float | None) -> http.client.HTTPConnection:
         """A connected connection; its socket gets ``read_timeout`` once connected (None: the
         caller sets it)."""
-        conn_class = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = conn_class(self._host, self._port, timeout=self._connect_timeout)
+        conn: http.client.HTTPConnection
+        if self._tls is not None:
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._connect_timeout, context=self._tls
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
         conn.connect()
         if read_timeout is not None:
             assert conn.sock is not None

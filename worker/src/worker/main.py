@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         max_iterations = _max_iterations(args.max_iterations)
         level = _log_level(args.log_level)
         try:
-            client = WorkerApiClient(url, job_id, token)
+            client = WorkerApiClient(
+                url, job_id, token, ca_pem=env.get(container_env.ORCHESTRATOR_CA)
+            )
         except ValueError as exc:
             raise UsageError(f"{URL_VAR} / {TOKEN_VAR}: {exc}") from None
     except UsageError as exc:

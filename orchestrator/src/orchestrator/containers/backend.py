@@ -106,6 +106,9 @@ class JobNetworkRequest:
     relay_max_connections: int = 64
     relay_first_byte_timeout_s: float = 10.0
     relay_idle_timeout_s: float = 900.0
+    # The name the relay answers as on the job's network, when it is not ``upstream_host``
+    # (on a Swarm the job's URL names the relay, and the relay the worker API's bind address).
+    alias: str = ""
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,7 @@ def _start_relay(api: Any, network: str, labels: dict[str, str], r: JobNetworkRe
         )
         relay_id = str(created["Id"])
         # The job container finds the relay under the worker API's host name.
-        api.connect_container_to_network(relay_id, network, aliases=[r.upstream_host])
+        api.connect_container_to_network(relay_id, network, aliases=[r.alias or r.upstream_host])
         api.start(relay_id)
     except docker.errors.APIError as exc:
         with contextlib.suppress(Exception):

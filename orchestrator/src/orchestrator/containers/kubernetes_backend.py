@@ -132,6 +132,9 @@ class KubernetesBackend(ContainerBackend):
     def __init__(self, settings: Settings, max_workers: int = 16) -> None:
         self._settings = settings
         self._options = options_for(settings)
+        # A pod's /workspace is an emptyDir the job fills from the worker API and pushes back,
+        # unless the operator lets pods mount the orchestrator's project directories.
+        self.binds_host_paths = settings.kubernetes_allow_host_path
         self._namespace = settings.kubernetes_namespace
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="k8s")
         self._api_client: Any = None

@@ -17,10 +17,11 @@ What a Pod cannot say, or says differently than one Docker host:
 * ``no-new-privileges`` is ``allowPrivilegeEscalation: false``; the seccomp profile is the
   runtime's default, asked for explicitly.
 * An ``emptyDir`` cannot be ``noexec``: /tmp is executable in a pod, unlike on one host.
-* The workspace is an ``emptyDir`` (a git workspace is cloned into it by the job): a cluster
-  has no path of the orchestrator's host. Other bind mounts are refused unless the operator
-  allows hostPath (KUBERNETES_ALLOW_HOST_PATH=1: one node, or a path every node shares), which
-  then mounts the project directory itself.
+* The workspace is an ``emptyDir`` (``ContainerSpec.scratch_workspace``): a cluster has no
+  path of the orchestrator's host, so the job fetches its project (an upload, a project
+  directory's tree, or a git clone) into it over the worker API and pushes it back at its end.
+  Bind mounts are refused unless the operator allows hostPath (KUBERNETES_ALLOW_HOST_PATH=1:
+  one node, or a path every node shares), which then mounts the project directory itself.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from orchestrator.containers.backend import ContainerSpec
-from orchestrator.containers.spec import LABEL_INSTANCE, SANDBOX_HOME, WORKSPACE
+from orchestrator.containers.spec import LABEL_INSTANCE, SANDBOX_HOME
 from orchestrator.errors import FailedPrecondition
 
 # The Pod's one container.
@@ -226,9 +227,6 @@ def _volumes(
         volume = f"mount-{index}"
         if options.allow_host_path:
             source: dict[str, Any] = {"hostPath": {"path": mount.host_path, "type": "Directory"}}
-        elif mount.container_path == WORKSPACE:
-            source = {"emptyDir": {"sizeLimit": _quantity_bytes(options.workspace_bytes)}}
-            volume = "workspace"
         else:
             raise FailedPrecondition(
                 f"a job pod cannot mount {mount.host_path} of the orchestrator's host at "
@@ -239,6 +237,15 @@ def _volumes(
         mounts.append(
             {"name": volume, "mountPath": mount.container_path, "readOnly": mount.read_only}
         )
+    if spec.scratch_workspace is not None:
+        # The job fetches its tree into it at the start and pushes it back at the end.
+        volumes.append(
+            {
+                "name": "workspace",
+                "emptyDir": {"sizeLimit": _quantity_bytes(options.workspace_bytes)},
+            }
+        )
+        mounts.append({"name": "workspace", "mountPath": spec.scratch_workspace.container_path})
     for index, (target, options_text) in enumerate(sorted(spec.tmpfs.items())):
         volume = "home" if target == SANDBOX_HOME else f"tmpfs-{index}"
         empty: dict[str, Any] = {"medium": "Memory"}

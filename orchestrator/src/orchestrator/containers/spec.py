@@ -61,6 +61,7 @@ def build_container_spec(
     project_dir: str,
     network: str | None = None,
     placement: tuple[str, ...] = (),
+    orchestrator_ca_pem: str | None = None,
     agent_image: str | None = None,
     binds_host_paths: bool = True,
 ) -> ContainerSpec:
@@ -80,6 +81,9 @@ def build_container_spec(
         container_env.WORKER_TOKEN: token,
         container_env.WORKSPACE: WORKSPACE,
     }
+    if orchestrator_ca_pem:
+        # Public: the CA that signed the worker API's certificate, for the job to verify it.
+        env[container_env.ORCHESTRATOR_CA] = orchestrator_ca_pem
     return _hardened_spec(
         settings=settings,
         name=container_name(mode, job_id),
@@ -107,6 +111,7 @@ def build_warm_slot_spec(
     orchestrator_url: str,
     project_dir: str,
     network: str | None = None,
+    orchestrator_ca_pem: str | None = None,
 ) -> ContainerSpec:
     """A warm-pool slot: the container of a job not known yet, hardened exactly like one, with
     the mode's default memory limit (a claim with another changes it). Its environment names
@@ -118,6 +123,8 @@ def build_warm_slot_spec(
         container_env.WARM_SLOT_ID: slot_id,
         container_env.WARM_SLOT_SECRET: secret,
     }
+    if orchestrator_ca_pem:
+        env[container_env.ORCHESTRATOR_CA] = orchestrator_ca_pem
     labels = {
         LABEL_WARM_SLOT: slot_id,
         LABEL_MODE: mode.value,

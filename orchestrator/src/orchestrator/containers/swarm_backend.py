@@ -24,12 +24,14 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from orchestrator.containers import swarm_network
 from orchestrator.containers.backend import (
     ContainerBackend,
     ContainerExit,
     ContainerInfo,
     ContainerSpec,
     EngineCapabilities,
+    JobNetworkRequest,
 )
 from orchestrator.containers.spec import LABEL_INSTANCE
 from orchestrator.containers.swarm_probe import probe_no_new_privileges
@@ -251,6 +253,7 @@ class SwarmBackend(ContainerBackend):
                 name=service.name,
                 labels=service.labels,
                 mode=service.mode,
+                endpoint_spec=service.endpoint_spec,
             )
         except docker.errors.APIError as exc:
             raise ServiceStartFailed(_api_error_text("service create", exc)) from exc
@@ -453,6 +456,30 @@ class SwarmBackend(ContainerBackend):
                     yield exit_event(info)
             reported &= present
             await asyncio.sleep(interval)
+
+    # ---- isolated job networks (swarm_network) --------------------------------------------
+
+    async def create_job_network(self, request: JobNetworkRequest) -> str:
+        """The job's internal overlay and its relay service (on the job's nodes' constraints:
+        they have the images)."""
+        return await self._run(
+            functools.partial(
+                swarm_network.create_job_network,
+                self._api(),
+                request,
+                self._placement.constraints,
+            )
+        )
+
+    async def remove_job_network(self, instance: str, job_id: str) -> None:
+        await self._run(
+            functools.partial(swarm_network.remove_job_network, self._api(), instance, job_id)
+        )
+
+    async def list_job_networks(self, instance: str) -> list[str]:
+        return await self._run(
+            functools.partial(swarm_network.list_job_networks, self._api(), instance)
+        )
 
     async def close(self) -> None:
         client = self._client

@@ -64,6 +64,8 @@ class ServiceDefinition:
     labels: dict[str, str]
     task_template: dict[str, Any]
     mode: dict[str, Any] = field(default_factory=lambda: {"Replicated": {"Replicas": 1}})
+    # ``{"Mode": "dnsrr"}`` on an overlay: the default virtual IP needs IPVS on every node.
+    endpoint_spec: dict[str, Any] | None = None
 
 
 def node_label_constraints(node_labels: Mapping[str, str]) -> tuple[str, ...]:
@@ -143,9 +145,16 @@ def build_service(
         "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
         "Placement": {"Constraints": constraints},
     }
+    endpoint_spec: dict[str, Any] | None = None
     if spec.network and spec.network != "bridge":
         task_template["Networks"] = [{"Target": spec.network}]
-    return ServiceDefinition(name=spec.name, labels=dict(spec.labels), task_template=task_template)
+        endpoint_spec = {"Mode": "dnsrr"}
+    return ServiceDefinition(
+        name=spec.name,
+        labels=dict(spec.labels),
+        task_template=task_template,
+        endpoint_spec=endpoint_spec,
+    )
 
 
 def _cap(name: str) -> str:

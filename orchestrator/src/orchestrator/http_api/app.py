@@ -9,6 +9,7 @@ the spec's codes, never a stack trace; ``refusal`` is the code a client acts on.
 from __future__ import annotations
 
 import re
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -529,9 +530,10 @@ async def start_worker_api(
     port: int,
     limits: ConnectionLimits | None = None,
     metrics: Metrics | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serves ``app`` on host:port (0 picks a free port) behind the connection caps and
-    timeouts of ``limits``; returns the runner and the port."""
+    timeouts of ``limits``, over TLS when ``tls`` is given; returns the runner and the port."""
     limits = limits or ConnectionLimits()
     # aiohttp's own keep-alive timer stays as a backstop behind the guard's deadlines.
     runner = web.AppRunner(
@@ -548,7 +550,7 @@ async def start_worker_api(
         await runner.cleanup()
         raise
     guard = ConnectionGuard(runner.server, limits, metrics)
-    site = GuardedSite(runner, sock, guard, backlog=LISTEN_BACKLOG)
+    site = GuardedSite(runner, sock, guard, backlog=LISTEN_BACKLOG, tls=tls)
     try:
         await site.start()
     except BaseException:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -316,19 +317,25 @@ class ConnectionGuard:
 class GuardedSite(web.BaseSite):
     """An aiohttp site serving a listening socket through a :class:`ConnectionGuard`."""
 
-    __slots__ = ("_guard", "_sock")
+    __slots__ = ("_guard", "_sock", "_tls")
 
     def __init__(
-        self, runner: web.BaseRunner, sock: Any, guard: ConnectionGuard, backlog: int
+        self,
+        runner: web.BaseRunner,
+        sock: Any,
+        guard: ConnectionGuard,
+        backlog: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._sock = sock
         self._guard = guard
+        self._tls = tls
 
     @property
     def name(self) -> str:
         host, port = self._sock.getsockname()[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     @property
     def guard(self) -> ConnectionGuard:
@@ -337,8 +344,17 @@ class GuardedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
+        # With TLS the guard sees a connection once its handshake is done; until then the
+        # handshake has the header timeout, so a connection that never completes one holds
+        # its descriptor no longer than one that never sends a head.
         self._server = await loop.create_server(
-            self._guard.protocol, sock=self._sock, backlog=self._backlog
+            self._guard.protocol,
+            sock=self._sock,
+            backlog=self._backlog,
+            ssl=self._tls,
+            ssl_handshake_timeout=(
+                self._guard.limits.header_timeout_s if self._tls is not None else None
+            ),
         )
         self._guard.start()
 

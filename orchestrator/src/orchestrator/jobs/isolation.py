@@ -25,12 +25,19 @@ def job_network_request(
         if problem:
             raise FailedPrecondition(problem)
         extra_ports = (urlsplit(egress_url).port or 80,)
+    alias = parts.hostname
+    upstream = alias
+    if settings.container_backend == "swarm" and settings.http_bind:
+        # The job's URL names its relay (swarm_network.RELAY_ALIAS); the relay goes on to the
+        # address the worker API is bound to, which the nodes reach.
+        upstream = settings.http_bind
     return JobNetworkRequest(
         instance=settings.instance,
         job_id=job_id,
         relay_image=settings.job_relay_image or settings.worker_image,
         upstream_network=settings.worker_network,
-        upstream_host=parts.hostname,
+        upstream_host=upstream,
+        alias=alias,
         port=port,
         subnet_pool=settings.job_network_pool,
         extra_ports=extra_ports,

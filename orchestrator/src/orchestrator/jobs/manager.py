@@ -128,6 +128,7 @@ class ContainerJobManager:
         self._orchestrator_url = orchestrator_url
         self._egress_url: str | None = None
         self._egress_ca_pem: str | None = None
+        self._orchestrator_ca_pem: str | None = None
         self._llm_provider_name = llm_provider_name
         self._table = JobTable(self._store)
         self._lifecycle = JobLifecycle(settings, backend, tokens, self._table, metrics)
@@ -226,6 +227,14 @@ class ContainerJobManager:
         """Set once the gateway's port is bound (port 0 picks one in tests)."""
         self._egress_url = url
 
+    @property
+    def orchestrator_ca_pem(self) -> str | None:
+        """The CA job containers verify the worker API's certificate with (None: plaintext)."""
+        return self._orchestrator_ca_pem
+
+    def set_orchestrator_ca_pem(self, pem: str | None) -> None:
+        self._orchestrator_ca_pem = pem
+
     def set_orchestrator_url(self, url: str) -> None:
         """The worker API's URL as containers reach it (known once the API is bound)."""
         self._orchestrator_url = url
@@ -238,7 +247,7 @@ class ContainerJobManager:
     def start_warm_pool(self) -> None:
         """Starts filling the warm pools (once the worker API and the gateway are bound)."""
         if self._warm is not None and self._accepting:
-            self._warm.start(self._orchestrator_url, self._egress_url)
+            self._warm.start(self._orchestrator_url, self._egress_url, self._orchestrator_ca_pem)
 
     def container_id(self, job_id: str) -> str | None:
         """The id of the job's container while it exists."""
@@ -480,6 +489,7 @@ class ContainerJobManager:
             created_at=job.created_at,
             token=token,
             orchestrator_url=self._orchestrator_url,
+            orchestrator_ca_pem=self._orchestrator_ca_pem,
             project_dir=job.project_dir,
             placement=placement,
             agent_image=job.agent.image if job.agent is not None else None,

@@ -148,6 +148,7 @@ class WarmPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._urls: tuple[str, str | None] = ("", None)
+        self._ca_pem: str | None = None
         self._closed = False
         if metrics is not None:
             metrics.watch_warm_pools(self.states)
@@ -161,11 +162,14 @@ class WarmPool:
 
     # ---------------------------------------------------------------- life
 
-    def start(self, orchestrator_url: str, egress_url: str | None) -> None:
+    def start(
+        self, orchestrator_url: str, egress_url: str | None, ca_pem: str | None = None
+    ) -> None:
         """Starts filling every pool in the background (once the worker API is bound)."""
         if self._tasks or self._closed:
             return
         self._urls = (orchestrator_url, egress_url)
+        self._ca_pem = ca_pem
         for mode in self._sizes:
             self._wake[mode] = asyncio.Event()
             self._tasks.append(
@@ -435,6 +439,7 @@ class WarmPool:
                 created_at=utcnow(),
                 secret=secret,
                 orchestrator_url=orchestrator_url,
+                orchestrator_ca_pem=self._ca_pem,
                 project_dir=str(slot.directory),
                 network=network,
             )
