@@ -22,7 +22,7 @@ from orchestrator.containers.swarm_network import RELAY_ALIAS
 from orchestrator.jobs.isolation import job_network_request
 from tests.helpers import wait_for
 from tests.swarm.fixtures import SwarmCluster
-from tests.swarm.support import RELEASE_FILE, create_job, ended_job, running_task
+from tests.swarm.support import create_job, downloaded, ended_job, release, running_task
 
 pytestmark = pytest.mark.docker
 
@@ -155,12 +155,14 @@ async def test_isolated_jobs_run_over_tls_through_their_relay_and_reach_nothing_
         # Refused would mean a host answered: only no route or no answer is isolation.
         assert "ConnectionRefused" not in outcome, f"{name} answered: {outcome}"
 
-    for project in projects.values():
-        (project / RELEASE_FILE).touch()
-    for zone, job_id in jobs.items():
+    # The workspace is a volume on the job's node: released there, read back through
+    # DownloadWorkspace (the project directory on this host is only what the job fetched).
+    for job_id in jobs.values():
+        await release(swarm_cluster, job_id)
+    for job_id in jobs.values():
         job = await ended_job(stub, job_id)
         assert job.result.reason == pb.TERMINAL_REASON_COMPLETED, job.result.message
-        assert "return a + b" in (projects[zone] / "calc.py").read_text()
+        assert "return a + b" in (await downloaded(stub, job_id))["calc.py"].decode()
     await wait_for(lambda: not swarm_leftovers(), timeout=60, interval=0.5, what="no leftovers")
 
 
