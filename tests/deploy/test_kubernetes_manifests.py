@@ -162,7 +162,11 @@ def test_its_environment_is_a_valid_kubernetes_configuration(tmp_path: Path) -> 
     assert settings.container_backend == "kubernetes"
     service = only("Service")
     ports = {port["name"]: port["port"] for port in service["spec"]["ports"]}
-    assert ports == {"grpc": settings.grpc_port, "worker-api": settings.http_port}
+    assert ports == {
+        "grpc": settings.grpc_port,
+        "worker-api": settings.http_port,
+        "egress": settings.egress_port,
+    }
     # https: the worker API listens on the pod's address, beyond loopback, so it speaks TLS
     # (its own CA on the state volume unless WORKER_API_TLS_* name the operator's).
     url = f"https://{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
@@ -193,6 +197,6 @@ def test_the_orchestrators_policy_admits_jobs_on_the_worker_api_only() -> None:
         for peer in rule["from"]
     }
     assert rules == {
-        (("app.kubernetes.io/managed-by", "ironclaw-orchestrator"),): [50052],
+        (("app.kubernetes.io/managed-by", "ironclaw-orchestrator"),): [50052, 50053],
         (("ironclaw-client", "true"),): [50051],
     }

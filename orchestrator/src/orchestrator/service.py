@@ -264,6 +264,12 @@ async def start_orchestrator(
             await runner.cleanup()
             raise ConfigError(f"IRONCLAW_EGRESS_URL_FOR_JOBS: {problem}")
         manager.set_egress_url(egress_url)
+    elif settings.container_backend == "kubernetes":
+        # A job pod's NetworkPolicy lets it reach the orchestrator's pods only: the gateway,
+        # beside the worker API behind the same Service, is its one way out.
+        manager.set_egress_url(
+            settings.egress_url or _kubernetes_egress_url(settings, gateway.port)
+        )
     plane = await start_control_plane(settings, manager, grpc_port)
     orch = Orchestrator(
         settings=settings,
@@ -376,6 +382,12 @@ def _container_url(settings: Settings, http_host: str, port: int, scheme: str = 
         # Pods reach the orchestrator through its Service, never through an address of a host.
         return settings.kubernetes_orchestrator_url
     return f"{scheme}://{container_host(settings, http_host)}:{port}"
+
+
+def _kubernetes_egress_url(settings: Settings, port: int) -> str:
+    """The egress gateway as job pods reach it: the worker API's Service host, its own port."""
+    host = urlsplit(settings.kubernetes_orchestrator_url or "").hostname or ""
+    return f"http://{host}:{port}"
 
 
 def _jobs_url_override(settings: Settings) -> tuple[str, str] | None:

@@ -4,7 +4,9 @@ orchestrator's error with the fix, never the client's exception."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,60 @@ async def test_a_spec_a_pod_cannot_honour_is_refused_before_any_api_call(
             await backend.create_and_start(spec)
     finally:
         await backend.close()
+
+
+SERVICE_HOST = "ironclaw-orchestrator.ironclaw.svc"
+
+
+def served_settings(tmp_path: Path, url: str) -> Settings:
+    return Settings.from_env(
+        {
+            "IRONCLAW_BASE_DIR": str(tmp_path),
+            "CONTAINER_BACKEND": "kubernetes",
+            "JOB_NETWORK": "bridge",
+            "KUBERNETES_ORCHESTRATOR_URL": url,
+            # As in deploy/kubernetes: the pod's every address, beyond loopback.
+            "ORCHESTRATOR_HTTP_BIND": "0.0.0.0",
+            "METRICS_ENABLED": "0",
+        }
+    )
+
+
+async def test_pods_get_the_service_url_over_tls_and_the_gateway_beside_it(
+    tmp_path: Path, kubeconfig_nowhere: str
+) -> None:
+    from orchestrator.service import start_orchestrator
+
+    url = f"https://{SERVICE_HOST}:50052"
+    orch = await start_orchestrator(served_settings(tmp_path, url), grpc_port=0, http_port=0)
+    try:
+        manager = orch.manager
+        assert manager.orchestrator_url == url
+        # The pod's NetworkPolicy lets it reach the orchestrator only: its one way out.
+        assert manager.egress_url == f"http://{SERVICE_HOST}:{orch.egress_port}"
+        ca_pem = manager.orchestrator_ca_pem
+        assert ca_pem is not None
+        # The certificate names the Service a pod calls, signed by the CA the pod is given.
+        context = ssl.create_default_context(cadata=ca_pem)
+
+        def handshake() -> str | None:
+            with (
+                socket.create_connection(("127.0.0.1", orch.http_port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname=SERVICE_HOST) as tls,
+            ):
+                return tls.version()
+
+        # Off the loop: the server answering it runs on this one.
+        assert await asyncio.to_thread(handshake) is not None
+    finally:
+        await orch.stop()
+
+
+async def test_a_plain_http_service_url_is_refused_where_the_api_speaks_tls(
+    tmp_path: Path, kubeconfig_nowhere: str
+) -> None:
+    from orchestrator.service import start_orchestrator
+
+    settings = served_settings(tmp_path, f"http://{SERVICE_HOST}:50052")
+    with pytest.raises(ConfigError, match=r"KUBERNETES_ORCHESTRATOR_URL=http://.*use https://"):
+        await start_orchestrator(settings, grpc_port=0, http_port=0)

@@ -287,7 +287,8 @@ def test_the_network_policy_allows_only_the_orchestrator_and_dns(tmp_path: Path)
     to_orchestrator, to_dns = policy["egress"]
     assert to_orchestrator == {
         "to": [{"podSelector": {"matchLabels": {"app": "ironclaw-orchestrator", "tier": "cp"}}}],
-        "ports": [{"protocol": "TCP", "port": 50052}],
+        # The worker API and the egress gateway (the pod's one way out): nothing else.
+        "ports": [{"protocol": "TCP", "port": 50052}, {"protocol": "TCP", "port": 50053}],
     }
     assert to_dns["to"] == [
         {
@@ -301,14 +302,10 @@ def test_the_network_policy_allows_only_the_orchestrator_and_dns(tmp_path: Path)
     }
 
 
-def test_an_address_url_needs_no_dns_and_the_egress_port_is_allowed_when_used(
+def test_an_address_url_needs_no_dns_and_the_egress_port_is_always_allowed(
     tmp_path: Path,
 ) -> None:
-    built = objects(
-        tmp_path,
-        KUBERNETES_ORCHESTRATOR_URL="http://10.96.0.12:50052",
-        IRONCLAW_EGRESS_URL_FOR_JOBS="http://10.96.0.12:50053",
-    )
+    built = objects(tmp_path, KUBERNETES_ORCHESTRATOR_URL="http://10.96.0.12:50052")
     (only,) = built.network_policy["spec"]["egress"]
     assert only["ports"] == [{"protocol": "TCP", "port": 50052}, {"protocol": "TCP", "port": 50053}]
     assert needs_dns("http://ironclaw-orchestrator.ironclaw.svc:50052")
@@ -412,7 +409,7 @@ def test_options_follow_the_settings(tmp_path: Path) -> None:
     assert options == KubernetesOptions(
         namespace="jobs",
         orchestrator_selector={"app": "ironclaw-orchestrator"},
-        orchestrator_ports=(50052,),
+        orchestrator_ports=(50052, 50053),
         orchestrator_url=URL,
         request_millicpus=250,
         request_memory_bytes=256 << 20,

@@ -86,9 +86,8 @@ class PodStartFailed(FailedPrecondition):
 
 def options_for(settings: Settings) -> KubernetesOptions:
     """The operator's settings as the spec builder takes them."""
-    ports = [settings.http_port]
-    if settings.egress_url:
-        ports.append(settings.egress_port)
+    # The worker API's port and the egress gateway's: a job pod's one way out (service.py).
+    ports = [settings.http_port, settings.egress_port]
     return KubernetesOptions(
         namespace=settings.kubernetes_namespace,
         orchestrator_selector=dict(settings.kubernetes_orchestrator_selector),
