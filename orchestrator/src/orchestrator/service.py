@@ -33,6 +33,7 @@ from orchestrator.egress.resolve import Resolver
 from orchestrator.errors import ConfigError, EngineUnavailable
 from orchestrator.fd_limit import FdLimit, current_fd_limit, raise_fd_limit
 from orchestrator.grpc_api.server import ControlPlane, start_control_plane
+from orchestrator.host_interfaces import interface_address
 from orchestrator.http_api.app import build_app, start_worker_api
 from orchestrator.http_api.connection_limits import ConnectionLimits, connection_limits
 from orchestrator.http_api.worker_tls import (
@@ -497,20 +498,3 @@ def _log_fd_limit(limit: FdLimit) -> None:
         log.info("file-descriptor limit raised", soft=limit.soft, previous=limit.previous_soft)
     else:
         log.info("file-descriptor limit", soft=limit.soft, hard=limit.hard)
-
-
-def interface_address(name: str) -> str | None:
-    """The IPv4 address of a network interface (the bridge, when the engine is down)."""
-    import fcntl
-    import socket
-    import struct
-
-    siocgifaddr = 0x8915
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            packed = fcntl.ioctl(
-                sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15])
-            )
-        except OSError:
-            return None
-    return socket.inet_ntoa(packed[20:24])

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from orchestrator.certificates import CA_FILE, CA_KEY_FILE
 from orchestrator.errors import ConfigError
 from orchestrator.http_api.worker_tls import (
-    CA_FILE,
-    CA_KEY_FILE,
     SERVER_FILE,
     SERVER_KEY_FILE,
     TLS_DIR_NAME,
