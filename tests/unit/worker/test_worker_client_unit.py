@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -12,6 +17,7 @@ from worker.client import (
     TokenRejected,
     WorkerApiClient,
     WorkerApiError,
+    WorkerConnectionError,
     bound_json,
     truncate_text,
 )
@@ -84,3 +90,32 @@ def test_backoff_grows_is_jittered_and_capped() -> None:
         delays = {policy.delay(attempt) for _ in range(50)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(delays) > 1
+
+
+def test_an_upload_whose_producer_fails_stops_at_once_not_at_the_timeout() -> None:
+    # A server that reads the body and never answers, as the orchestrator waits for the end
+    # of a chunked body that would never come.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        accepted: list[socket.socket] = []
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            accepted.append(conn)
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        client = WorkerApiClient(f"http://127.0.0.1:{port}", JOB, TOKEN)
+
+        def produce(emit: Callable[[bytes], None]) -> None:
+            emit(b"some of the archive")
+            raise PermissionError(13, "Permission denied", "/workspace/locked")
+
+        started = time.monotonic()
+        with pytest.raises(WorkerConnectionError, match="Permission denied"):
+            client.upload("workspace", produce, timeout=30)
+        assert time.monotonic() - started < 10
+        for conn in accepted:
+            conn.close()

@@ -14,6 +14,7 @@ by the English of its message.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -394,15 +395,24 @@ class WorkerApiClient:
             conn.putheader("Transfer-Encoding", "chunked")
             conn.endheaders()
 
-            def send(chunk: bytes) -> None:
-                if chunk:
-                    conn.send(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            refused = False
 
-            try:
-                produce(send)
-                conn.send(b"0\r\n\r\n")
-            except OSError:
-                pass  # the server stopped reading (a refusal): its answer says why
+            def send(chunk: bytes) -> None:
+                nonlocal refused
+                if chunk and not refused:
+                    try:
+                        conn.send(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                    except OSError:
+                        # The server stopped reading (a refusal): its answer says why.
+                        refused = True
+
+            # What ``produce`` raises itself (a file it cannot read) stops the upload here:
+            # caught as the socket's errors are, the body would never end and the answer
+            # would be waited for until the timeout.
+            produce(send)
+            if not refused:
+                with contextlib.suppress(OSError):
+                    conn.send(b"0\r\n\r\n")
             response = conn.getresponse()
             return _decode(response.status, response.read())
         except (OSError, http.client.HTTPException) as exc:
