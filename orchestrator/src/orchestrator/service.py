@@ -379,8 +379,9 @@ async def _serve_metrics(
 
 
 def _container_url(settings: Settings, http_host: str, port: int, scheme: str = "http") -> str:
-    if settings.container_backend == "kubernetes" and settings.kubernetes_orchestrator_url:
-        # Pods reach the orchestrator through its Service, never through an address of a host.
+    if settings.kubernetes_orchestrator_url and settings.container_backend == "kubernetes":
+        # Pods reach the orchestrator through its Service, never through an address of a host
+        # (the setting is required with this backend: checked with the settings).
         return settings.kubernetes_orchestrator_url
     return f"{scheme}://{container_host(settings, http_host)}:{port}"
 

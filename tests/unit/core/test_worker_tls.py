@@ -4,7 +4,6 @@ files, and the trust a job's agent process is given."""
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import stat
 from pathlib import Path
@@ -98,13 +97,28 @@ def test_the_own_ca_is_made_once_with_private_keys_and_reused(tmp_path: Path) ->
     moved = own_tls(tmp_path, ["ironclaw-orchestrator", "10.9.8.2"])
     assert moved.ca_pem == first.ca_pem
     assert _sans(directory / SERVER_FILE) == {"ironclaw-orchestrator", "10.9.8.2"}
-    ipaddress.ip_address("10.9.8.2")  # the bind address is an IP SAN, not a DNS name
+    # The bind address is an IP SAN, not a DNS name.
     assert "10.9.8.2" in {
         str(a)
         for a in x509.load_pem_x509_certificate((directory / SERVER_FILE).read_bytes())
         .extensions.get_extension_for_class(x509.SubjectAlternativeName)
         .value.get_values_for_type(x509.IPAddress)
     }
+
+
+def test_a_server_key_that_is_not_the_certificates_is_made_again(tmp_path: Path) -> None:
+    # As a start that died between writing the new key and the new certificate leaves it.
+    own_tls(tmp_path, ["ironclaw-orchestrator"])
+    directory = tmp_path / TLS_DIR_NAME
+    other = own_tls(tmp_path / "other", ["ironclaw-orchestrator"])
+    assert other.ca_pem
+    (directory / SERVER_KEY_FILE).unlink()
+    (directory / SERVER_KEY_FILE).write_bytes(
+        (tmp_path / "other" / TLS_DIR_NAME / SERVER_KEY_FILE).read_bytes()
+    )
+    (directory / SERVER_KEY_FILE).chmod(0o600)
+    made = own_tls(tmp_path, ["ironclaw-orchestrator"])
+    assert made.context is not None  # loads: certificate and key belong together again
 
 
 def test_a_key_others_may_read_is_refused_naming_the_file(tmp_path: Path) -> None:

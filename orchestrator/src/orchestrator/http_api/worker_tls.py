@@ -137,8 +137,11 @@ def _server_fits(
     try:
         cert = x509.load_pem_x509_certificate(server_path.read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, x509.ExtensionNotFound):
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError, x509.ExtensionNotFound):
         return False
+    if key.public_key() != cert.public_key():
+        return False  # a start that died between writing the two: made again
     have = set(san.get_values_for_type(x509.DNSName))
     have |= {str(address) for address in san.get_values_for_type(x509.IPAddress)}
     soon = datetime.datetime.now(datetime.UTC) + RENEW_BEFORE
