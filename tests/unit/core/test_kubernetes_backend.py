@@ -156,3 +156,25 @@ async def test_a_plain_http_service_url_is_refused_where_the_api_speaks_tls(
     settings = served_settings(tmp_path, f"http://{SERVICE_HOST}:50052")
     with pytest.raises(ConfigError, match=r"KUBERNETES_ORCHESTRATOR_URL=http://.*use https://"):
         await start_orchestrator(settings, grpc_port=0, http_port=0)
+
+
+def test_an_api_refusal_echoing_the_token_never_carries_it_into_the_error() -> None:
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    from orchestrator.containers.kubernetes_backend import _api_error_text
+    from tests.unit.core.test_kubernetes_spec import TOKEN
+
+    refused = ApiException(status=422, reason="Unprocessable Entity")
+    # A validation message may quote the value it refused; the body holds the whole object.
+    refused.body = json.dumps(
+        {
+            "message": f'Secret "job-token" is invalid: data[token]: Invalid value: "{TOKEN}"',
+            "details": {"causes": [{"message": TOKEN}]},
+        }
+    ).encode()
+    text = _api_error_text("secret create", refused)
+    assert "422" in text
+    assert "data[token]" in text
+    assert TOKEN not in text

@@ -9,10 +9,10 @@ from typing import Any
 import kubernetes.client as k8s
 
 from orchestrator.containers.backend import ContainerExit
+from orchestrator.containers.exit_notice import exit_event
 from orchestrator.containers.kubernetes_backend import PodExitTracker
 from orchestrator.containers.kubernetes_pods import (
     deleted_exit,
-    exit_event,
     pod_info,
     start_problem,
     start_verdict,

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from orchestrator.containers.spec import build_container_spec
+from orchestrator.containers.exit_notice import exit_event
+from orchestrator.containers.spec import build_container_spec, tmpfs_bytes
 from orchestrator.containers.swarm_spec import (
     GUARD_ARGV0,
     NO_NEW_PRIVS_EXIT_CODE,
     NO_NEW_PRIVS_GUARD,
     SwarmPlacement,
     build_service,
-    tmpfs_bytes,
 )
-from orchestrator.containers.swarm_tasks import exit_event, nodes_by_id, service_info
+from orchestrator.containers.swarm_tasks import nodes_by_id, service_info
 from orchestrator.domain.jobs import CreateJobRequest, JobLimits, JobMode, TerminalReason
 from orchestrator.errors import ConfigError, FailedPrecondition, InvalidArgument
 from orchestrator.jobs.admission import admit

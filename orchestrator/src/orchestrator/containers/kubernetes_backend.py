@@ -40,9 +40,9 @@ from orchestrator.containers.backend import (
     ContainerInfo,
     ContainerSpec,
 )
+from orchestrator.containers.exit_notice import exit_event
 from orchestrator.containers.kubernetes_pods import (
     deleted_exit,
-    exit_event,
     pod_info,
     pod_name,
     start_verdict,
@@ -504,10 +504,8 @@ class KubernetesBackend(ContainerBackend):
                     if stop.is_set():
                         stream.stop()
                         break
+                    # The client turns the API's ERROR events into ApiException (below).
                     raw = event.get("raw_object") or {}
-                    if event.get("type") == "ERROR":
-                        version = None if raw.get("code") == 410 else version
-                        break
                     version = str((raw.get("metadata") or {}).get("resourceVersion") or version)
                     watcher.event(str(event.get("type")), raw)
             except ApiException as exc:
@@ -516,7 +514,9 @@ class KubernetesBackend(ContainerBackend):
                     continue
                 log.warning("watching job pods failed; retrying", status=exc.status)
                 stop.wait(1.0)
-            except (*_CONNECTION_ERRORS, ConfigError) as exc:
+            except Exception as exc:
+                # Whatever breaks one watch (a connection, a truncated line the client cannot
+                # parse), the thread goes on: without it no job would ever end again.
                 log.warning("watching job pods failed; retrying", error=type(exc).__name__)
                 stop.wait(1.0)
 
@@ -563,11 +563,13 @@ class PodExitTracker:
 
     def _deleted(self, pod: dict[str, Any]) -> None:
         name = pod_name(pod)
+        # Gone either way: neither set keeps it (an ended job's pod is removed by us).
+        removed_by_us = name in self._removing
+        self._removing.discard(name)
         if name in self._reported:
             self._reported.discard(name)
             return
-        if name in self._removing:
-            self._removing.discard(name)
+        if removed_by_us:
             return
         self._emit(deleted_exit(pod))
 

@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.containers.backend import ContainerExit, ContainerInfo
+from orchestrator.containers.exit_notice import exit_event
 from orchestrator.containers.kubernetes_spec import ANNOTATION_PREFIX, CONTAINER_NAME
-from orchestrator.containers.spec import LABEL_JOB_ID
 
 # Waiting reasons that no wait will cure: the start fails at once with them.
 FATAL_WAITING = frozenset(
@@ -218,18 +218,6 @@ def exit_detail(pod: Mapping[str, Any]) -> str:
 def _loss_detail(pod: Mapping[str, Any]) -> str:
     disruption = _condition(pod, "DisruptionTarget") or {}
     return str(disruption.get("message") or _status(pod).get("message") or "")
-
-
-def exit_event(info: ContainerInfo) -> ContainerExit:
-    """The exit notification for an ended or lost pod."""
-    return ContainerExit(
-        container_id=info.container_id,
-        job_id=info.labels.get(LABEL_JOB_ID, ""),
-        exit_code=info.exit_code,
-        oom_killed=info.oom_killed,
-        lost_node=info.lost_node,
-        detail=info.detail,
-    )
 
 
 def deleted_exit(pod: Mapping[str, Any]) -> ContainerExit:

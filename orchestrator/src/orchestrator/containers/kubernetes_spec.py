@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from orchestrator.containers.backend import ContainerSpec
-from orchestrator.containers.spec import LABEL_INSTANCE, SANDBOX_HOME
+from orchestrator.containers.spec import LABEL_INSTANCE, SANDBOX_HOME, tmpfs_bytes
 from orchestrator.errors import FailedPrecondition
 
 # The Pod's one container.
@@ -50,8 +50,6 @@ SANDBOX_GID = 1000
 DNS_PORT = 53
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_TMPFS_SIZE = re.compile(r"(?:^|,)size=(\d+)([kmg]?)(?:,|$)")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _CONSTRAINT = re.compile(r"node\.labels\.(?P<key>[^=!\s]+)\s*==\s*(?P<value>\S+)")
 
 
@@ -79,7 +77,8 @@ class KubernetesOptions:
 
 @dataclass(frozen=True)
 class JobObjects:
-    """The three objects of one job, created in this order: Secret, Pod, NetworkPolicy."""
+    """The three objects of one job, created in this order: NetworkPolicy (so the
+    pod's first packet is under it), Secret, Pod."""
 
     secret: dict[str, Any]
     pod: dict[str, Any]
@@ -124,14 +123,6 @@ def job_annotations(spec: ContainerSpec) -> dict[str, str]:
 def instance_selector(instance: str) -> str:
     """The label selector of one orchestrator instance's objects."""
     return f"{LABEL_INSTANCE}={instance}"
-
-
-def tmpfs_bytes(options: str) -> int | None:
-    """The ``size=`` of a tmpfs option string (``rw,size=512m``), in bytes."""
-    match = _TMPFS_SIZE.search(options.lower())
-    if match is None:
-        return None
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def node_selector(placement: tuple[str, ...]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from ironclaw_contract import container_env
@@ -230,3 +231,16 @@ def writable_tmpfs(settings: Settings) -> dict[str, str]:
             "uid=1000,gid=1000,mode=0700"
         ),
     }
+
+
+_TMPFS_SIZE = re.compile(r"(?:^|,)size=(\d+)([kmg]?)(?:,|$)")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def tmpfs_bytes(options: str) -> int | None:
+    """The ``size=`` of a tmpfs option string (``rw,size=512m``), in bytes: what a backend
+    whose mounts take a number (a service, a pod's emptyDir) asks for."""
+    match = _TMPFS_SIZE.search(options.lower())
+    if match is None:
+        return None
+    return int(match.group(1)) * _UNITS[match.group(2)]

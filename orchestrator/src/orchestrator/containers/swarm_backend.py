@@ -33,12 +33,12 @@ from orchestrator.containers.backend import (
     EngineCapabilities,
     JobNetworkRequest,
 )
+from orchestrator.containers.exit_notice import exit_event
 from orchestrator.containers.spec import LABEL_INSTANCE
 from orchestrator.containers.swarm_probe import probe_no_new_privileges
 from orchestrator.containers.swarm_spec import SwarmPlacement, build_service
 from orchestrator.containers.swarm_tasks import (
     NodeState,
-    exit_event,
     latest_task,
     nodes_by_id,
     pending_reason,

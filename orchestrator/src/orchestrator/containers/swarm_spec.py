@@ -24,12 +24,12 @@ refused or named here, so nothing is silently weaker than on one host:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.containers.backend import ContainerSpec
+from orchestrator.containers.spec import tmpfs_bytes
 from orchestrator.errors import FailedPrecondition
 
 NO_NEW_PRIVS_EXIT_CODE = 97
@@ -43,8 +43,6 @@ NO_NEW_PRIVS_GUARD = (
     f'exit {NO_NEW_PRIVS_EXIT_CODE}; }}; exec "$@"'
 )
 GUARD_ARGV0 = "ironclaw-guard"
-_TMPFS_SIZE = re.compile(r"(?:^|,)size=(\d+)([kmg]?)(?:,|$)")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 @dataclass(frozen=True)
@@ -71,14 +69,6 @@ class ServiceDefinition:
 def node_label_constraints(node_labels: Mapping[str, str]) -> tuple[str, ...]:
     """A job's ``placement.node_labels`` as Swarm constraints, in a stable order."""
     return tuple(f"node.labels.{key}=={value}" for key, value in sorted(node_labels.items()))
-
-
-def tmpfs_bytes(options: str) -> int | None:
-    """The ``size=`` of a tmpfs option string (``rw,size=512m``), in bytes."""
-    match = _TMPFS_SIZE.search(options.lower())
-    if match is None:
-        return None
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def build_service(

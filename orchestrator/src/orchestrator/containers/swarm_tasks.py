@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from orchestrator.containers.backend import ContainerExit, ContainerInfo
-from orchestrator.containers.spec import LABEL_JOB_ID
+from orchestrator.containers.backend import ContainerInfo
 from orchestrator.containers.swarm_spec import NO_NEW_PRIVS_EXIT_CODE
 
 SIGKILL_EXIT_CODE = 137
@@ -117,18 +116,6 @@ def exit_detail(
     if str(status.get("State", "")) == "rejected":
         return f"the task was rejected{where}: {status.get('Err', '')}".strip()
     return ""
-
-
-def exit_event(info: ContainerInfo) -> ContainerExit:
-    """The exit notification for an ended or lost service."""
-    return ContainerExit(
-        container_id=info.container_id,
-        job_id=info.labels.get(LABEL_JOB_ID, ""),
-        exit_code=info.exit_code,
-        oom_killed=info.oom_killed,
-        lost_node=info.lost_node,
-        detail=info.detail,
-    )
 
 
 def pending_reason(task: Mapping[str, Any] | None) -> str:
