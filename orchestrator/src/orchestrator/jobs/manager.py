@@ -174,6 +174,7 @@ class ContainerJobManager:
             max_unpacked_bytes=RESULT_UNPACKED_RATIO * settings.workspace_upload_max_bytes,
             retain_s=settings.workspace_retain_s,
             executor=self._workspace_threads,
+            timeout_s=settings.workspace_upload_timeout_s,
         )
         if metrics is not None:
             metrics.watch_jobs(self.state_counts)

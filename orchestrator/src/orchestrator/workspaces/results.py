@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ironclaw_contract import archive_rules
-from orchestrator.errors import FailedPrecondition, TooLarge
+from orchestrator.errors import Busy, DeadlineExceeded, FailedPrecondition, TooLarge
 from orchestrator.logging import get_logger
 from orchestrator.workspaces.archive_rules import ArchiveRefused
 from orchestrator.workspaces.retention import JobEnd
@@ -63,8 +63,13 @@ class WorkspaceResults:
         max_unpacked_bytes: int,
         retain_s: float,
         executor: Executor,
+        timeout_s: float = 600.0,
     ) -> None:
         self._dir = state_dir / RESULTS_DIR
+        self._timeout_s = timeout_s
+        # A job has one workspace: one push of it at a time, so the partial files on disk are
+        # at most one per job, each bounded by max_bytes.
+        self._pushing: set[str] = set()
         self._max_bytes = max_bytes
         self._max_unpacked = max_unpacked_bytes
         self._retain_s = retain_s
@@ -92,7 +97,24 @@ class WorkspaceResults:
     async def receive(self, job_id: str, chunks: AsyncIterator[bytes]) -> PushedWorkspace:
         """Keeps the .tar.gz read from ``chunks`` as the job's result. Raises TooLarge past
         ``max_bytes`` (or ``max_unpacked_bytes`` of files), ArchiveRefused for an archive that
-        is no .tar.gz or holds an entry a result may not; nothing is kept then."""
+        is no .tar.gz or holds an entry a result may not, Busy while the job already pushes,
+        DeadlineExceeded after ``timeout_s`` (a push trickled byte by byte); nothing is kept
+        then."""
+        if job_id in self._pushing:
+            raise Busy(f"job {job_id} is already pushing its workspace")
+        self._pushing.add(job_id)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await self._receive(job_id, chunks)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the pushed workspace did not arrive within {self._timeout_s:g} s "
+                "(WORKSPACE_UPLOAD_TIMEOUT_S)"
+            ) from None
+        finally:
+            self._pushing.discard(job_id)
+
+    async def _receive(self, job_id: str, chunks: AsyncIterator[bytes]) -> PushedWorkspace:
         self.ensure_prepared()
         loop = asyncio.get_running_loop()
         partial = self._dir / f"{_PARTIAL_PREFIX}{job_id}-{uuid.uuid4().hex}"
