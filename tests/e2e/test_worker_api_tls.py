@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from ironclaw_client.api.v1 import jobs_pb2 as pb
-from orchestrator.http_api.worker_tls import CA_KEY_FILE, TLS_DIR_NAME
+from orchestrator.certificates import CA_KEY_FILE
+from orchestrator.http_api.worker_tls import TLS_DIR_NAME
 from tests.e2e.conftest import DEMO_SCRIPT
 from tests.e2e.support import container_env, create, wait_terminal
 

@@ -94,8 +94,8 @@ async def test_the_waiter_verifies_a_worker_api_served_over_tls_with_the_ca_it_w
 ) -> None:
     # The operator's files (made here by the same code as the orchestrator's own CA), for the
     # address this host reaches the worker API at.
+    from orchestrator.certificates import CA_FILE
     from orchestrator.http_api.worker_tls import (
-        CA_FILE,
         SERVER_FILE,
         SERVER_KEY_FILE,
         TLS_DIR_NAME,
